@@ -1,0 +1,10 @@
+//! Types and logic shared by the eBPF programs and userspace.
+//!
+//! Everything here is `no_std` and allocation-free so that the XDP programs can use it; the `user`
+//! feature adds the `aya::Pod` impls userspace needs to read and write the maps.
+#![cfg_attr(not(any(feature = "user", test)), no_std)]
+
+pub mod counters;
+pub mod endpoint;
+pub mod maps;
+pub mod parse;

@@ -1,0 +1,13 @@
+//! Map names: the one place both sides take them from.
+//!
+//! The eBPF programs name their statics after these (`#[map(name = ...)]`) and userspace looks
+//! them up by the same constants.
+
+/// Per-CPU array of `u64` counters, indexed by a program's counter enum.
+pub const COUNTERS: &str = "COUNTERS";
+/// Hash map `Endpoint -> u8`: the copier's online endpoints (wildcard address allowed).
+pub const ONLINE_ENDPOINTS: &str = "ONLINE_ENDPOINTS";
+/// Hash map `Endpoint -> u8`: the intercept's test-server endpoints.
+pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
+/// Capacity of the endpoint maps: far more `-x`/`--target` entries than anyone types.
+pub const MAX_ENDPOINTS: u32 = 256;

@@ -1,0 +1,12 @@
+//! Builds `copier-ebpf` for the BPF target so the binary embeds its XDP program.
+use aya_build::{build_ebpf, Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    // aya-build watches the eBPF crate itself; the shared types live in `common`.
+    println!("cargo:rerun-if-changed={root}/common/src");
+    build_ebpf(
+        [Package { name: "copier-ebpf", root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../copier-ebpf"), ..Default::default() }],
+        Toolchain::default(),
+    )
+}

@@ -1,0 +1,3 @@
+//! The copier's logic, kept free of I/O so it is tested without root.
+
+pub mod mapping;

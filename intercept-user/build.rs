@@ -1,0 +1,12 @@
+//! Builds `intercept-ebpf` for the BPF target so the binary embeds its XDP program.
+use aya_build::{build_ebpf, Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    // aya-build watches the eBPF crate itself; the shared types live in `common`.
+    println!("cargo:rerun-if-changed={root}/common/src");
+    build_ebpf(
+        [Package { name: "intercept-ebpf", root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../intercept-ebpf"), ..Default::default() }],
+        Toolchain::default(),
+    )
+}

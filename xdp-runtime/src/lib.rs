@@ -1,0 +1,84 @@
+//! The userspace half every XDP program of ours needs: load the embedded object with the log
+//! level the process runs at, forward aya-log records, attach without trampling a foreign
+//! program, print counters, and detach on SIGINT/SIGTERM (the bpf_link covers SIGKILL).
+
+pub mod attach;
+mod bpf;
+pub mod counters;
+pub mod netlink;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aya::{Ebpf, EbpfLoader};
+use common::counters::Counter;
+use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
+
+pub use crate::attach::{attach, AttachError, Attached};
+use crate::counters::{stats_line, summary_line, Counters};
+
+/// Loads an eBPF object; eBPF log records below the process's log level are not even written.
+pub fn load(object: &[u8]) -> anyhow::Result<Ebpf> {
+    let level = log::max_level() as u8;
+    EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &level, false)
+        .load(object)
+        .context("loading the eBPF object into the kernel")
+}
+
+/// Forwards the program's aya-log records to the `log` crate from a background task.
+pub fn forward_logs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let logger = aya_log::EbpfLogger::init(ebpf).context("setting up eBPF logging")?;
+    // SAFETY: the logger owns its ring-buffer fd and moves into the AsyncFd, which it outlives
+    // in no case: both are dropped together.
+    let mut logger = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("registering the eBPF log ring: {}", err.into_parts().1))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = logger.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// Why the process is stopping.
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    Interrupt,
+    Terminate,
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn stop_signal() -> anyhow::Result<Stop> {
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = int.recv() => Stop::Interrupt,
+        _ = term.recv() => Stop::Terminate,
+    })
+}
+
+/// Prints a stats line every `interval` until SIGINT/SIGTERM, then the summary.
+pub async fn report_until_stopped<C: Counter>(label: &str, counters: &Counters<C>, interval: Duration) -> anyhow::Result<Stop> {
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut before = counters.read()?;
+    let mut since = Instant::now();
+    let stop = loop {
+        tokio::select! {
+            stop = &mut stop => break stop?,
+            _ = ticker.tick() => {
+                let now = counters.read()?;
+                println!("{}", stats_line::<C>(label, &now, &before, since.elapsed().as_secs_f64()));
+                before = now;
+                since = Instant::now();
+            }
+        }
+    };
+    println!("{}", summary_line::<C>(label, &counters.read()?));
+    Ok(stop)
+}
