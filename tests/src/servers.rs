@@ -1,0 +1,143 @@
+//! Real servers in the test bed: Debian's nginx and redis, and the small Rust line server.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{process::Process, topology::{Host, Testbed}};
+
+/// Waits until `addr` accepts TCP connections from inside `host`.
+pub fn wait_listening(tb: &Testbed, host: Host, addr: SocketAddr, server: &mut Process) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = tb.host(host).run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+        if ok {
+            return Ok(());
+        }
+        if let Some(status) = server.try_status()? {
+            bail!("server exited ({status}) before listening on {addr}\n{}", server.describe());
+        }
+        if Instant::now() >= deadline {
+            bail!("nothing listens on {addr} after 10 s\n{}", server.describe());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Debian nginx answering every request with 200, one access-log line per request:
+/// `"$request" $status $request_length`.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    access_log: PathBuf,
+    _process: Process,
+}
+
+impl Nginx {
+    pub fn start(tb: &Testbed, host: Host, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tb.dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let access_log = dir.join("access.log");
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    log_format xdpcopy '"$request" $status $request_length';
+    access_log {log} xdpcopy;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000;
+    client_max_body_size 64m;
+    server {{
+        listen {addr} reuseport;
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#,
+                log = access_log.display()
+            ),
+        )?;
+        std::fs::write(&access_log, "")?;
+        let conf = conf.to_string_lossy().into_owned();
+        let mut process = tb.spawn(host, name, "nginx", &["-e", &format!("{d}/error.log"), "-c", &conf])?;
+        wait_listening(tb, host, addr, &mut process)?;
+        Ok(Self { addr, access_log, _process: process })
+    }
+
+    /// The request lines nginx logged, in order (`GET /x HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix('"')?.split_once('"').map(|(req, _)| req.to_owned()))
+            .collect()
+    }
+}
+
+/// Debian redis-server with persistence off.
+pub struct Redis {
+    pub addr: SocketAddr,
+    host: Host,
+    _process: Process,
+}
+
+impl Redis {
+    pub fn start(tb: &Testbed, host: Host, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let dir = tb.dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let (ip, port, d) = (addr.ip().to_string(), addr.port().to_string(), dir.to_string_lossy().into_owned());
+        let args = ["--bind", &ip, "--port", &port, "--save", "", "--appendonly", "no", "--dir", &d, "--protected-mode", "no"];
+        let mut process = tb.spawn(host, name, "redis-server", &args)?;
+        wait_listening(tb, host, addr, &mut process)?;
+        Ok(Self { addr, host, _process: process })
+    }
+
+    /// Commands processed so far, from `INFO stats` (the INFO itself not counted).
+    pub fn commands_processed(&self, tb: &Testbed) -> anyhow::Result<u64> {
+        let (ip, port) = (self.addr.ip().to_string(), self.addr.port().to_string());
+        let out = tb.host(self.host).exec("redis-cli", &["-h", &ip, "-p", &port, "info", "stats"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("total_commands_processed:"))
+            .context("redis INFO has no total_commands_processed")?;
+        Ok(value.parse::<u64>()?.saturating_sub(1))
+    }
+}
+
+/// The small Rust server (`testbed-server`): answers each newline-terminated request line with
+/// `ok` and logs it.
+pub struct LineServer {
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _process: Process,
+}
+
+impl LineServer {
+    pub fn start(tb: &Testbed, host: Host, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let log = tb.dir().join(format!("{name}.requests"));
+        let bin = crate::bins::testbed_server();
+        let mut process = tb.spawn(host, name, bin, &[&addr.to_string(), &log.to_string_lossy()])?;
+        wait_listening(tb, host, addr, &mut process)?;
+        Ok(Self { addr, log, _process: process })
+    }
+
+    /// The request lines received, in arrival order.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}

@@ -1,0 +1,138 @@
+//! The four hosts of DESIGN.md §5 and the links between them.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::Command,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    netns::{self, Netns},
+    process::Process,
+};
+
+/// Interface names: in each namespace, the link towards host X is `to-X`.
+pub mod iface {
+    pub const CLIENT_TO_ONLINE: &str = "to-online";
+    pub const ONLINE_TO_CLIENT: &str = "to-client";
+    pub const ONLINE_TO_TARGET: &str = "to-target";
+    pub const ONLINE_TO_ASSIST: &str = "to-assist";
+    pub const TARGET_TO_ONLINE: &str = "to-online";
+    pub const TARGET_TO_ASSIST: &str = "to-assist";
+    pub const ASSIST_TO_TARGET: &str = "to-target";
+    pub const ASSIST_TO_ONLINE: &str = "to-online";
+}
+
+/// Addresses (each /24). Fixed: namespaces keep parallel test beds apart.
+pub mod addr {
+    use std::net::Ipv4Addr;
+
+    /// The real clients' network.
+    pub const CLIENT_NET: &str = "10.100.1.0/24";
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 2);
+    /// The online server, as the clients reach it.
+    pub const ONLINE: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 1);
+    /// The test server's network.
+    pub const TARGET_NET: &str = "10.100.2.0/24";
+    pub const ONLINE_TO_TARGET: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 1);
+    /// The test server, as the copier reaches it.
+    pub const TARGET: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 2);
+    pub const TARGET_TO_ASSIST: Ipv4Addr = Ipv4Addr::new(10, 100, 3, 1);
+    /// The assistant host, the test server's route back to the client network.
+    pub const ASSIST: Ipv4Addr = Ipv4Addr::new(10, 100, 3, 2);
+    /// The control link that carries the intercept ↔ copier protocol.
+    pub const ONLINE_CONTROL: Ipv4Addr = Ipv4Addr::new(10, 100, 4, 1);
+    pub const ASSIST_CONTROL: Ipv4Addr = Ipv4Addr::new(10, 100, 4, 2);
+}
+
+/// Which of the four hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    Client,
+    Online,
+    Target,
+    Assist,
+}
+
+/// One test bed: four namespaces, their links, and a scratch directory for configs and logs.
+pub struct Testbed {
+    // Field order is drop order: namespaces go before the directory their logs live in.
+    pub client: Netns,
+    pub online: Netns,
+    pub target: Netns,
+    pub assist: Netns,
+    dir: tempfile::TempDir,
+}
+
+fn link(a: &Netns, a_if: &str, a_ip: Ipv4Addr, b: &Netns, b_if: &str, b_ip: Ipv4Addr) -> anyhow::Result<()> {
+    netns::ip(&["link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()])?;
+    for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
+impl Testbed {
+    /// Builds the topology. Needs root; fails loudly without it.
+    pub fn new() -> anyhow::Result<Self> {
+        crate::require_root();
+        netns::sweep_stale();
+        let stem = netns::unique_stem();
+        let dir = tempfile::Builder::new().prefix(&format!("{stem}-")).tempdir()?;
+        let tb = Self {
+            client: Netns::create(format!("{stem}-client"))?,
+            online: Netns::create(format!("{stem}-online"))?,
+            target: Netns::create(format!("{stem}-target"))?,
+            assist: Netns::create(format!("{stem}-assist"))?,
+            dir,
+        };
+        use self::{addr as a, iface as i};
+        link(&tb.client, i::CLIENT_TO_ONLINE, a::CLIENT, &tb.online, i::ONLINE_TO_CLIENT, a::ONLINE)?;
+        link(&tb.online, i::ONLINE_TO_TARGET, a::ONLINE_TO_TARGET, &tb.target, i::TARGET_TO_ONLINE, a::TARGET)?;
+        link(&tb.target, i::TARGET_TO_ASSIST, a::TARGET_TO_ASSIST, &tb.assist, i::ASSIST_TO_TARGET, a::ASSIST)?;
+        link(&tb.online, i::ONLINE_TO_ASSIST, a::ONLINE_CONTROL, &tb.assist, i::ASSIST_TO_ONLINE, a::ASSIST_CONTROL)?;
+        // The assistant host reaches the test server too (as a real one would).
+        tb.assist.ip(&["route", "add", a::TARGET_NET, "via", &a::TARGET_TO_ASSIST.to_string()])?;
+        // The test server answers the copied client addresses through the assistant host...
+        tb.target.ip(&["route", "add", a::CLIENT_NET, "via", &a::ASSIST.to_string()])?;
+        // ...although their packets arrive from the online host: no reverse-path filter there.
+        for key in ["all", "default", i::TARGET_TO_ONLINE] {
+            tb.target.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
+        }
+        Ok(tb)
+    }
+
+    pub fn host(&self, host: Host) -> &Netns {
+        match host {
+            Host::Client => &self.client,
+            Host::Online => &self.online,
+            Host::Target => &self.target,
+            Host::Assist => &self.assist,
+        }
+    }
+
+    /// Scratch directory for configs and logs, removed with the test bed.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command that runs inside `host`; start it with [`Self::start`].
+    pub fn command(&self, host: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.host(host).command(program)
+    }
+
+    /// Starts a command, output to files in [`Self::dir`].
+    pub fn start(&self, name: &str, cmd: Command) -> anyhow::Result<Process> {
+        Process::spawn(name, cmd, self.dir()).with_context(|| format!("starting {name}"))
+    }
+
+    /// Starts `program args...` inside `host`.
+    pub fn spawn(&self, host: Host, name: &str, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> anyhow::Result<Process> {
+        let mut cmd = self.command(host, program);
+        cmd.args(args);
+        self.start(name, cmd)
+    }
+}

@@ -1,0 +1,79 @@
+//! Real clients, bounded in count and time. Call them inside [`crate::Netns::run`].
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// One HTTP/1.1 GET on its own connection; returns the status code.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = connect(addr)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).context("empty HTTP response")?;
+    Ok(status.parse()?)
+}
+
+/// Sends request lines on one connection, reading one reply line for each.
+pub fn line_requests(addr: SocketAddr, lines: &[String]) -> anyhow::Result<()> {
+    let stream = connect(addr)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    for line in lines {
+        writeln!(writer, "{line}")?;
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        if !reply.starts_with("ok") {
+            bail!("unexpected reply {reply:?} to {line:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Sends one raw Ethernet frame out of `iface` (AF_PACKET), e.g. a deliberately malformed one.
+pub fn send_raw_frame(iface: &str, frame: &[u8]) -> anyhow::Result<()> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: plain libc calls on a socket we own and close below.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        if index == 0 {
+            bail!("no interface {iface}");
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if sent < 0 {
+            bail!("sending a raw frame on {iface}: {err}");
+        }
+    }
+    Ok(())
+}
