@@ -20,7 +20,8 @@ fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
 /// One HTTP/1.1 GET on its own connection; returns the status code.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     let mut stream = connect(addr)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    // One write per request, as real clients do (`write!` on a bare stream writes piecewise).
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).context("empty HTTP response")?;
@@ -33,7 +34,7 @@ pub fn line_requests(addr: SocketAddr, lines: &[String]) -> anyhow::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     for line in lines {
-        writeln!(writer, "{line}")?;
+        writer.write_all(format!("{line}\n").as_bytes())?;
         let mut reply = String::new();
         reader.read_line(&mut reply)?;
         if !reply.starts_with("ok") {

@@ -1,1 +1,123 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test, demo and run, so a fresh machine needs two commands.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and demo xdpcopy")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build, tests and demo need (idempotent).
+    Setup,
+    /// Build the binaries (their eBPF programs embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Unit tests and the namespace/XDP integration tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The live picture on a namespace test bed, with counters (needs root).
+    Demo {
+        /// How long the clients send traffic.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Build in release mode and run `copier` or `intercept` with the given arguments.
+    Run {
+        #[arg(value_parser = ["copier", "intercept"])]
+        binary: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing if it fails.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    println!("xtask: building copier and intercept (eBPF programs embedded){}", if release { ", release" } else { "" });
+    let mut args = vec!["build", "--quiet"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (network namespaces, veth, XDP): run it as root");
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => {
+            setup::run()?;
+            build(release)
+        }
+        Task::Test { args } => {
+            require_root("cargo xtask test")?;
+            setup::run()?;
+            build(true)?;
+            println!("xtask: running unit and integration tests");
+            let mut test_args = vec!["test", "--release"];
+            test_args.extend(args.iter().map(String::as_str));
+            cargo(&test_args)
+        }
+        Task::Demo { seconds } => {
+            require_root("cargo xtask demo")?;
+            setup::run()?;
+            build(true)?;
+            demo::run(std::time::Duration::from_secs(seconds))
+        }
+        Task::Run { binary, args } => {
+            setup::run()?;
+            build(true)?;
+            let path = workspace_root().join("target/release").join(&binary);
+            let status = Command::new(&path).args(&args).status().with_context(|| format!("running {}", path.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

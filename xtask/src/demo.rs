@@ -1,0 +1,110 @@
+//! `cargo xtask demo`: the deployment picture on a namespace test bed, live.
+//!
+//! Clients send HTTP requests to the online nginx while the copier's XDP program watches the
+//! online interface and the intercept's watches the assistant host's link to the test server.
+//! The copier does not replay sessions yet, so the assistant host also sends requests to the
+//! test server itself, to give the intercept replies to see; the demo says so.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use xdpcopy_testbed::{
+    bins,
+    servers::Nginx,
+    stats,
+    topology::{addr, iface},
+    traffic, Host, Process, Testbed,
+};
+
+const STARTUP: Duration = Duration::from_secs(20);
+
+fn latest(p: &Process) -> String {
+    stats::last(&p.stdout())
+        .map(|s| s.totals.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "(no stats yet)".into())
+}
+
+/// Sends GETs to `server` from inside `host` until `stop`, about `per_second` a second.
+fn http_load(tb: &Testbed, host: Host, server: SocketAddr, prefix: &'static str, per_second: u32, stop: &AtomicBool, ok: &AtomicU64, failed: &AtomicU64) {
+    let gap = Duration::from_secs(1) / per_second;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let path = format!("/{prefix}/{n}");
+        match tb.host(host).run(move || traffic::http_get(server, &path)) {
+            Ok(Ok(200)) => ok.fetch_add(1, Ordering::Relaxed),
+            _ => failed.fetch_add(1, Ordering::Relaxed),
+        };
+        n += 1;
+        std::thread::sleep(gap);
+    }
+}
+
+pub fn run(duration: Duration) -> anyhow::Result<()> {
+    let tb = Testbed::new()?;
+    println!("demo: test bed up: namespaces {}, {}, {}, {}", tb.client.name(), tb.online.name(), tb.target.name(), tb.assist.name());
+    let online_addr = SocketAddr::new(addr::ONLINE.into(), 80);
+    let target_addr = SocketAddr::new(addr::TARGET.into(), 8080);
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_addr)?;
+    let _target = Nginx::start(&tb, Host::Target, "target-nginx", target_addr)?;
+    println!("demo: online nginx on {online_addr}, test server nginx on {target_addr}");
+
+    let mapping = format!("80-{target_addr}");
+    let mut copier = tb.spawn(Host::Online, "copier", bins::xdpcopy("copier"), &["-x", &mapping, "--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "1"])?;
+    let target = target_addr.to_string();
+    let mut intercept = tb.spawn(Host::Assist, "intercept", bins::xdpcopy("intercept"), &["--iface", iface::ASSIST_TO_TARGET, "--target", &target, "--stats-interval", "1"])?;
+    for p in [&mut copier, &mut intercept] {
+        let line = p.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+        println!("demo: {}", line.split("] ").last().unwrap_or(&line));
+    }
+
+    println!("demo: clients → online nginx for {duration:?}; assistant host → test server as a stand-in for replayed sessions");
+    let stop = AtomicBool::new(false);
+    let (online_ok, online_failed, assist_ok, assist_failed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        scope.spawn(|| http_load(&tb, Host::Client, online_addr, "demo", 50, &stop, &online_ok, &online_failed));
+        scope.spawn(|| http_load(&tb, Host::Assist, target_addr, "standin", 5, &stop, &assist_ok, &assist_failed));
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            std::thread::sleep(Duration::from_secs(1));
+            println!(
+                "demo: t={:>2}s  online served {:>5}  | copier XDP: {}  | intercept XDP: {}",
+                start.elapsed().as_secs(),
+                online_ok.load(Ordering::Relaxed),
+                latest(&copier),
+                latest(&intercept)
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+
+    for p in [&mut copier, &mut intercept] {
+        p.signal(libc::SIGINT)?;
+        let status = p.wait_timeout(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!("a binary failed ({status})\n{}", p.describe());
+        }
+        let summary = p.stdout().lines().rev().find(|l| l.contains(" summary: ")).map(str::to_owned);
+        println!("demo: {}", summary.context("no summary line")?);
+    }
+    let left = [(&tb.online, iface::ONLINE_TO_CLIENT), (&tb.assist, iface::ASSIST_TO_TARGET)]
+        .into_iter()
+        .filter_map(|(ns, i)| ns.xdp_program(i).ok().flatten().map(|id| format!("{}/{i} (id {id})", ns.name())))
+        .collect::<Vec<_>>();
+    if !left.is_empty() {
+        bail!("XDP programs still attached after SIGINT: {}", left.join(", "));
+    }
+    println!(
+        "demo: clients got {} responses ({} failed), nginx logged {} requests; stand-in requests {} ({} failed)",
+        online_ok.load(Ordering::Relaxed),
+        online_failed.load(Ordering::Relaxed),
+        online.requests().len(),
+        assist_ok.load(Ordering::Relaxed),
+        assist_failed.load(Ordering::Relaxed)
+    );
+    println!("demo: both XDP programs detached; tearing the test bed down");
+    Ok(())
+}
