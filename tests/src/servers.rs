@@ -106,7 +106,8 @@ impl Redis {
         Ok(Self { addr, host, _process: process })
     }
 
-    /// Commands processed so far, from `INFO stats` (the INFO itself not counted).
+    /// Commands processed so far, from `INFO stats` (which counts a command once it completes,
+    /// so not the INFO asking).
     pub fn commands_processed(&self, tb: &Testbed) -> anyhow::Result<u64> {
         let (ip, port) = (self.addr.ip().to_string(), self.addr.port().to_string());
         let out = tb.host(self.host).exec("redis-cli", &["-h", &ip, "-p", &port, "info", "stats"])?;
@@ -115,7 +116,7 @@ impl Redis {
             .lines()
             .find_map(|l| l.trim().strip_prefix("total_commands_processed:"))
             .context("redis INFO has no total_commands_processed")?;
-        Ok(value.parse::<u64>()?.saturating_sub(1))
+        Ok(value.parse()?)
     }
 }
 
