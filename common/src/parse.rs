@@ -1,8 +1,8 @@
 //! Bounds-checked parsing of Ethernet / VLAN / IPv4 / IPv6 / TCP headers.
 //!
-//! Written for the XDP verifier first: every read is preceded by an explicit `start + off + len
-//! > end` check on the packet pointers, loops have constant bounds, and header offsets are capped
-//! so the verifier can bound them. The same code runs on the host over a byte slice, which is how
+//! Written for the XDP verifier first: every read is preceded by an explicit bounds check of the
+//! packet pointers (`start + off + len > end`), loops have constant bounds, and header offsets
+//! are capped so the verifier can bound them. The same code runs on the host over a byte slice, which is how
 //! it is unit-tested.
 
 use core::mem::size_of;

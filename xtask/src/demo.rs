@@ -28,15 +28,32 @@ fn latest(p: &Process) -> String {
         .unwrap_or_else(|| "(no stats yet)".into())
 }
 
+/// Responses counted by a load loop.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 /// Sends GETs to `server` from inside `host` until `stop`, about `per_second` a second.
-fn http_load(tb: &Testbed, host: Host, server: SocketAddr, prefix: &'static str, per_second: u32, stop: &AtomicBool, ok: &AtomicU64, failed: &AtomicU64) {
+fn http_load(tb: &Testbed, host: Host, server: SocketAddr, prefix: &'static str, per_second: u32, stop: &AtomicBool, tally: &Tally) {
     let gap = Duration::from_secs(1) / per_second;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let path = format!("/{prefix}/{n}");
         match tb.host(host).run(move || traffic::http_get(server, &path)) {
-            Ok(Ok(200)) => ok.fetch_add(1, Ordering::Relaxed),
-            _ => failed.fetch_add(1, Ordering::Relaxed),
+            Ok(Ok(200)) => tally.ok.fetch_add(1, Ordering::Relaxed),
+            _ => tally.failed.fetch_add(1, Ordering::Relaxed),
         };
         n += 1;
         std::thread::sleep(gap);
@@ -63,17 +80,17 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
 
     println!("demo: clients → online nginx for {duration:?}; assistant host → test server as a stand-in for replayed sessions");
     let stop = AtomicBool::new(false);
-    let (online_ok, online_failed, assist_ok, assist_failed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (online_load, assist_load) = (Tally::default(), Tally::default());
     std::thread::scope(|scope| {
-        scope.spawn(|| http_load(&tb, Host::Client, online_addr, "demo", 50, &stop, &online_ok, &online_failed));
-        scope.spawn(|| http_load(&tb, Host::Assist, target_addr, "standin", 5, &stop, &assist_ok, &assist_failed));
+        scope.spawn(|| http_load(&tb, Host::Client, online_addr, "demo", 50, &stop, &online_load));
+        scope.spawn(|| http_load(&tb, Host::Assist, target_addr, "standin", 5, &stop, &assist_load));
         let start = Instant::now();
         while start.elapsed() < duration {
             std::thread::sleep(Duration::from_secs(1));
             println!(
                 "demo: t={:>2}s  online served {:>5}  | copier XDP: {}  | intercept XDP: {}",
                 start.elapsed().as_secs(),
-                online_ok.load(Ordering::Relaxed),
+                online_load.ok(),
                 latest(&copier),
                 latest(&intercept)
             );
@@ -99,11 +116,11 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     }
     println!(
         "demo: clients got {} responses ({} failed), nginx logged {} requests; stand-in requests {} ({} failed)",
-        online_ok.load(Ordering::Relaxed),
-        online_failed.load(Ordering::Relaxed),
+        online_load.ok(),
+        online_load.failed(),
         online.requests().len(),
-        assist_ok.load(Ordering::Relaxed),
-        assist_failed.load(Ordering::Relaxed)
+        assist_load.ok(),
+        assist_load.failed()
     );
     println!("demo: both XDP programs detached; tearing the test bed down");
     Ok(())
