@@ -6,7 +6,7 @@
 /// The all-zero address is the wildcard ("any address on this port"). No implicit padding:
 /// hash-map keys are compared bytewise.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: [u8; 16],
     /// Port in host byte order.
@@ -44,12 +44,30 @@ impl Endpoint {
 
 #[cfg(feature = "user")]
 mod user {
+    use core::fmt;
+
     use std::net::{IpAddr, SocketAddr};
 
     use super::Endpoint;
 
     // SAFETY: `Endpoint` is `repr(C)`, `Copy`, has no padding and every bit pattern is valid.
     unsafe impl aya::Pod for Endpoint {}
+
+    impl From<Endpoint> for SocketAddr {
+        fn from(e: Endpoint) -> Self {
+            let v6 = std::net::Ipv6Addr::from(e.addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), e.port),
+                None => SocketAddr::new(IpAddr::V6(v6), e.port),
+            }
+        }
+    }
+
+    impl fmt::Display for Endpoint {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            SocketAddr::from(*self).fmt(f)
+        }
+    }
 
     impl From<SocketAddr> for Endpoint {
         fn from(sa: SocketAddr) -> Self {

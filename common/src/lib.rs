@@ -4,7 +4,12 @@
 //! feature adds the `aya::Pod` impls userspace needs to read and write the maps.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
+pub mod checksum;
 pub mod counters;
 pub mod endpoint;
+pub mod facts;
 pub mod maps;
 pub mod parse;
+pub mod proto;
+pub mod seq;
+pub mod tcp;

@@ -51,8 +51,8 @@ pub enum Malformed {
     Truncated = 1,
     /// The IP version nibble disagrees with the EtherType.
     BadIpVersion = 2,
-    /// IPv4 IHL below 5 or total length shorter than the headers.
-    BadIpv4Length = 3,
+    /// IPv4 IHL below 5, or an IP length shorter than the headers it covers.
+    BadIpLength = 3,
     /// TCP data offset below 5.
     BadTcpDataOffset = 4,
     /// More IPv6 extension headers (or bytes of them) than we follow.
@@ -64,7 +64,7 @@ impl Malformed {
         match self {
             Self::Truncated => "truncated header",
             Self::BadIpVersion => "IP version does not match EtherType",
-            Self::BadIpv4Length => "bad IPv4 header or total length",
+            Self::BadIpLength => "bad IP header or payload length",
             Self::BadTcpDataOffset => "TCP data offset below 5",
             Self::HeaderChainTooLong => "IPv6 extension header chain too long",
         }
@@ -82,6 +82,8 @@ pub struct TcpSegment {
     pub l4_offset: usize,
     /// TCP header length in bytes (data offset × 4).
     pub tcp_header_len: usize,
+    /// Offset where the IP payload ends, by the IP header's length (the frame may be padded).
+    pub l4_end: usize,
     pub flags: u8,
     pub ipv6: bool,
 }
@@ -142,7 +144,7 @@ pub unsafe fn parse_ipv4(start: usize, end: usize, l3: usize) -> Result<Option<T
     let ihl = ((hdr[0] & 0x0f) as usize) * 4;
     let total_len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
     if ihl < IPV4_MIN_HLEN || total_len < ihl {
-        return Err(Malformed::BadIpv4Length);
+        return Err(Malformed::BadIpLength);
     }
     if hdr[9] != IPPROTO_TCP {
         return Ok(None);
@@ -153,12 +155,12 @@ pub unsafe fn parse_ipv4(start: usize, end: usize, l3: usize) -> Result<Option<T
         return Ok(None);
     }
     if total_len < ihl + TCP_MIN_HLEN {
-        return Err(Malformed::BadIpv4Length);
+        return Err(Malformed::BadIpLength);
     }
     let l4 = l3 + ihl;
     let (src_port, dst_port, tcp_header_len, flags) = unsafe { parse_tcp(start, end, l4) }?;
     if total_len < ihl + tcp_header_len {
-        return Err(Malformed::BadIpv4Length);
+        return Err(Malformed::BadIpLength);
     }
     Ok(Some(TcpSegment {
         src: Endpoint::v4([hdr[12], hdr[13], hdr[14], hdr[15]], src_port),
@@ -166,6 +168,7 @@ pub unsafe fn parse_ipv4(start: usize, end: usize, l3: usize) -> Result<Option<T
         l3_offset: l3,
         l4_offset: l4,
         tcp_header_len,
+        l4_end: l3 + total_len,
         flags,
         ipv6: false,
     }))
@@ -183,6 +186,7 @@ pub unsafe fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<Option<T
     if version >> 4 != 6 {
         return Err(Malformed::BadIpVersion);
     }
+    let payload_len = unsafe { load_be16(start, end, l3 + 4) }? as usize;
     let [mut next, _hop_limit]: [u8; 2] = unsafe { load(start, end, l3 + 6) }?;
     let src: [u8; 16] = unsafe { load(start, end, l3 + 8) }?;
     let dst: [u8; 16] = unsafe { load(start, end, l3 + 24) }?;
@@ -221,12 +225,17 @@ pub unsafe fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<Option<T
         };
     }
     let (src_port, dst_port, tcp_header_len, flags) = unsafe { parse_tcp(start, end, l4) }?;
+    let l4_end = l3 + IPV6_HLEN + payload_len;
+    if l4_end < l4 + tcp_header_len {
+        return Err(Malformed::BadIpLength);
+    }
     Ok(Some(TcpSegment {
         src: Endpoint::v6(src, src_port),
         dst: Endpoint::v6(dst, dst_port),
         l3_offset: l3,
         l4_offset: l4,
         tcp_header_len,
+        l4_end,
         flags,
         ipv6: true,
     }))
@@ -325,7 +334,7 @@ mod tests {
         let seg = parse_frame(&f).unwrap().unwrap();
         assert_eq!(seg.src, Endpoint::v4([10, 1, 0, 2], 40000));
         assert_eq!(seg.dst, Endpoint::v4([10, 2, 0, 2], 80));
-        assert_eq!((seg.l3_offset, seg.l4_offset, seg.tcp_header_len), (14, 34, 20));
+        assert_eq!((seg.l3_offset, seg.l4_offset, seg.tcp_header_len, seg.l4_end), (14, 34, 20, 54));
         assert_eq!(seg.flags, SYN);
         assert!(!seg.ipv6);
     }
@@ -357,6 +366,7 @@ mod tests {
         );
         let seg = parse_frame(&f).unwrap().unwrap();
         assert!(seg.ipv6);
+        assert_eq!(seg.l4_end, f.len());
         assert_eq!(seg.l4_offset, 14 + 40 + 16);
         assert_eq!(seg.dst, Endpoint::v6([0xfe; 16], 443));
     }
@@ -390,16 +400,30 @@ mod tests {
         assert_eq!(parse_frame(&v), Err(Malformed::BadIpVersion));
         let mut v = good.clone();
         v[14] = 0x44; // IHL 4
-        assert_eq!(parse_frame(&v), Err(Malformed::BadIpv4Length));
+        assert_eq!(parse_frame(&v), Err(Malformed::BadIpLength));
         let mut v = good.clone();
         v[16..18].copy_from_slice(&30u16.to_be_bytes()); // total length < IP + TCP headers
-        assert_eq!(parse_frame(&v), Err(Malformed::BadIpv4Length));
+        assert_eq!(parse_frame(&v), Err(Malformed::BadIpLength));
         let mut v = good.clone();
         v[34 + 12] = 0x40; // data offset 4
         assert_eq!(parse_frame(&v), Err(Malformed::BadTcpDataOffset));
         let mut v = good;
         v[34 + 12] = 0xf0; // data offset 15: options past the end
         assert_eq!(parse_frame(&v), Err(Malformed::Truncated));
+    }
+
+    #[test]
+    fn ethernet_padding_does_not_count_as_payload() {
+        let mut f = frame(eth(ETH_P_IPV4, &[]), ipv4(6, &[], &tcp(1, 80, ACK, &[])));
+        f.extend_from_slice(&[0; 6]); // padded to the 60-byte Ethernet minimum
+        assert_eq!(parse_frame(&f).unwrap().unwrap().l4_end, 54);
+    }
+
+    #[test]
+    fn ipv6_payload_length_shorter_than_tcp_header_is_malformed() {
+        let mut p = ipv6(6, &[], &tcp(1, 2, ACK, &[]));
+        p[4..6].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(parse_frame(&frame(eth(ETH_P_IPV6, &[]), p)), Err(Malformed::BadIpLength));
     }
 
     #[test]

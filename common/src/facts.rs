@@ -1,0 +1,139 @@
+//! What the intercept tells a copier about each reply of the test server: TCP/IP header facts,
+//! never the payload.
+
+use crate::{
+    endpoint::Endpoint,
+    parse::{parse_frame, Malformed},
+    seq::SeqNum,
+    tcp::{TcpFields, TcpOptions},
+};
+
+/// Which of the optional fields of [`ReplyFacts`] are present.
+pub mod option_bits {
+    pub const MSS: u8 = 1;
+    pub const WINDOW_SCALE: u8 = 2;
+    pub const SACK_PERMITTED: u8 = 4;
+    pub const TIMESTAMPS: u8 = 8;
+}
+
+/// One reply segment of the test server, reduced to what the copier's session engine needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyFacts {
+    /// The reply's destination: the (copied) client.
+    pub client: Endpoint,
+    /// The reply's source: the test server.
+    pub target: Endpoint,
+    pub seq: SeqNum,
+    pub ack: SeqNum,
+    pub window: u16,
+    pub flags: u8,
+    /// `option_bits` of the options present.
+    pub options: u8,
+    pub payload_len: u16,
+    pub mss: u16,
+    pub window_scale: u8,
+    pub _pad: [u8; 3],
+    pub ts_val: u32,
+    pub ts_ecr: u32,
+}
+
+impl ReplyFacts {
+    /// The TCP options as found in the reply.
+    pub fn tcp_options(&self) -> TcpOptions {
+        let has = |bit| self.options & bit != 0;
+        TcpOptions {
+            mss: has(option_bits::MSS).then_some(self.mss),
+            window_scale: has(option_bits::WINDOW_SCALE).then_some(self.window_scale),
+            sack_permitted: has(option_bits::SACK_PERMITTED),
+            timestamps: has(option_bits::TIMESTAMPS).then_some((self.ts_val, self.ts_ecr)),
+        }
+    }
+
+    fn set_options(&mut self, o: TcpOptions) {
+        if let Some(mss) = o.mss {
+            self.options |= option_bits::MSS;
+            self.mss = mss;
+        }
+        if let Some(ws) = o.window_scale {
+            self.options |= option_bits::WINDOW_SCALE;
+            self.window_scale = ws;
+        }
+        if o.sack_permitted {
+            self.options |= option_bits::SACK_PERMITTED;
+        }
+        if let Some((val, ecr)) = o.timestamps {
+            self.options |= option_bits::TIMESTAMPS;
+            self.ts_val = val;
+            self.ts_ecr = ecr;
+        }
+    }
+
+    /// Reduces an Ethernet frame to its facts. `Ok(None)`: not a TCP segment.
+    pub fn from_frame(frame: &[u8]) -> Result<Option<Self>, Malformed> {
+        let Some(seg) = parse_frame(frame)? else { return Ok(None) };
+        let header = &frame[seg.l4_offset..seg.l4_offset + seg.tcp_header_len];
+        let fields = TcpFields::read(header).ok_or(Malformed::Truncated)?;
+        let options = TcpOptions::parse(&header[20..]).map_err(|_| Malformed::BadTcpDataOffset)?;
+        let payload_len = seg.l4_end - seg.l4_offset - seg.tcp_header_len;
+        let mut facts = Self {
+            client: seg.dst,
+            target: seg.src,
+            seq: fields.seq,
+            ack: fields.ack,
+            window: fields.window,
+            flags: fields.flags,
+            payload_len: u16::try_from(payload_len).map_err(|_| Malformed::BadIpLength)?,
+            ..Self::default()
+        };
+        facts.set_options(options);
+        Ok(Some(facts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::tcp_flags::{ACK, SYN};
+
+    /// A SYN-ACK from 10.100.2.2:8080 to 10.100.1.2:40000 with Linux's options and 5 bytes of
+    /// payload (a TCP Fast Open-less SYN-ACK never has payload, but the length logic is shared).
+    fn reply() -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let opts = [2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 7, 0, 0, 0, 9, 1, 3, 3, 7];
+        let tcp_len = 20 + opts.len();
+        let total = (20 + tcp_len + 5) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 100, 2, 2, 10, 100, 1, 2]);
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&8080u16.to_be_bytes());
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&1000u32.to_be_bytes());
+        f.extend_from_slice(&2001u32.to_be_bytes());
+        f.extend_from_slice(&[((tcp_len / 4) as u8) << 4, SYN | ACK, 0xfe, 0x88, 0, 0, 0, 0]);
+        f.extend_from_slice(&opts);
+        f.extend_from_slice(b"hello");
+        f
+    }
+
+    #[test]
+    fn a_reply_becomes_its_facts() {
+        let facts = ReplyFacts::from_frame(&reply()).unwrap().unwrap();
+        assert_eq!(facts.client, Endpoint::v4([10, 100, 1, 2], 40000));
+        assert_eq!(facts.target, Endpoint::v4([10, 100, 2, 2], 8080));
+        assert_eq!((facts.seq, facts.ack), (SeqNum(1000), SeqNum(2001)));
+        assert_eq!((facts.flags, facts.window, facts.payload_len), (SYN | ACK, 0xfe88, 5));
+        let o = facts.tcp_options();
+        assert_eq!((o.mss, o.window_scale, o.sack_permitted, o.timestamps), (Some(1460), Some(7), true, Some((7, 9))));
+    }
+
+    #[test]
+    fn absent_options_stay_absent() {
+        let mut f = reply();
+        // Replace the options with NOPs.
+        for b in &mut f[54..74] {
+            *b = 1;
+        }
+        let facts = ReplyFacts::from_frame(&f).unwrap().unwrap();
+        assert_eq!(facts.tcp_options(), TcpOptions::default());
+    }
+}

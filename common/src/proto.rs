@@ -1,0 +1,470 @@
+//! The intercept ↔ copier protocol (DESIGN.md §3), version 1.
+//!
+//! A TCP stream of frames: `length: u32` (of what follows), `kind: u8`, body. Every integer is
+//! big-endian; nothing is `repr(C)` on the wire. Decoding borrows from the input and checks
+//! every bound; encoding writes into a caller's buffer. Neither allocates.
+//!
+//! | kind | direction | body |
+//! |---|---|---|
+//! | HELLO 1 | copier → intercept, first | magic `XDPC`, version u16, secret length u16, secret |
+//! | WELCOME 2 | intercept → copier | version u16 |
+//! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
+//! | FACTS 5 | intercept → copier | count u16, count × 62-byte records |
+//! | BYE 6 | either, before closing | UTF-8 reason |
+
+use core::fmt;
+
+use crate::{endpoint::Endpoint, facts::ReplyFacts, seq::SeqNum};
+
+pub const VERSION: u16 = 1;
+pub const MAGIC: [u8; 4] = *b"XDPC";
+/// The intercept's default listening port (tcpcopy's).
+pub const DEFAULT_PORT: u16 = 36524;
+/// Length prefix plus kind.
+pub const HEADER_LEN: usize = 5;
+/// Largest `length` accepted: a peer that sends more is closed.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+pub const MAX_SECRET_LEN: usize = 1024;
+pub const MAX_REASON_LEN: usize = 1024;
+pub const ENTRY_LEN: usize = 18;
+pub const RECORD_LEN: usize = 62;
+/// Records that fit one FACTS frame.
+pub const MAX_RECORDS: usize = (MAX_FRAME_LEN - 1 - 2) / RECORD_LEN;
+/// Entries that fit one OWN/DISOWN frame.
+pub const MAX_ENTRIES: usize = (MAX_FRAME_LEN - 1 - 2) / ENTRY_LEN;
+
+/// Frame kinds.
+pub mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const OWN: u8 = 3;
+    pub const DISOWN: u8 = 4;
+    pub const FACTS: u8 = 5;
+    pub const BYE: u8 = 6;
+}
+
+/// Why a byte stream is not this protocol. Each closes the connection it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtoError {
+    /// A frame of length 0 (no kind).
+    Empty,
+    /// A frame longer than [`MAX_FRAME_LEN`].
+    Oversize(u32),
+    UnknownKind(u8),
+    /// HELLO without the magic: not an xdpcopy peer.
+    BadMagic,
+    UnsupportedVersion(u16),
+    /// A body shorter or longer than its own counts say.
+    BadLength { kind: u8 },
+    SecretTooLong,
+    BadReason,
+    /// The output buffer cannot hold the frame, or too many items for one frame.
+    TooLarge,
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Empty => write!(f, "empty frame"),
+            Self::Oversize(len) => write!(f, "frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte limit"),
+            Self::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            Self::BadMagic => write!(f, "not an xdpcopy peer (bad magic)"),
+            Self::UnsupportedVersion(v) => write!(f, "protocol version {v} is not supported (this side speaks {VERSION})"),
+            Self::BadLength { kind } => write!(f, "frame of kind {kind} has a body of the wrong length"),
+            Self::SecretTooLong => write!(f, "secret longer than {MAX_SECRET_LEN} bytes"),
+            Self::BadReason => write!(f, "BYE reason is not UTF-8"),
+            Self::TooLarge => write!(f, "frame does not fit the buffer or the frame size limit"),
+        }
+    }
+}
+
+/// One decoded frame, borrowing from the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Hello { secret: &'a [u8] },
+    Welcome { version: u16 },
+    Own(Entries<'a>),
+    Disown(Entries<'a>),
+    Facts(Records<'a>),
+    Bye(&'a str),
+}
+
+/// The endpoints of an OWN/DISOWN frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entries<'a>(&'a [u8]);
+
+impl Entries<'_> {
+    pub fn len(&self) -> usize {
+        self.0.len() / ENTRY_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Endpoint;
+
+    fn next(&mut self) -> Option<Endpoint> {
+        let (entry, rest) = self.0.split_at_checked(ENTRY_LEN)?;
+        self.0 = rest;
+        Some(read_endpoint(entry))
+    }
+}
+
+/// The records of a FACTS frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Records<'a>(&'a [u8]);
+
+impl Records<'_> {
+    pub fn len(&self) -> usize {
+        self.0.len() / RECORD_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = ReplyFacts;
+
+    fn next(&mut self) -> Option<ReplyFacts> {
+        let (record, rest) = self.0.split_at_checked(RECORD_LEN)?;
+        self.0 = rest;
+        Some(read_record(record))
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn read_endpoint(b: &[u8]) -> Endpoint {
+    let mut addr = [0; 16];
+    addr.copy_from_slice(&b[..16]);
+    Endpoint::v6(addr, be16(b, 16))
+}
+
+fn write_endpoint(out: &mut [u8], e: &Endpoint) {
+    out[..16].copy_from_slice(&e.addr);
+    out[16..18].copy_from_slice(&e.port.to_be_bytes());
+}
+
+fn read_record(b: &[u8]) -> ReplyFacts {
+    ReplyFacts {
+        client: read_endpoint(&b[0..18]),
+        target: read_endpoint(&b[18..36]),
+        seq: SeqNum(be32(b, 36)),
+        ack: SeqNum(be32(b, 40)),
+        window: be16(b, 44),
+        flags: b[46],
+        options: b[47],
+        payload_len: be16(b, 48),
+        mss: be16(b, 50),
+        window_scale: b[52],
+        _pad: [0; 3],
+        ts_val: be32(b, 54),
+        ts_ecr: be32(b, 58),
+    }
+}
+
+fn write_record(out: &mut [u8], r: &ReplyFacts) {
+    write_endpoint(&mut out[0..18], &r.client);
+    write_endpoint(&mut out[18..36], &r.target);
+    out[36..40].copy_from_slice(&r.seq.0.to_be_bytes());
+    out[40..44].copy_from_slice(&r.ack.0.to_be_bytes());
+    out[44..46].copy_from_slice(&r.window.to_be_bytes());
+    out[46] = r.flags;
+    out[47] = r.options;
+    out[48..50].copy_from_slice(&r.payload_len.to_be_bytes());
+    out[50..52].copy_from_slice(&r.mss.to_be_bytes());
+    out[52] = r.window_scale;
+    out[53] = 0;
+    out[54..58].copy_from_slice(&r.ts_val.to_be_bytes());
+    out[58..62].copy_from_slice(&r.ts_ecr.to_be_bytes());
+}
+
+/// A counted list body: `count: u16`, then exactly `count × item_len` bytes.
+fn counted(kind: u8, body: &[u8], item_len: usize) -> Result<&[u8], ProtoError> {
+    let bad = ProtoError::BadLength { kind };
+    let (count, items) = body.split_at_checked(2).ok_or(bad)?;
+    if items.len() != be16(count, 0) as usize * item_len {
+        return Err(bad);
+    }
+    Ok(items)
+}
+
+/// Decodes the frame at the start of `buf`.
+///
+/// `Ok(None)`: `buf` holds only part of a frame; read more. `Ok(Some((message, n)))`: the
+/// frame took `n` bytes. An error means the peer does not speak this protocol (or this version).
+pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
+    let Some(len) = buf.get(..4).map(|b| be32(b, 0)) else { return Ok(None) };
+    if len == 0 {
+        return Err(ProtoError::Empty);
+    }
+    if len as usize > MAX_FRAME_LEN {
+        return Err(ProtoError::Oversize(len));
+    }
+    let Some(frame) = buf.get(4..4 + len as usize) else { return Ok(None) };
+    let (kind, body) = (frame[0], &frame[1..]);
+    let bad = ProtoError::BadLength { kind };
+    let message = match kind {
+        kind::HELLO => {
+            if body.len() < 6 {
+                return Err(bad);
+            }
+            if body[..4] != MAGIC {
+                return Err(ProtoError::BadMagic);
+            }
+            let version = be16(body, 4);
+            if version != VERSION {
+                return Err(ProtoError::UnsupportedVersion(version));
+            }
+            let secret = counted(kind, &body[6..], 1)?;
+            if secret.len() > MAX_SECRET_LEN {
+                return Err(ProtoError::SecretTooLong);
+            }
+            Message::Hello { secret }
+        }
+        kind::WELCOME => match body {
+            [a, b] => Message::Welcome { version: u16::from_be_bytes([*a, *b]) },
+            _ => return Err(bad),
+        },
+        kind::OWN => Message::Own(Entries(counted(kind, body, ENTRY_LEN)?)),
+        kind::DISOWN => Message::Disown(Entries(counted(kind, body, ENTRY_LEN)?)),
+        kind::FACTS => Message::Facts(Records(counted(kind, body, RECORD_LEN)?)),
+        kind::BYE => Message::Bye(core::str::from_utf8(body).map_err(|_| ProtoError::BadReason)?),
+        other => return Err(ProtoError::UnknownKind(other)),
+    };
+    Ok(Some((message, 4 + len as usize)))
+}
+
+/// Writes a frame of `kind` with a `body_len`-byte body filled by `fill`; returns its length.
+fn frame(out: &mut [u8], kind: u8, body_len: usize, fill: impl FnOnce(&mut [u8])) -> Result<usize, ProtoError> {
+    let len = 1 + body_len;
+    if len > MAX_FRAME_LEN || out.len() < 4 + len {
+        return Err(ProtoError::TooLarge);
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    out[4] = kind;
+    fill(&mut out[HEADER_LEN..4 + len]);
+    Ok(4 + len)
+}
+
+pub fn encode_hello(out: &mut [u8], secret: &[u8]) -> Result<usize, ProtoError> {
+    if secret.len() > MAX_SECRET_LEN {
+        return Err(ProtoError::SecretTooLong);
+    }
+    frame(out, kind::HELLO, 8 + secret.len(), |b| {
+        b[..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&VERSION.to_be_bytes());
+        b[6..8].copy_from_slice(&(secret.len() as u16).to_be_bytes());
+        b[8..].copy_from_slice(secret);
+    })
+}
+
+pub fn encode_welcome(out: &mut [u8]) -> Result<usize, ProtoError> {
+    frame(out, kind::WELCOME, 2, |b| b.copy_from_slice(&VERSION.to_be_bytes()))
+}
+
+/// OWN (`own = true`) or DISOWN for at most [`MAX_ENTRIES`] endpoints.
+pub fn encode_endpoints(out: &mut [u8], own: bool, entries: &[Endpoint]) -> Result<usize, ProtoError> {
+    if entries.len() > MAX_ENTRIES {
+        return Err(ProtoError::TooLarge);
+    }
+    let kind = if own { kind::OWN } else { kind::DISOWN };
+    frame(out, kind, 2 + entries.len() * ENTRY_LEN, |b| {
+        b[..2].copy_from_slice(&(entries.len() as u16).to_be_bytes());
+        for (chunk, e) in b[2..].chunks_exact_mut(ENTRY_LEN).zip(entries) {
+            write_endpoint(chunk, e);
+        }
+    })
+}
+
+/// FACTS for at most [`MAX_RECORDS`] replies.
+pub fn encode_facts(out: &mut [u8], records: &[ReplyFacts]) -> Result<usize, ProtoError> {
+    if records.len() > MAX_RECORDS {
+        return Err(ProtoError::TooLarge);
+    }
+    frame(out, kind::FACTS, 2 + records.len() * RECORD_LEN, |b| {
+        b[..2].copy_from_slice(&(records.len() as u16).to_be_bytes());
+        for (chunk, r) in b[2..].chunks_exact_mut(RECORD_LEN).zip(records) {
+            write_record(chunk, r);
+        }
+    })
+}
+
+/// BYE with `reason`, cut to [`MAX_REASON_LEN`] bytes at a character boundary.
+pub fn encode_bye(out: &mut [u8], reason: &str) -> Result<usize, ProtoError> {
+    let mut end = reason.len().min(MAX_REASON_LEN);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    frame(out, kind::BYE, reason.len(), |b| b.copy_from_slice(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn roundtrip(encoded: &[u8]) -> Message<'_> {
+        let (message, used) = decode(encoded).unwrap().unwrap();
+        assert_eq!(used, encoded.len());
+        message
+    }
+
+    #[test]
+    fn hello_carries_the_secret() {
+        let mut buf = [0; 64];
+        let n = encode_hello(&mut buf, b"s3cret").unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Hello { secret: b"s3cret" });
+        assert_eq!(&buf[..4], &(n as u32 - 4).to_be_bytes(), "length prefix is big-endian");
+    }
+
+    #[test]
+    fn wrong_magic_and_wrong_version_are_refused() {
+        let mut buf = [0; 64];
+        let n = encode_hello(&mut buf, b"").unwrap();
+        let mut bad = buf;
+        bad[5] = b'Y';
+        assert_eq!(decode(&bad[..n]), Err(ProtoError::BadMagic));
+        let mut v2 = buf;
+        v2[9..11].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(decode(&v2[..n]), Err(ProtoError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn own_and_disown_list_endpoints() {
+        let entries = [Endpoint::v4([10, 0, 0, 1], 40000), Endpoint::v4([10, 0, 0, 2], 0)];
+        let mut buf = [0; 128];
+        let n = encode_endpoints(&mut buf, true, &entries).unwrap();
+        let Message::Own(got) = roundtrip(&buf[..n]) else { panic!("not OWN") };
+        assert_eq!(got.len(), 2);
+        assert!(got.eq(entries.iter().copied()));
+        let n = encode_endpoints(&mut buf, false, &entries[..1]).unwrap();
+        assert!(matches!(roundtrip(&buf[..n]), Message::Disown(e) if e.len() == 1));
+    }
+
+    #[test]
+    fn oversize_empty_and_unknown_frames_are_errors() {
+        assert_eq!(decode(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()), Err(ProtoError::Oversize(MAX_FRAME_LEN as u32 + 1)));
+        assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
+        assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
+        assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(ProtoError::Oversize(u32::from_be_bytes(*b"GET "))));
+    }
+
+    #[test]
+    fn counts_must_match_bodies() {
+        // FACTS claiming 2 records but carrying 1.
+        let mut buf = [0; 256];
+        let n = encode_facts(&mut buf, &[ReplyFacts::default()]).unwrap();
+        buf[5..7].copy_from_slice(&2u16.to_be_bytes());
+        assert_eq!(decode(&buf[..n]), Err(ProtoError::BadLength { kind: kind::FACTS }));
+    }
+
+    #[test]
+    fn encoders_refuse_what_does_not_fit() {
+        let mut small = [0; 8];
+        assert_eq!(encode_hello(&mut small, b"x"), Err(ProtoError::TooLarge));
+        let too_many = [ReplyFacts::default(); MAX_RECORDS + 1];
+        let mut big = vec![0; 2 * MAX_FRAME_LEN];
+        assert_eq!(encode_facts(&mut big, &too_many), Err(ProtoError::TooLarge));
+        assert!(encode_facts(&mut big, &too_many[..MAX_RECORDS]).is_ok());
+        assert_eq!(encode_hello(&mut big, &[0; MAX_SECRET_LEN + 1]), Err(ProtoError::SecretTooLong));
+    }
+
+    #[test]
+    fn bye_reason_is_cut_at_a_character_boundary() {
+        let mut buf = vec![0; 2048];
+        let long = "é".repeat(MAX_REASON_LEN); // 2 bytes each
+        let n = encode_bye(&mut buf, &long).unwrap();
+        let Message::Bye(reason) = roundtrip(&buf[..n]) else { panic!("not BYE") };
+        assert_eq!(reason.len(), MAX_REASON_LEN);
+    }
+
+    fn any_facts() -> impl Strategy<Value = ReplyFacts> {
+        (any::<[u8; 16]>(), any::<u16>(), any::<[u8; 16]>(), any::<u16>(), any::<(u32, u32, u16, u8, u8)>(), any::<(u16, u16, u8, u32, u32)>())
+            .prop_map(|(ca, cp, ta, tp, (seq, ack, window, flags, options), (payload_len, mss, window_scale, ts_val, ts_ecr))| ReplyFacts {
+                client: Endpoint::v6(ca, cp),
+                target: Endpoint::v6(ta, tp),
+                seq: SeqNum(seq),
+                ack: SeqNum(ack),
+                window,
+                flags,
+                options,
+                payload_len,
+                mss,
+                window_scale,
+                _pad: [0; 3],
+                ts_val,
+                ts_ecr,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn facts_roundtrip(records in proptest::collection::vec(any_facts(), 0..200)) {
+            let mut buf = vec![0; MAX_FRAME_LEN + 4];
+            let n = encode_facts(&mut buf, &records).unwrap();
+            let Message::Facts(got) = roundtrip(&buf[..n]) else { panic!("not FACTS") };
+            prop_assert!(got.eq(records.iter().copied()));
+        }
+
+        #[test]
+        fn every_prefix_of_a_frame_asks_for_more(records in proptest::collection::vec(any_facts(), 0..4), cut in 0usize..300) {
+            let mut buf = vec![0; 1024];
+            let n = encode_facts(&mut buf, &records).unwrap();
+            prop_assume!(cut < n);
+            prop_assert_eq!(decode(&buf[..cut]), Ok(None));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut rest = &bytes[..];
+            // Decode frame after frame until an error or the need for more bytes.
+            while let Ok(Some((_, used))) = decode(rest) {
+                prop_assert!(used >= HEADER_LEN && used <= rest.len());
+                rest = &rest[used..];
+            }
+        }
+
+        #[test]
+        fn frames_split_anywhere_decode_the_same(entries in proptest::collection::vec((any::<[u8; 16]>(), any::<u16>()), 0..50), split in 0usize..2000) {
+            let entries: Vec<Endpoint> = entries.into_iter().map(|(a, p)| Endpoint::v6(a, p)).collect();
+            let mut stream = vec![0; 4096];
+            let mut n = encode_hello(&mut stream, b"k").unwrap();
+            n += encode_endpoints(&mut stream[n..], true, &entries).unwrap();
+            let stream = &stream[..n];
+            // A reader that got the stream in two pieces sees the same frames.
+            let split = split % (n + 1);
+            let mut buf = stream[..split].to_vec();
+            let mut decoded = Vec::new();
+            let mut fed = split;
+            loop {
+                match decode(&buf).unwrap() {
+                    Some((m, used)) => {
+                        decoded.push(format!("{m:?}"));
+                        buf.drain(..used);
+                    }
+                    None if fed < n => {
+                        buf.extend_from_slice(&stream[fed..]);
+                        fed = n;
+                    }
+                    None => break,
+                }
+            }
+            prop_assert_eq!(decoded.len(), 2);
+            prop_assert!(decoded[1].contains("Own"));
+        }
+    }
+}
