@@ -52,6 +52,8 @@ counters! {
         Matched = "matched",
         /// Frames redirected into an AF_XDP socket.
         Redirected = "redirected",
+        /// Matching frames on an RX queue with no AF_XDP socket bound: passed to the kernel.
+        NoSocket = "no_socket",
         /// Frames handed on to the kernel stack untouched.
         Passed = "passed",
         /// Frames that claimed to be IP/TCP but whose headers were truncated or inconsistent.

@@ -7,7 +7,11 @@
 pub const COUNTERS: &str = "COUNTERS";
 /// Hash map `Endpoint -> u8`: the copier's online endpoints (wildcard address allowed).
 pub const ONLINE_ENDPOINTS: &str = "ONLINE_ENDPOINTS";
-/// Hash map `Endpoint -> u8`: the intercept's test-server endpoints.
+/// Hash map `Endpoint -> u8`: the intercept's test-server endpoints (wildcard address allowed).
 pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
+/// `XskMap` of the intercept: RX queue index -> AF_XDP socket.
+pub const XSKS: &str = "XSKS";
+/// RX queues the intercept can serve.
+pub const MAX_QUEUES: u32 = 64;
 /// Capacity of the endpoint maps: far more `-x`/`--target` entries than anyone types.
 pub const MAX_ENDPOINTS: u32 = 256;

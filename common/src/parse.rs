@@ -71,6 +71,14 @@ impl Malformed {
     }
 }
 
+impl core::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::error::Error for Malformed {}
+
 /// The facts about a TCP segment the XDP programs need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSegment {

@@ -78,6 +78,8 @@ impl fmt::Display for ProtoError {
     }
 }
 
+impl core::error::Error for ProtoError {}
+
 /// One decoded frame, borrowing from the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {

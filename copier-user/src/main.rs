@@ -78,7 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
 
-    let stop = xdp_runtime::report_until_stopped("copier", &counters, Duration::from_secs_f64(args.stats_interval)).await?;
+    let stop = xdp_runtime::report_until_stopped("copier", &counters, Duration::from_secs_f64(args.stats_interval), Vec::new).await?;
     drop(ebpf);
     log::info!("stopped by {stop:?}; XDP program detached from {}", args.iface);
     Ok(())

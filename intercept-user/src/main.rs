@@ -1,28 +1,53 @@
-//! `intercept`: steals the test server's replies on the assistant host.
-//!
-//! This stage attaches the reply filter to the assistant's interface and reports what it sees;
-//! the AF_XDP path and the copier protocol build on it.
+//! `intercept`: steals the test server's replies on the assistant host and serves their header
+//! facts to the copiers (DESIGN.md §1, §3).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
 
-use anyhow::Context as _;
-use aya::{maps::HashMap, programs::Xdp};
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{HashMap, XskMap},
+    programs::Xdp,
+};
 use clap::Parser;
-use common::{counters::InterceptCounter, endpoint::Endpoint, maps::TARGET_ENDPOINTS};
+use common::{
+    counters::InterceptCounter,
+    endpoint::Endpoint,
+    maps::{MAX_QUEUES, TARGET_ENDPOINTS, XSKS},
+    proto::DEFAULT_PORT,
+};
+use intercept_user::{filter::parse_filter, server, stats::Stats, xsk};
 use xdp_runtime::{counters::Counters, Attached};
 
 /// The eBPF object built from `intercept-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"));
 
 #[derive(Debug, Parser)]
-#[command(name = "intercept", version, about = "Steal a test server's replies (XDP) for the copiers.")]
+#[command(name = "intercept", version, about = "Steal a test server's replies (XDP + AF_XDP) and serve their header facts to copiers.")]
+#[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["target", "filter"])))]
 struct Args {
     /// The interface the test server's replies arrive on.
     #[arg(short = 'i', long)]
     iface: String,
     /// Test-server endpoints whose replies to steal: IP:PORT[,IP:PORT...]
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     target: Vec<SocketAddr>,
+    /// tcpcopy's filter form: 'tcp and src port N [and src host IP]'.
+    #[arg(short = 'F', long = "filter")]
+    filter: Option<String>,
+    /// Where copiers connect.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// A file holding a secret every copier must present.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// RX queues to serve, one pinned worker each (default: all of the interface's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_QUEUES as i64))]
+    workers: Option<u32>,
     /// Seconds between stats lines.
     #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     stats_interval: f64,
@@ -41,8 +66,15 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    let targets = match targets(&args) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("intercept: error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(args))) {
+    match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(args, targets))) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // The chain of causes, not a backtrace: users act on the message.
@@ -52,19 +84,57 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The endpoints from `--target` and `-F`: a bad filter is a usage error.
+fn targets(args: &Args) -> anyhow::Result<Vec<Endpoint>> {
+    let mut targets: Vec<Endpoint> = args.target.iter().map(|&t| t.into()).collect();
+    if let Some(filter) = &args.filter {
+        targets.push(parse_filter(filter)?);
+    }
+    Ok(targets)
+}
+
+fn read_secret(path: &PathBuf) -> anyhow::Result<Arc<[u8]>> {
+    let text = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
+    let secret = text.trim_ascii_end();
+    if secret.is_empty() {
+        bail!("the secret file {} is empty", path.display());
+    }
+    Ok(secret.into())
+}
+
+async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
+    let secret = args.secret_file.as_ref().map(read_secret).transpose()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening for copiers on {}", args.listen))?;
 
     let mut ebpf = xdp_runtime::load(EBPF_OBJECT)?;
     xdp_runtime::forward_logs(&mut ebpf)?;
     {
         let map = ebpf.map_mut(TARGET_ENDPOINTS).context("eBPF object has no target endpoint map")?;
-        let mut targets: HashMap<_, Endpoint, u8> = HashMap::try_from(map)?;
-        for target in &args.target {
-            targets.insert(Endpoint::from(*target), 1, 0).with_context(|| format!("adding target {target}"))?;
-            log::info!("intercepting replies from {target}");
+        let mut map: HashMap<_, Endpoint, u8> = HashMap::try_from(map)?;
+        for t in &targets {
+            map.insert(t, 1, 0).with_context(|| format!("adding target {t}"))?;
+            log::info!("intercepting replies from {t}");
         }
     }
     let counters = Counters::<InterceptCounter>::take(&mut ebpf)?;
+
+    // Sockets first, so that no reply arrives before its queue has one.
+    let queues = xsk::rx_queue_count(&args.iface);
+    let workers = args.workers.unwrap_or(queues.min(MAX_QUEUES));
+    if workers > queues {
+        bail!("--workers {workers}: {} has only {queues} RX queue(s)", args.iface);
+    }
+    let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
+    let mut sockets = Vec::new();
+    for queue in 0..workers {
+        let socket = xsk::QueueSocket::open(&args.iface, queue)?;
+        xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
+        log::info!("AF_XDP socket on {} queue {queue} ({})", args.iface, if socket.zero_copy { "zero-copy" } else { "copy mode" });
+        sockets.push(socket);
+    }
+
     let program: &mut Xdp = ebpf.program_mut("intercept").context("eBPF object has no intercept program")?.try_into()?;
     program.load().context("loading the intercept XDP program (verifier)")?;
     match xdp_runtime::attach(program, &args.iface, args.force)? {
@@ -76,8 +146,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
 
-    let stop = xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval)).await?;
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (facts_tx, facts_rx) = tokio::sync::mpsc::channel(1024);
+    log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
+    tokio::spawn(server::serve(listener, secret, facts_rx, Arc::clone(&stats)));
+    let cores = xsk::allowed_cores();
+    let mut threads = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], facts_tx.clone(), Arc::clone(&stop), Arc::clone(&stats))?);
+    }
+
+    let report = xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || stats.snapshot()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
     drop(ebpf);
+    let stop = report?;
     log::info!("stopped by {stop:?}; XDP program detached from {}", args.iface);
     Ok(())
 }
@@ -86,8 +172,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
 mod tests {
     use clap::CommandFactory as _;
 
+    use super::*;
+
     #[test]
     fn cli_definition_is_consistent() {
-        super::Args::command().debug_assert();
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn targets_come_from_target_and_tcpcopy_filters() {
+        let args = Args::try_parse_from(["intercept", "-i", "eth1", "--target", "10.0.0.2:8080,10.0.0.3:80"]).unwrap();
+        assert_eq!(targets(&args).unwrap().len(), 2);
+        let args = Args::try_parse_from(["intercept", "-i", "eth1", "-F", "tcp and src port 8080"]).unwrap();
+        assert_eq!(targets(&args).unwrap(), [Endpoint::any(8080)]);
+        let args = Args::try_parse_from(["intercept", "-i", "eth1", "-F", "udp"]).unwrap();
+        assert!(targets(&args).is_err());
+    }
+
+    #[test]
+    fn a_target_is_required_and_bad_flags_are_usage_errors() {
+        for argv in [
+            &["intercept", "-i", "eth1"][..],
+            &["intercept", "-i", "eth1", "--target", "10.0.0.2"],
+            &["intercept", "-i", "eth1", "--target", "10.0.0.2:80", "--workers", "0"],
+            &["intercept", "-i", "eth1", "--target", "10.0.0.2:80", "--stats-interval", "-1"],
+        ] {
+            let err = Args::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
+        }
     }
 }

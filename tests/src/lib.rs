@@ -12,6 +12,8 @@
 pub mod bins;
 pub mod netns;
 pub mod process;
+pub mod proto_client;
+pub mod raw;
 pub mod servers;
 pub mod stats;
 pub mod topology;

@@ -7,8 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::parse::tcp_flags::SYN;
 use xdpcopy_testbed::{
-    bins, servers::{LineServer, Nginx}, stats, topology::{addr, iface}, traffic, Host, Process, Testbed,
+    bins, raw,
+    servers::{LineServer, Nginx},
+    stats,
+    topology::{addr, iface},
+    traffic, Host, Process, Testbed,
 };
 
 const STARTUP: Duration = Duration::from_secs(20);
@@ -76,15 +81,19 @@ fn both_programs_count_real_traffic_and_detach_on_sigint() {
     assert!(statuses.iter().all(|&s| s == 200), "production answered {statuses:?}");
     assert_eq!(online.requests().len(), 20, "production served every request: copy mode passes everything");
 
-    // The test server answers the assistant host: SYN-ACK and five replies come from target:8080.
-    let lines: Vec<String> = (0..5).map(|i| format!("request {i}")).collect();
-    tb.assist.run(move || traffic::line_requests(target_line(), &lines)).unwrap().unwrap();
+    // Five SYNs from client addresses, sent from the online host as the copier sends them: the
+    // test server's SYN-ACKs come back through the assistant host.
+    for port in 40000..40005 {
+        let syn = raw::ipv4_tcp((addr::CLIENT, port), (addr::TARGET, 8080), 1, 0, SYN, &[], &[]);
+        tb.online.run(move || raw::send_ipv4(&syn)).unwrap().unwrap();
+    }
 
     let c = wait_stats(&mut copier, "copier counters", |s| s.get("matched") >= 60);
     assert!(c.get("seen") >= c.get("matched"));
     assert_eq!(c.get("passed"), c.get("seen"), "copy mode passes every frame");
-    let i = wait_stats(&mut intercept, "intercept counters", |s| s.get("matched") >= 6);
+    let i = wait_stats(&mut intercept, "intercept counters", |s| s.get("matched") >= 5);
     assert_eq!(i.get("malformed"), 0);
+    assert_eq!(i.get("redirected"), i.get("matched"), "every reply is stolen");
 
     for p in [&mut copier, &mut intercept] {
         p.signal(libc::SIGINT).unwrap();

@@ -24,12 +24,18 @@ impl<C: Counter> Counters<C> {
     }
 }
 
-/// `label stats: a=1 b=2 | per second: a=0.5 b=1.0`: one line, `name=value` pairs that tests
-/// and people can both read.
-pub fn stats_line<C: Counter>(label: &str, now: &[u64], before: &[u64], seconds: f64) -> String {
+/// Userspace counters printed after the XDP program's.
+pub type Extra = [(&'static str, u64)];
+
+/// `label stats: a=1 b=2 x=3 | per second: a=0.5 b=1.0`: one line of `name=value` pairs that
+/// tests and people can both read; rates are of the XDP counters.
+pub fn stats_line<C: Counter>(label: &str, now: &[u64], before: &[u64], seconds: f64, extra: &Extra) -> String {
     let mut line = format!("{label} stats:");
     for (c, v) in C::ALL.iter().zip(now) {
         line += &format!(" {}={v}", c.name());
+    }
+    for (name, v) in extra {
+        line += &format!(" {name}={v}");
     }
     line += " | per second:";
     for ((c, v), b) in C::ALL.iter().zip(now).zip(before) {
@@ -38,11 +44,14 @@ pub fn stats_line<C: Counter>(label: &str, now: &[u64], before: &[u64], seconds:
     line
 }
 
-/// `label summary: a=1 b=2`: the totals at exit.
-pub fn summary_line<C: Counter>(label: &str, totals: &[u64]) -> String {
+/// `label summary: a=1 b=2 x=3`: the totals at exit.
+pub fn summary_line<C: Counter>(label: &str, totals: &[u64], extra: &Extra) -> String {
     let mut line = format!("{label} summary:");
     for (c, v) in C::ALL.iter().zip(totals) {
         line += &format!(" {}={v}", c.name());
+    }
+    for (name, v) in extra {
+        line += &format!(" {name}={v}");
     }
     line
 }
@@ -55,15 +64,15 @@ mod tests {
 
     #[test]
     fn stats_line_has_totals_then_rates() {
-        let line = stats_line::<CopierCounter>("copier", &[10, 4, 10, 0], &[0, 0, 0, 0], 2.0);
+        let line = stats_line::<CopierCounter>("copier", &[10, 4, 10, 0], &[0, 0, 0, 0], 2.0, &[("sessions", 3)]);
         assert_eq!(
             line,
-            "copier stats: seen=10 matched=4 passed=10 malformed=0 | per second: seen=5.0 matched=2.0 passed=5.0 malformed=0.0"
+            "copier stats: seen=10 matched=4 passed=10 malformed=0 sessions=3 | per second: seen=5.0 matched=2.0 passed=5.0 malformed=0.0"
         );
     }
 
     #[test]
     fn summary_line_has_totals() {
-        assert_eq!(summary_line::<CopierCounter>("copier", &[1, 2, 3, 4]), "copier summary: seen=1 matched=2 passed=3 malformed=4");
+        assert_eq!(summary_line::<CopierCounter>("copier", &[1, 2, 3, 4], &[]), "copier summary: seen=1 matched=2 passed=3 malformed=4");
     }
 }

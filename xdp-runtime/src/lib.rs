@@ -60,8 +60,14 @@ pub async fn stop_signal() -> anyhow::Result<Stop> {
     })
 }
 
-/// Prints a stats line every `interval` until SIGINT/SIGTERM, then the summary.
-pub async fn report_until_stopped<C: Counter>(label: &str, counters: &Counters<C>, interval: Duration) -> anyhow::Result<Stop> {
+/// Prints a stats line every `interval` until SIGINT/SIGTERM, then the summary. `extra` gives
+/// the userspace counters to print after the XDP program's.
+pub async fn report_until_stopped<C: Counter>(
+    label: &str,
+    counters: &Counters<C>,
+    interval: Duration,
+    extra: impl Fn() -> Vec<(&'static str, u64)>,
+) -> anyhow::Result<Stop> {
     let stop = stop_signal();
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(interval);
@@ -73,12 +79,12 @@ pub async fn report_until_stopped<C: Counter>(label: &str, counters: &Counters<C
             stop = &mut stop => break stop?,
             _ = ticker.tick() => {
                 let now = counters.read()?;
-                println!("{}", stats_line::<C>(label, &now, &before, since.elapsed().as_secs_f64()));
+                println!("{}", stats_line::<C>(label, &now, &before, since.elapsed().as_secs_f64(), &extra()));
                 before = now;
                 since = Instant::now();
             }
         }
     };
-    println!("{}", summary_line::<C>(label, &counters.read()?));
+    println!("{}", summary_line::<C>(label, &counters.read()?, &extra()));
     Ok(stop)
 }

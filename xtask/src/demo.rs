@@ -1,9 +1,10 @@
 //! `cargo xtask demo`: the deployment picture on a namespace test bed, live.
 //!
 //! Clients send HTTP requests to the online nginx while the copier's XDP program watches the
-//! online interface and the intercept's watches the assistant host's link to the test server.
-//! The copier does not replay sessions yet, so the assistant host also sends requests to the
-//! test server itself, to give the intercept replies to see; the demo says so.
+//! online interface. The copier does not replay sessions yet, so the demo sends SYNs from client
+//! addresses to the test server from the online host, as the copier will; the intercept steals
+//! the test server's SYN-ACKs on the assistant host and serves their facts to a protocol client
+//! standing in for the copier. The demo says so.
 
 use std::{
     net::SocketAddr,
@@ -14,6 +15,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use xdpcopy_testbed::{
     bins,
+    proto_client::ProtoClient,
+    raw,
     servers::Nginx,
     stats,
     topology::{addr, iface},
@@ -45,6 +48,22 @@ impl Tally {
     }
 }
 
+/// Sends SYNs from client addresses to the test server from the online host until `stop`, about
+/// `per_second` a second, as the copier will open replayed sessions.
+fn syn_load(tb: &Testbed, target: SocketAddr, per_second: u32, stop: &AtomicBool, tally: &Tally) {
+    let gap = Duration::from_secs(1) / per_second;
+    let mut port = 20000u16;
+    while !stop.load(Ordering::Relaxed) {
+        let syn = raw::ipv4_tcp((addr::CLIENT, port), (addr::TARGET, target.port()), 1, 0, common::parse::tcp_flags::SYN, &[], &[]);
+        match tb.online.run(move || raw::send_ipv4(&syn)) {
+            Ok(Ok(())) => tally.ok.fetch_add(1, Ordering::Relaxed),
+            _ => tally.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        port = port.wrapping_add(1).max(20000);
+        std::thread::sleep(gap);
+    }
+}
+
 /// Sends GETs to `server` from inside `host` until `stop`, about `per_second` a second.
 fn http_load(tb: &Testbed, host: Host, server: SocketAddr, prefix: &'static str, per_second: u32, stop: &AtomicBool, tally: &Tally) {
     let gap = Duration::from_secs(1) / per_second;
@@ -72,23 +91,35 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let mapping = format!("80-{target_addr}");
     let mut copier = tb.spawn(Host::Online, "copier", bins::xdpcopy("copier"), &["-x", &mapping, "--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "1"])?;
     let target = target_addr.to_string();
-    let mut intercept = tb.spawn(Host::Assist, "intercept", bins::xdpcopy("intercept"), &["--iface", iface::ASSIST_TO_TARGET, "--target", &target, "--stats-interval", "1"])?;
+    let control = SocketAddr::new(addr::ASSIST_CONTROL.into(), common::proto::DEFAULT_PORT);
+    let listen = control.to_string();
+    let mut intercept = tb.spawn(
+        Host::Assist,
+        "intercept",
+        bins::xdpcopy("intercept"),
+        &["--iface", iface::ASSIST_TO_TARGET, "--target", &target, "--listen", &listen, "--stats-interval", "1"],
+    )?;
     for p in [&mut copier, &mut intercept] {
         let line = p.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
         println!("demo: {}", line.split("] ").last().unwrap_or(&line));
     }
 
-    println!("demo: clients → online nginx for {duration:?}; assistant host → test server as a stand-in for replayed sessions");
+    intercept.wait_for_line(STARTUP, |l| l.contains("serving copiers"))?;
+    // Stands in for a copier: owns every port of the client address.
+    let mut standin = ProtoClient::connect(&tb.online, control, b"")?;
+    standin.own(&[common::endpoint::Endpoint::v4(addr::CLIENT.octets(), 0)])?;
+    println!("demo: clients → online nginx for {duration:?}; meanwhile SYNs from client addresses → test server (a stand-in for replayed sessions), whose SYN-ACKs the intercept steals for a stand-in copier");
     let stop = AtomicBool::new(false);
-    let (online_load, assist_load) = (Tally::default(), Tally::default());
-    std::thread::scope(|scope| {
+    let (online_load, syns) = (Tally::default(), Tally::default());
+    let facts = std::thread::scope(|scope| {
         scope.spawn(|| http_load(&tb, Host::Client, online_addr, "demo", 50, &stop, &online_load));
-        scope.spawn(|| http_load(&tb, Host::Assist, target_addr, "standin", 5, &stop, &assist_load));
+        scope.spawn(|| syn_load(&tb, target_addr, 5, &stop, &syns));
+        let reader = scope.spawn(|| standin.facts_for(duration + Duration::from_millis(500)).map(|f| f.len()));
         let start = Instant::now();
         while start.elapsed() < duration {
             std::thread::sleep(Duration::from_secs(1));
             println!(
-                "demo: t={:>2}s  online served {:>5}  | copier XDP: {}  | intercept XDP: {}",
+                "demo: t={:>2}s  online served {:>5}  | copier: {}  | intercept: {}",
                 start.elapsed().as_secs(),
                 online_load.ok(),
                 latest(&copier),
@@ -96,7 +127,8 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
             );
         }
         stop.store(true, Ordering::Relaxed);
-    });
+        reader.join().expect("reader thread")
+    })?;
 
     for p in [&mut copier, &mut intercept] {
         p.signal(libc::SIGINT)?;
@@ -115,12 +147,11 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         bail!("XDP programs still attached after SIGINT: {}", left.join(", "));
     }
     println!(
-        "demo: clients got {} responses ({} failed), nginx logged {} requests; stand-in requests {} ({} failed)",
+        "demo: clients got {} responses ({} failed), nginx logged {} requests; {} SYNs sent, the stand-in copier received {facts} SYN-ACK facts (retransmissions included)",
         online_load.ok(),
         online_load.failed(),
         online.requests().len(),
-        assist_load.ok(),
-        assist_load.failed()
+        syns.ok(),
     );
     println!("demo: both XDP programs detached; tearing the test bed down");
     Ok(())

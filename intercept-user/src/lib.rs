@@ -1,0 +1,8 @@
+//! The intercept's logic. The pure parts (`filter`, `router`) are unit-tested without root; the
+//! I/O edges (`xsk`, `server`) are covered by the namespace tests.
+
+pub mod filter;
+pub mod router;
+pub mod server;
+pub mod stats;
+pub mod xsk;

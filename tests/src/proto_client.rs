@@ -1,0 +1,105 @@
+//! A minimal copier side of the intercept protocol, for tests that check what the intercept
+//! serves without a copier.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use common::{
+    endpoint::Endpoint,
+    facts::ReplyFacts,
+    proto::{self, Message},
+};
+
+use crate::Netns;
+
+/// What an intercept sent, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Welcome(u16),
+    Facts(Vec<ReplyFacts>),
+    Bye(String),
+    Closed,
+}
+
+pub struct ProtoClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl ProtoClient {
+    /// Opens a TCP connection from inside `ns` (the socket stays in that namespace).
+    pub fn connect_raw(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))??;
+        Ok(Self { stream, buf: Vec::new() })
+    }
+
+    /// Connects and says HELLO; fails with the intercept's BYE reason if it refuses.
+    pub fn connect(ns: &Netns, addr: SocketAddr, secret: &[u8]) -> anyhow::Result<Self> {
+        let mut c = Self::connect_raw(ns, addr)?;
+        let mut hello = vec![0; 64 + secret.len()];
+        let n = proto::encode_hello(&mut hello, secret)?;
+        c.send_bytes(&hello[..n])?;
+        match c.recv(Duration::from_secs(5))? {
+            Received::Welcome(v) if v == proto::VERSION => Ok(c),
+            other => bail!("handshake refused: {other:?}"),
+        }
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes).context("writing to the intercept")
+    }
+
+    /// Announces that this copier owns `clients`.
+    pub fn own(&mut self, clients: &[Endpoint]) -> anyhow::Result<()> {
+        let mut buf = vec![0; 16 + clients.len() * proto::ENTRY_LEN];
+        let n = proto::encode_endpoints(&mut buf, true, clients)?;
+        self.send_bytes(&buf[..n])
+    }
+
+    /// The next frame, waiting at most `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> anyhow::Result<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((message, used)) = proto::decode(&self.buf).map_err(|e| anyhow::anyhow!("intercept sent garbage: {e}"))? {
+                let out = match message {
+                    Message::Welcome { version } => Received::Welcome(version),
+                    Message::Facts(records) => Received::Facts(records.collect()),
+                    Message::Bye(reason) => Received::Bye(reason.to_owned()),
+                    other => bail!("unexpected frame from the intercept: {other:?}"),
+                };
+                self.buf.drain(..used);
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("nothing from the intercept within {timeout:?}");
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let mut chunk = [0; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(Received::Closed),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Collects facts for `window`, returning all of them (a BYE or close ends it early).
+    pub fn facts_for(&mut self, window: Duration) -> anyhow::Result<Vec<ReplyFacts>> {
+        let deadline = Instant::now() + window;
+        let mut all = Vec::new();
+        while Instant::now() < deadline {
+            match self.recv(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Received::Facts(f)) => all.extend(f),
+                Ok(other) => bail!("expected facts, got {other:?}"),
+                Err(_) => break, // the window ran out
+            }
+        }
+        Ok(all)
+    }
+}
