@@ -258,7 +258,55 @@ async fn connection(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
     use super::*;
+
+    fn reply_to(port: u16) -> ReplyFacts {
+        ReplyFacts { client: Endpoint::v4([10, 100, 1, 2], port), ..Default::default() }
+    }
+
+    /// Runs the router with one copier whose queue holds `capacity` frames and is never read.
+    async fn router_with_stalled_copier(capacity: usize, batches: usize) -> (Arc<Stats>, mpsc::Receiver<Vec<u8>>) {
+        let stats = Arc::new(Stats::default());
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let (facts_tx, facts_rx) = mpsc::channel(16);
+        let router = tokio::spawn(route(control_rx, facts_rx, Arc::clone(&stats)));
+        let (queue, outbound) = mpsc::channel(capacity);
+        control_tx.send(Control::Connected { id: 1, peer: "10.0.0.1:1".parse().unwrap(), queue }).await.unwrap();
+        control_tx.send(Control::Own { id: 1, entries: vec![Endpoint::v4([10, 100, 1, 2], 0)] }).await.unwrap();
+        for _ in 0..batches {
+            facts_tx.send(vec![reply_to(1), reply_to(2)]).await.unwrap();
+        }
+        facts_tx.send(vec![reply_to(3)]).await.unwrap();
+        drop((control_tx, facts_tx));
+        router.await.unwrap();
+        (stats, outbound)
+    }
+
+    #[tokio::test]
+    async fn a_slow_copier_costs_a_counter_not_memory() {
+        let (stats, mut outbound) = router_with_stalled_copier(1, 10).await;
+        // One frame fits the queue; the other 9 batches (18 facts) and the last fact are dropped.
+        assert_eq!(stats.routed.load(Relaxed), 2);
+        assert_eq!(stats.slow_copier_dropped.load(Relaxed), 19);
+        let frame = outbound.recv().await.unwrap();
+        assert!(matches!(proto::decode(&frame), Ok(Some((Message::Facts(r), _))) if r.len() == 2));
+        assert!(outbound.recv().await.is_none(), "nothing else was queued");
+    }
+
+    #[tokio::test]
+    async fn a_copier_that_keeps_up_gets_everything_in_order() {
+        let (stats, mut outbound) = router_with_stalled_copier(64, 10).await;
+        assert_eq!((stats.routed.load(Relaxed), stats.slow_copier_dropped.load(Relaxed)), (21, 0));
+        let mut ports = Vec::new();
+        while let Some(frame) = outbound.recv().await {
+            let Ok(Some((Message::Facts(records), _))) = proto::decode(&frame) else { panic!("not FACTS") };
+            ports.extend(records.map(|r| r.client.port));
+        }
+        assert_eq!(ports.len(), 21);
+        assert_eq!(ports.last(), Some(&3));
+    }
 
     #[test]
     fn secrets_compare_by_content_and_length() {
