@@ -94,7 +94,7 @@ impl ReplyFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::tcp_flags::{ACK, SYN};
+    use crate::tcp::flags::{ACK, SYN};
 
     /// A SYN-ACK from 10.100.2.2:8080 to 10.100.1.2:40000 with Linux's options and 5 bytes of
     /// payload (a TCP Fast Open-less SYN-ACK never has payload, but the length logic is shared).

@@ -7,7 +7,7 @@
 
 use core::mem::size_of;
 
-use crate::endpoint::Endpoint;
+use crate::{endpoint::Endpoint, tcp::offset as tcp_offset};
 
 /// Ethernet header length (no FCS).
 pub const ETH_HLEN: usize = 14;
@@ -33,15 +33,6 @@ const IPV6_EXT_DEST_OPTS: u8 = 60;
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// No sane header chain puts TCP further in; capping lets the verifier bound offsets.
 const MAX_L4_OFFSET: usize = 256;
-
-/// TCP flag bits (byte 13 of the TCP header).
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
 
 /// Why a frame that claims to carry IP/TCP could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,19 +247,15 @@ unsafe fn parse_tcp(start: usize, end: usize, l4: usize) -> Result<(u16, u16, us
         return Err(Malformed::HeaderChainTooLong);
     }
     let hdr: [u8; TCP_MIN_HLEN] = unsafe { load(start, end, l4) }?;
-    let header_len = ((hdr[12] >> 4) as usize) * 4;
+    let header_len = ((hdr[tcp_offset::DATA_OFFSET] >> 4) as usize) * 4;
     if header_len < TCP_MIN_HLEN {
         return Err(Malformed::BadTcpDataOffset);
     }
     if start + l4 + header_len > end {
         return Err(Malformed::Truncated);
     }
-    Ok((
-        u16::from_be_bytes([hdr[0], hdr[1]]),
-        u16::from_be_bytes([hdr[2], hdr[3]]),
-        header_len,
-        hdr[13],
-    ))
+    let be16 = |at: usize| u16::from_be_bytes([hdr[at], hdr[at + 1]]);
+    Ok((be16(tcp_offset::SRC_PORT), be16(tcp_offset::DST_PORT), header_len, hdr[tcp_offset::FLAGS]))
 }
 
 /// Safe entry point for userspace and tests.
@@ -280,7 +267,8 @@ pub fn parse_frame(frame: &[u8]) -> Result<Option<TcpSegment>, Malformed> {
 
 #[cfg(test)]
 mod tests {
-    use super::{tcp_flags::*, *};
+    use super::*;
+    use crate::tcp::flags::*;
 
     const MAC: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
 

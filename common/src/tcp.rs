@@ -15,6 +15,15 @@ pub mod offset {
     pub const URGENT: usize = 18;
 }
 
+/// Flag bits (byte 13 of the header).
+pub mod flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
 /// Option kinds (RFC 9293, RFC 7323, RFC 2018).
 pub mod kind {
     pub const END: u8 = 0;

@@ -25,18 +25,11 @@ struct Args {
     #[arg(long)]
     iface: String,
     /// Seconds between stats lines.
-    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    #[arg(long, default_value_t = 5.0, value_parser = xdp_runtime::positive_seconds)]
     stats_interval: f64,
     /// Replace an XDP program this process did not attach.
     #[arg(long)]
     force: bool,
-}
-
-fn positive_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
 }
 
 fn main() -> std::process::ExitCode {

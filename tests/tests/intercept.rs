@@ -10,11 +10,9 @@ use std::{
 use common::{
     endpoint::Endpoint,
     facts::ReplyFacts,
-    parse::{
-        parse_frame,
-        tcp_flags::{ACK, SYN},
-    },
+    parse::parse_frame,
     seq::SeqNum,
+    tcp::flags::{ACK, SYN},
 };
 use xdpcopy_testbed::{
     bins,

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::parse::tcp_flags::SYN;
+use common::tcp::flags::SYN;
 use xdpcopy_testbed::{
     bins, raw,
     servers::{LineServer, Nginx},

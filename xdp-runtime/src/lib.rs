@@ -17,6 +17,14 @@ use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
 pub use crate::attach::{attach, AttachError, Attached};
 use crate::counters::{stats_line, summary_line, Counters};
 
+/// clap value parser for `--stats-interval`: a positive, finite number of seconds.
+pub fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
 /// Loads an eBPF object; eBPF log records below the process's log level are not even written.
 pub fn load(object: &[u8]) -> anyhow::Result<Ebpf> {
     let level = log::max_level() as u8;

@@ -54,7 +54,7 @@ fn syn_load(tb: &Testbed, target: SocketAddr, per_second: u32, stop: &AtomicBool
     let gap = Duration::from_secs(1) / per_second;
     let mut port = 20000u16;
     while !stop.load(Ordering::Relaxed) {
-        let syn = raw::ipv4_tcp((addr::CLIENT, port), (addr::TARGET, target.port()), 1, 0, common::parse::tcp_flags::SYN, &[], &[]);
+        let syn = raw::ipv4_tcp((addr::CLIENT, port), (addr::TARGET, target.port()), 1, 0, common::tcp::flags::SYN, &[], &[]);
         match tb.online.run(move || raw::send_ipv4(&syn)) {
             Ok(Ok(())) => tally.ok.fetch_add(1, Ordering::Relaxed),
             _ => tally.failed.fetch_add(1, Ordering::Relaxed),
