@@ -1,3 +1,4 @@
 //! The copier's logic, kept free of I/O so it is tested without root.
 
+pub mod engine;
 pub mod mapping;

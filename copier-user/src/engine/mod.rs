@@ -1,0 +1,456 @@
+//! The session engine: replays captured client sessions towards the test server exactly
+//! (DESIGN.md §2), with no I/O.
+//!
+//! Inputs: captured client packets ([`Engine::on_captured`]) and the test server's reply facts
+//! ([`Engine::on_reply`]), each with the current time in microseconds, and timer ticks
+//! ([`Engine::on_timer`] at [`Engine::next_deadline`]). Outputs: IP packets to send and
+//! ownership announcements for the intercepts, collected in the [`Outbox`].
+
+pub mod capture;
+pub mod emit;
+pub mod rewrite;
+mod rto;
+pub mod session;
+mod stream;
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
+    net::SocketAddr,
+    ops::Range,
+};
+
+use common::{endpoint::Endpoint, facts::ReplyFacts, tcp::flags::SYN};
+
+use self::{
+    capture::{ClientSegment, Link},
+    rewrite::{next_port, sampled, shifted_port, ClientAddrs},
+    session::{Session, SynParams},
+};
+use crate::mapping::Mapping;
+
+/// What the engine is told by the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mappings: Vec<Mapping>,
+    /// `-c`: addresses the copied clients appear from (default: their own).
+    pub client_addrs: Option<ClientAddrs>,
+    /// `-n`: copies of each session (at least 1).
+    pub multiply: u16,
+    /// `-f`: port shift between copies.
+    pub port_shift: u16,
+    /// `-r`: percentage of sessions replayed.
+    pub sample_percent: u8,
+    /// Pace requests by the test server's answers (tcpcopy's default; `-W` turns it off).
+    pub wait_for_response: bool,
+    /// `-O`: replay only sessions whose SYN was captured.
+    pub only_complete: bool,
+    /// `-t`: a session with no activity this long ends.
+    pub idle_timeout_us: u64,
+    pub max_sessions: usize,
+    /// `-m`: bytes of captured payload held at most.
+    pub max_buffered_bytes: usize,
+    pub max_retransmits: u32,
+    /// A response shorter than the online one counts as complete after this much quiet.
+    pub response_quiet_us: u64,
+    /// A request that got no response at all lets the next one go after this long.
+    pub response_timeout_us: u64,
+    /// MSS of fabricated handshakes (sessions captured mid-stream).
+    pub default_mss: u16,
+}
+
+impl Config {
+    pub fn new(mappings: Vec<Mapping>) -> Self {
+        Self {
+            mappings,
+            client_addrs: None,
+            multiply: 1,
+            port_shift: 1000,
+            sample_percent: 100,
+            wait_for_response: true,
+            only_complete: false,
+            idle_timeout_us: 120_000_000,
+            max_sessions: 1 << 20,
+            max_buffered_bytes: 512 << 20,
+            max_retransmits: 8,
+            response_quiet_us: 50_000,
+            response_timeout_us: 2_000_000,
+            default_mss: 1460,
+        }
+    }
+
+    fn target_for(&self, online: &Endpoint) -> Option<SocketAddr> {
+        let online_addr = SocketAddr::from(*online);
+        self.mappings
+            .iter()
+            .find(|m| m.online.port == online.port && m.online.addr.is_none_or(|a| a == online_addr.ip()))
+            .map(|m| m.target)
+    }
+}
+
+/// What happened, for the stats line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub sessions_started: u64,
+    pub sessions_completed: u64,
+    pub sessions_reset: u64,
+    pub sessions_timed_out: u64,
+    pub sessions_gave_up: u64,
+    /// Sessions not started or dropped for the session or memory bound.
+    pub sessions_shed: u64,
+    /// Sessions left out by `-r` or `-O`.
+    pub sessions_skipped: u64,
+    /// Sessions whose source port clashed with a live one and moved to the next free port.
+    pub port_probes: u64,
+    pub packets_sent: u64,
+    pub packets_retransmitted: u64,
+    pub payload_bytes_sent: u64,
+    /// Captured packets of no mapping, or not TCP.
+    pub captured_ignored: u64,
+    pub captured_malformed: u64,
+    /// Reply facts of no live session.
+    pub replies_unmatched: u64,
+}
+
+impl Counters {
+    /// `name=value` pairs for the stats line.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("sessions", self.sessions_started),
+            ("completed", self.sessions_completed),
+            ("reset", self.sessions_reset),
+            ("timed_out", self.sessions_timed_out),
+            ("gave_up", self.sessions_gave_up),
+            ("shed", self.sessions_shed),
+            ("skipped", self.sessions_skipped),
+            ("sent", self.packets_sent),
+            ("retransmitted", self.packets_retransmitted),
+            ("bytes", self.payload_bytes_sent),
+            ("ignored", self.captured_ignored),
+            ("malformed", self.captured_malformed),
+            ("unmatched_replies", self.replies_unmatched),
+        ]
+    }
+}
+
+/// An announcement for the intercepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Replies to this client endpoint are ours.
+    Own(Endpoint),
+    /// No longer.
+    Disown(Endpoint),
+}
+
+/// Packets and announcements produced since the caller last drained it. Its buffers are
+/// reused, so a warmed-up engine allocates nothing per packet.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    bytes: Vec<u8>,
+    packets: Vec<Range<usize>>,
+    pub events: Vec<Event>,
+}
+
+impl Outbox {
+    /// The IP packets to send, in order.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.packets.iter().map(|r| &self.bytes[r.clone()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty() && self.events.is_empty()
+    }
+
+    /// Forgets what was sent, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.packets.clear();
+        self.events.clear();
+    }
+}
+
+/// What a session may touch while handling an event.
+pub struct Ctx<'a> {
+    pub now: u64,
+    pub config: &'a Config,
+    pub counters: &'a mut Counters,
+    out: &'a mut Outbox,
+    scratch: Vec<u8>,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, segment: &emit::Segment<'_>) {
+        let start = self.out.bytes.len();
+        emit::write(&mut self.out.bytes, segment);
+        self.out.packets.push(start..self.out.bytes.len());
+        self.counters.packets_sent += 1;
+    }
+
+    /// Our TCP timestamp clock: milliseconds, monotonic, so the test server's PAWS check never
+    /// drops what we send (captured TSvals could go backwards across reordered captures).
+    fn ts_now(&self) -> u32 {
+        (self.now / 1000) as u32
+    }
+}
+
+type SessionId = u64;
+
+/// A captured flow and which copy of it.
+type CaptureKey = (Endpoint, Endpoint, u16);
+
+pub struct Engine {
+    config: Config,
+    counters: Counters,
+    out: Outbox,
+    scratch: Vec<u8>,
+    sessions: HashMap<SessionId, Session>,
+    by_capture: HashMap<CaptureKey, SessionId>,
+    capture_keys: HashMap<SessionId, CaptureKey>,
+    by_replay: HashMap<Endpoint, SessionId>,
+    timers: BinaryHeap<Reverse<(u64, SessionId)>>,
+    /// Flows not replayed (sampled out, mid-stream under `-O`, or shed), so that their later
+    /// packets are neither counted again nor start them half-way; a new SYN clears the entry.
+    declined: HashSet<CaptureKey>,
+    next_id: SessionId,
+    buffered: usize,
+}
+
+impl Engine {
+    pub fn new(mut config: Config) -> Self {
+        config.multiply = config.multiply.max(1);
+        Self {
+            config,
+            counters: Counters::default(),
+            out: Outbox::default(),
+            scratch: Vec::new(),
+            sessions: HashMap::new(),
+            by_capture: HashMap::new(),
+            capture_keys: HashMap::new(),
+            by_replay: HashMap::new(),
+            timers: BinaryHeap::new(),
+            declined: HashSet::new(),
+            next_id: 1,
+            buffered: 0,
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn outbox(&mut self) -> &mut Outbox {
+        &mut self.out
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Captured payload bytes held now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// A captured packet (client to online server).
+    pub fn on_captured(&mut self, now: u64, link: Link, packet: &[u8]) {
+        let seg = match capture::parse(link, packet) {
+            Ok(Some(seg)) => seg,
+            Ok(None) => return self.counters.captured_ignored += 1,
+            Err(_) => return self.counters.captured_malformed += 1,
+        };
+        let Some(target) = self.config.target_for(&seg.dst) else {
+            return self.counters.captured_ignored += 1;
+        };
+        let target = Endpoint::from(target);
+        for copy in 0..self.config.multiply {
+            let key = (seg.src, seg.dst, copy);
+            if self.declined.contains(&key) {
+                if seg.flags & SYN == 0 {
+                    continue;
+                }
+                self.declined.remove(&key);
+            }
+            let id = match self.by_capture.get(&key).copied() {
+                Some(id) if self.is_new_incarnation(id, &seg) => {
+                    // The 4-tuple is reused by a new connection: a fresh session replaces it.
+                    self.remove(id);
+                    self.start(now, key, target, &seg)
+                }
+                Some(id) => Some(id),
+                None => self.start(now, key, target, &seg),
+            };
+            if let Some(id) = id {
+                self.with_session(now, id, |s, ctx| s.on_client(ctx, &seg));
+            }
+        }
+        self.enforce_memory_bound();
+    }
+
+    /// A SYN with another ISN on a known 4-tuple is a new connection.
+    fn is_new_incarnation(&self, id: SessionId, seg: &ClientSegment<'_>) -> bool {
+        seg.flags & SYN != 0 && self.sessions.get(&id).is_some_and(|s| s.client_isn() != seg.seq)
+    }
+
+    fn start(&mut self, now: u64, key: CaptureKey, target: Endpoint, seg: &ClientSegment<'_>) -> Option<SessionId> {
+        let (client, online, copy) = key;
+        let has_syn = seg.flags & SYN != 0;
+        if (self.config.only_complete && !has_syn) || !sampled(self.config.sample_percent, &client, &online) {
+            if copy == 0 {
+                self.counters.sessions_skipped += 1;
+            }
+            self.decline(key);
+            return None;
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            self.counters.sessions_shed += 1;
+            self.decline(key);
+            return None;
+        }
+        let Some(replay_client) = self.replay_endpoint(&client, copy) else {
+            self.decline(key);
+            return None;
+        };
+        let syn = if has_syn {
+            SynParams {
+                isn: seg.seq,
+                mss: seg.options.mss.unwrap_or(self.config.default_mss),
+                window_scale: seg.options.window_scale,
+                sack_permitted: seg.options.sack_permitted,
+                timestamps: seg.options.timestamps.is_some(),
+            }
+        } else {
+            // Captured mid-stream: a handshake of our own, just before the first byte seen.
+            SynParams {
+                isn: seg.seq - 1,
+                mss: self.config.default_mss,
+                window_scale: Some(7),
+                sack_permitted: true,
+                timestamps: seg.options.timestamps.is_some(),
+            }
+        };
+        let online_base = (!has_syn && seg.flags & common::tcp::flags::ACK != 0).then_some(seg.ack);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.sessions.insert(id, Session::new(replay_client, target, syn, online_base, now));
+        self.by_capture.insert(key, id);
+        self.capture_keys.insert(id, key);
+        self.by_replay.insert(replay_client, id);
+        self.counters.sessions_started += 1;
+        self.out.events.push(Event::Own(replay_client));
+        self.with_session(now, id, |s, ctx| s.transmit(ctx));
+        Some(id)
+    }
+
+    /// Remembers a flow that is not replayed. Bounded: when full it starts over, at worst
+    /// counting a declined flow twice.
+    fn decline(&mut self, key: CaptureKey) {
+        const MAX_DECLINED: usize = 1 << 16;
+        if self.declined.len() >= MAX_DECLINED {
+            self.declined.clear();
+        }
+        self.declined.insert(key);
+    }
+
+    /// The source endpoint copy `copy` of `client` is replayed from: rewritten by `-c`, port
+    /// shifted by `-n`/`-f`, and moved to the next free port if a live session has it.
+    fn replay_endpoint(&mut self, client: &Endpoint, copy: u16) -> Option<Endpoint> {
+        let addr = match &self.config.client_addrs {
+            Some(addrs) => Endpoint::from(SocketAddr::new(addrs.for_client(&client.addr, copy), 0)).addr,
+            None => client.addr,
+        };
+        let mut port = shifted_port(client.port, copy, self.config.port_shift);
+        for _ in 0..65536 {
+            let candidate = Endpoint::v6(addr, port);
+            if !self.by_replay.contains_key(&candidate) {
+                return Some(candidate);
+            }
+            self.counters.port_probes += 1;
+            port = next_port(port);
+        }
+        self.counters.sessions_shed += 1;
+        None
+    }
+
+    /// A reply fact from an intercept.
+    pub fn on_reply(&mut self, now: u64, facts: &ReplyFacts) {
+        match self.by_replay.get(&facts.client).copied() {
+            Some(id) if self.sessions.get(&id).is_some_and(|s| s.target == facts.target) => {
+                self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
+            }
+            _ => self.counters.replies_unmatched += 1,
+        }
+    }
+
+    /// Runs every timer that is due.
+    pub fn on_timer(&mut self, now: u64) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.sessions.contains_key(&id) {
+                self.with_session(now, id, |s, ctx| s.on_timer(ctx));
+            }
+        }
+    }
+
+    /// When [`Self::on_timer`] should run next.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Runs `f` on a session with a context, then settles its timer, memory and end.
+    fn with_session(&mut self, now: u64, id: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let before = session.buffered();
+        let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: std::mem::take(&mut self.scratch) };
+        f(session, &mut ctx);
+        let deadline = session.deadline(&ctx);
+        self.scratch = ctx.scratch;
+        self.buffered = self.buffered + session.buffered() - before;
+        if session.end.is_some() {
+            self.remove(id);
+        } else if let Some(at) = deadline {
+            // Stale entries stay in the heap and find nothing to do when they fire.
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    fn remove(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            self.buffered -= s.buffered();
+            self.by_replay.remove(&s.replay_client);
+            if let Some(key) = self.capture_keys.remove(&id) {
+                if self.by_capture.get(&key) == Some(&id) {
+                    self.by_capture.remove(&key);
+                }
+            }
+            self.out.events.push(Event::Disown(s.replay_client));
+        }
+    }
+
+    /// Sheds the sessions holding the most captured bytes until under the `-m` bound.
+    fn enforce_memory_bound(&mut self) {
+        while self.buffered > self.config.max_buffered_bytes {
+            let Some((&id, _)) = self.sessions.iter().max_by_key(|(_, s)| s.buffered()) else { break };
+            self.counters.sessions_shed += 1;
+            if let Some(&key) = self.capture_keys.get(&id) {
+                self.decline(key);
+            }
+            self.remove(id);
+        }
+    }
+
+    /// Sequence number of a live session's client ISN, for tests.
+    #[cfg(test)]
+    fn isn_of(&self, replay_client: &Endpoint) -> Option<common::seq::SeqNum> {
+        self.by_replay.get(replay_client).and_then(|id| self.sessions.get(id)).map(|s| s.client_isn())
+    }
+}
+
+#[cfg(test)]
+mod tests;

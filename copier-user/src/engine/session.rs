@@ -1,0 +1,530 @@
+//! One replayed TCP session: the copier plays the client towards the test server.
+
+use std::collections::VecDeque;
+
+use common::{
+    endpoint::Endpoint,
+    facts::ReplyFacts,
+    seq::SeqNum,
+    tcp::flags::{ACK, FIN, PSH, RST, SYN},
+};
+
+use super::{
+    capture::ClientSegment,
+    emit::{self, Options, TS_OPTION_LEN},
+    rto::Rto,
+    stream::Stream,
+    Ctx,
+};
+
+/// How a session ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The whole captured client stream, FIN included, was acknowledged (or the test server
+    /// closed first and our FIN was acknowledged).
+    Completed,
+    /// The test server reset it, or the captured client did and we replayed the RST.
+    Reset,
+    /// Nothing happened for the idle timeout.
+    TimedOut,
+    /// The test server stopped acknowledging: retransmissions exhausted.
+    GaveUp,
+}
+
+/// A request boundary of the captured stream: the client sent the bytes from `start` on after
+/// receiving `response` bytes of the online server's answer.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    start: u32,
+    response: u32,
+}
+
+/// What the SYN we send says.
+#[derive(Clone, Copy, Debug)]
+pub struct SynParams {
+    pub isn: SeqNum,
+    pub mss: u16,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    pub timestamps: bool,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub replay_client: Endpoint,
+    pub target: Endpoint,
+    syn: SynParams,
+    /// Online sequence number of the first response byte (online ISN + 1), learnt from the
+    /// client's first ACK, so captured acks become response byte counts.
+    online_base: Option<SeqNum>,
+    stream: Stream,
+    marks: VecDeque<Mark>,
+    fin_at: Option<u32>,
+    rst_at: Option<u32>,
+
+    // The test server's side, from reply facts.
+    target_isn: Option<SeqNum>,
+    target_mss: u16,
+    target_ws: u8,
+    timestamps: bool,
+    ts_recent: u32,
+    /// Next target sequence number we expect (what we acknowledge).
+    rcv_nxt: SeqNum,
+    target_fin: bool,
+    window: u32,
+
+    // Our sending state, as offsets of the client stream.
+    snd_una: u32,
+    snd_nxt: u32,
+    /// Highest offset ever sent: a retransmission rewinds `snd_nxt` below it.
+    snd_max: u32,
+    syn_acked: bool,
+    fin_sent: bool,
+    rto: Rto,
+    rto_at: Option<u64>,
+    retries: u32,
+    rtt_probe: Option<(u32, u64)>,
+    /// Target response bytes when the current request started, and when the last came.
+    response_base: u32,
+    request_started_at: u64,
+    last_response_at: u64,
+    current_mark: usize,
+    last_activity: u64,
+    pub end: Option<End>,
+    counted_complete: bool,
+}
+
+/// Default MSS assumed when the test server announces none (RFC 9293).
+const DEFAULT_TARGET_MSS: u16 = 536;
+/// Our receive window: we never read the payload, so any window is fine; scaled by our SYN's
+/// window scale it is large.
+const OUR_WINDOW: u16 = 0xffff;
+
+impl Session {
+    pub fn new(replay_client: Endpoint, target: Endpoint, syn: SynParams, online_base: Option<SeqNum>, now: u64) -> Self {
+        Self {
+            replay_client,
+            target,
+            syn,
+            online_base,
+            stream: Stream::default(),
+            marks: VecDeque::new(),
+            fin_at: None,
+            rst_at: None,
+            target_isn: None,
+            target_mss: DEFAULT_TARGET_MSS,
+            target_ws: 0,
+            timestamps: false,
+            ts_recent: 0,
+            rcv_nxt: SeqNum(0),
+            target_fin: false,
+            window: 0,
+            snd_una: 0,
+            snd_nxt: 0,
+            snd_max: 0,
+            syn_acked: false,
+            fin_sent: false,
+            rto: Rto::default(),
+            rto_at: None,
+            retries: 0,
+            rtt_probe: None,
+            response_base: 0,
+            request_started_at: now,
+            last_response_at: now,
+            current_mark: 0,
+            last_activity: now,
+            end: None,
+            counted_complete: false,
+        }
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.stream.buffered()
+    }
+
+    pub fn client_isn(&self) -> SeqNum {
+        self.syn.isn
+    }
+
+    fn offset_of(&self, seq: SeqNum) -> Option<u32> {
+        let d = seq.since(self.syn.isn + 1);
+        (d >= 0).then_some(d as u32)
+    }
+
+    /// Response bytes the test server has sent so far.
+    fn response_bytes(&self) -> u32 {
+        self.target_isn.map_or(0, |isn| (self.rcv_nxt.since(isn + 1).max(0) as u32).saturating_sub(u32::from(self.target_fin)))
+    }
+
+    /// A captured client segment of this session (not its first SYN).
+    pub fn on_client(&mut self, ctx: &mut Ctx<'_>, seg: &ClientSegment<'_>) {
+        self.last_activity = ctx.now;
+        if seg.flags & SYN != 0 {
+            return; // a retransmitted SYN: ours has its own timer
+        }
+        if seg.flags & ACK != 0 && self.online_base.is_none() {
+            // The client's first ACK: online ISN + 1 (or, mid-stream, the response so far).
+            self.online_base = Some(seg.ack);
+        }
+        let Some(offset) = self.offset_of(seg.seq) else { return };
+        if !seg.payload.is_empty() {
+            let response = match (seg.flags & ACK != 0, self.online_base) {
+                (true, Some(base)) => seg.ack.since(base).max(0) as u32,
+                _ => 0,
+            };
+            self.add_mark(offset, response);
+            self.stream.insert(offset, seg.payload);
+        }
+        let after = offset + seg.payload.len() as u32;
+        if seg.flags & FIN != 0 && self.fin_at.is_none() {
+            self.fin_at = Some(after);
+            if seg.flags & ACK != 0 {
+                if let Some(base) = self.online_base {
+                    self.add_mark(after, seg.ack.since(base).max(0) as u32);
+                }
+            }
+        }
+        if seg.flags & RST != 0 && self.rst_at.is_none() {
+            self.rst_at = Some(offset);
+        }
+        self.transmit(ctx);
+    }
+
+    /// Records a request boundary if the client had received more response than before `start`.
+    fn add_mark(&mut self, start: u32, response: u32) {
+        let pos = self.marks.partition_point(|m| m.start <= start);
+        let before = if pos == 0 { 0 } else { self.marks[pos - 1].response };
+        if response > before && !(pos > 0 && self.marks[pos - 1].start == start) {
+            if pos < self.current_mark {
+                return; // a boundary inside what was already sent: too late to pace it
+            }
+            self.marks.insert(pos, Mark { start, response });
+        }
+    }
+
+    /// A reply of the test server.
+    pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts) {
+        self.last_activity = ctx.now;
+        if f.flags & RST != 0 {
+            self.finish(ctx, End::Reset);
+            return;
+        }
+        if f.flags & SYN != 0 {
+            if f.flags & ACK == 0 || f.ack != self.syn.isn + 1 {
+                return;
+            }
+            if self.target_isn.is_none() {
+                // Karn: no RTT sample from a retransmitted SYN.
+                if let Some((_, sent)) = self.rtt_probe.take().filter(|_| self.retries == 0) {
+                    self.rto.sample(ctx.now.saturating_sub(sent));
+                }
+                let o = f.tcp_options();
+                self.target_isn = Some(f.seq);
+                self.rcv_nxt = f.seq + 1;
+                self.target_mss = o.mss.unwrap_or(DEFAULT_TARGET_MSS).max(64);
+                // Window scaling applies only when both SYNs carried the option.
+                self.target_ws = if self.syn.window_scale.is_some() { o.window_scale.unwrap_or(0).min(14) } else { 0 };
+                self.timestamps = self.syn.timestamps && o.timestamps.is_some();
+                self.window = f.window as u32;
+                self.syn_acked = true;
+                self.retries = 0;
+                self.rto.reset_backoff();
+                self.rto_at = None;
+                self.request_started_at = ctx.now;
+                self.last_response_at = ctx.now;
+            }
+            if let Some((val, _)) = f.tcp_options().timestamps {
+                self.ts_recent = val;
+            }
+            self.send_ack(ctx);
+            self.transmit(ctx);
+            return;
+        }
+        let Some(_) = self.target_isn else { return };
+        if let Some((val, _)) = f.tcp_options().timestamps {
+            self.ts_recent = val;
+        }
+        // Their data (we never see it, only its length): acknowledge what is contiguous.
+        let data_end = f.seq + f.payload_len as u32 + u32::from(f.flags & FIN != 0);
+        let mut must_ack = false;
+        if f.payload_len > 0 || f.flags & FIN != 0 {
+            must_ack = true;
+            if !f.seq.is_after(self.rcv_nxt) && data_end.is_after(self.rcv_nxt) {
+                self.rcv_nxt = data_end;
+                if f.payload_len > 0 {
+                    self.last_response_at = ctx.now;
+                }
+                if f.flags & FIN != 0 {
+                    self.target_fin = true;
+                }
+            }
+        }
+        if f.flags & ACK != 0 {
+            self.on_ack(ctx, f.ack, f.window);
+        }
+        if must_ack {
+            self.send_ack(ctx);
+        }
+        if self.target_fin && !self.fin_sent && self.fin_at.is_none_or(|fin| fin > self.snd_max) {
+            // The test server closed first: close our half too, whatever the capture still holds.
+            self.fin_at = Some(self.snd_max);
+        }
+        self.transmit(ctx);
+    }
+
+    fn on_ack(&mut self, ctx: &mut Ctx<'_>, ack: SeqNum, window: u16) {
+        self.window = (window as u32) << self.target_ws;
+        let Some(acked) = self.offset_of(ack) else { return };
+        let limit = self.snd_max + u32::from(self.fin_sent);
+        if acked > self.snd_una && acked <= limit {
+            self.snd_una = acked;
+            self.snd_nxt = self.snd_nxt.max(acked.min(self.snd_max));
+            self.stream.release(acked.min(self.stream.end()));
+            if let Some((end, sent)) = self.rtt_probe {
+                if acked >= end {
+                    self.rtt_probe = None;
+                    if self.retries == 0 {
+                        self.rto.sample(ctx.now.saturating_sub(sent));
+                    }
+                }
+            }
+            self.retries = 0;
+            self.rto.reset_backoff();
+            self.rto_at = (self.snd_una < limit).then(|| ctx.now + self.rto.current());
+        }
+        if self.fin_sent && self.fin_at.is_some_and(|fin| self.snd_una == fin + 1) && !self.counted_complete {
+            self.counted_complete = true;
+            ctx.counters.sessions_completed += 1;
+            if self.target_fin {
+                self.end = Some(End::Completed);
+            }
+        }
+        if self.counted_complete && self.target_fin {
+            self.end = Some(End::Completed);
+        }
+    }
+
+    /// Whether the request that starts at the current mark may go: the previous one was taken
+    /// and answered (DESIGN.md §2.4).
+    fn gate_open(&mut self, ctx: &Ctx<'_>) -> bool {
+        if !ctx.config.wait_for_response || self.target_fin {
+            return true;
+        }
+        let Some(mark) = self.marks.get(self.current_mark).copied() else { return true };
+        if self.snd_nxt < mark.start {
+            return true;
+        }
+        let previous = if self.current_mark == 0 { 0 } else { self.marks[self.current_mark - 1].response };
+        let expected = mark.response - previous;
+        let got = self.response_bytes().saturating_sub(self.response_base);
+        let taken = self.snd_una >= mark.start;
+        let answered = got >= expected
+            || (got > 0 && ctx.now >= self.last_response_at + ctx.config.response_quiet_us)
+            || ctx.now >= self.request_started_at.max(self.last_response_at) + ctx.config.response_timeout_us;
+        if taken && answered {
+            self.current_mark += 1;
+            self.response_base = self.response_bytes();
+            self.request_started_at = ctx.now;
+            return true;
+        }
+        false
+    }
+
+    /// When a closed gate should be looked at again.
+    fn gate_deadline(&self, ctx: &Ctx<'_>) -> Option<u64> {
+        let mark = self.marks.get(self.current_mark)?;
+        if !ctx.config.wait_for_response || self.snd_nxt < mark.start || self.snd_una < mark.start {
+            return None;
+        }
+        let quiet = self.last_response_at + ctx.config.response_quiet_us;
+        let timeout = self.request_started_at.max(self.last_response_at) + ctx.config.response_timeout_us;
+        Some(if self.response_bytes() > self.response_base { quiet.min(timeout) } else { timeout })
+    }
+
+    /// Sends whatever is allowed now: the SYN, data within the window and the pacing gate, the
+    /// FIN, a replayed RST.
+    pub fn transmit(&mut self, ctx: &mut Ctx<'_>) {
+        if self.end.is_some() {
+            return;
+        }
+        if !self.syn_acked {
+            if self.rto_at.is_none() {
+                self.send_syn(ctx);
+            }
+            return;
+        }
+        if let Some(rst) = self.rst_at {
+            if self.snd_nxt >= rst.min(self.stream.end()) {
+                self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+                self.finish(ctx, End::Reset);
+                return;
+            }
+        }
+        let mss = (self.target_mss as usize).saturating_sub(if self.timestamps { TS_OPTION_LEN } else { 0 }).max(1);
+        loop {
+            if !self.gate_open(ctx) {
+                break;
+            }
+            let pacing = ctx.config.wait_for_response && !self.target_fin;
+            let limit = if pacing { self.marks.get(self.current_mark).map_or(u32::MAX, |m| m.start) } else { u32::MAX };
+            let stop = self.stream.end().min(limit).min(self.rst_at.unwrap_or(u32::MAX)).min(self.fin_at.unwrap_or(u32::MAX));
+            let window_end = self.snd_una.saturating_add(self.window.max(1));
+            let len = (stop.saturating_sub(self.snd_nxt) as usize).min(mss).min(window_end.saturating_sub(self.snd_nxt) as usize);
+            if len == 0 {
+                break;
+            }
+            let retransmission = self.snd_nxt < self.snd_max;
+            self.send_data(ctx, self.snd_nxt, len, retransmission);
+            self.snd_nxt += len as u32;
+            self.snd_max = self.snd_max.max(self.snd_nxt);
+        }
+        if let Some(fin) = self.fin_at {
+            if !self.fin_sent && self.snd_nxt == fin && self.stream.end() >= fin && self.gate_open(ctx) {
+                self.fin_sent = true;
+                self.send_flags(ctx, FIN | ACK, self.syn.isn + 1 + fin);
+                self.arm_rto(ctx);
+            }
+        }
+    }
+
+    fn arm_rto(&mut self, ctx: &Ctx<'_>) {
+        if self.rto_at.is_none() {
+            self.rto_at = Some(ctx.now + self.rto.current());
+        }
+    }
+
+    fn ts_option(&self, ctx: &Ctx<'_>) -> Options {
+        if self.timestamps {
+            Options::timestamps(ctx.ts_now(), self.ts_recent)
+        } else {
+            Options::default()
+        }
+    }
+
+    fn send_syn(&mut self, ctx: &mut Ctx<'_>) {
+        let ts = self.syn.timestamps.then(|| (ctx.ts_now(), 0));
+        let options = Options::syn(self.syn.mss, self.syn.window_scale, self.syn.sack_permitted, ts);
+        ctx.send(&emit::Segment {
+            src: self.replay_client,
+            dst: self.target,
+            seq: self.syn.isn,
+            ack: SeqNum(0),
+            flags: SYN,
+            window: OUR_WINDOW,
+            options: options.as_bytes(),
+            payload: &[],
+        });
+        if self.rtt_probe.is_none() && self.retries == 0 {
+            self.rtt_probe = Some((0, ctx.now));
+        }
+        self.rto_at = Some(ctx.now + self.rto.current());
+    }
+
+    fn send_data(&mut self, ctx: &mut Ctx<'_>, offset: u32, len: usize, retransmission: bool) {
+        let options = self.ts_option(ctx);
+        let mut payload = std::mem::take(&mut ctx.scratch);
+        payload.clear();
+        self.stream.copy_to(offset, len, &mut payload);
+        ctx.send(&emit::Segment {
+            src: self.replay_client,
+            dst: self.target,
+            seq: self.syn.isn + 1 + offset,
+            ack: self.rcv_nxt,
+            flags: ACK | PSH,
+            window: OUR_WINDOW,
+            options: options.as_bytes(),
+            payload: &payload,
+        });
+        ctx.scratch = payload;
+        ctx.counters.payload_bytes_sent += len as u64;
+        if retransmission {
+            ctx.counters.packets_retransmitted += 1;
+        } else if self.rtt_probe.is_none() {
+            self.rtt_probe = Some((offset + len as u32, ctx.now));
+        }
+        self.arm_rto(ctx);
+    }
+
+    fn send_flags(&mut self, ctx: &mut Ctx<'_>, flags: u8, seq: SeqNum) {
+        let options = self.ts_option(ctx);
+        ctx.send(&emit::Segment {
+            src: self.replay_client,
+            dst: self.target,
+            seq,
+            ack: self.rcv_nxt,
+            flags,
+            window: OUR_WINDOW,
+            options: options.as_bytes(),
+            payload: &[],
+        });
+    }
+
+    fn send_ack(&mut self, ctx: &mut Ctx<'_>) {
+        self.send_flags(ctx, ACK, self.syn.isn + 1 + self.snd_nxt + u32::from(self.fin_sent));
+    }
+
+    /// Timers: retransmission, the pacing gate's fallbacks, the idle timeout.
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        if self.end.is_some() {
+            return;
+        }
+        if ctx.now >= self.last_activity + ctx.config.idle_timeout_us {
+            if self.syn_acked {
+                self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+            }
+            self.finish(ctx, if self.counted_complete { End::Completed } else { End::TimedOut });
+            return;
+        }
+        if self.rto_at.is_some_and(|at| ctx.now >= at) {
+            self.rto_at = None;
+            self.retries += 1;
+            if self.retries > ctx.config.max_retransmits {
+                if self.syn_acked {
+                    self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+                }
+                self.finish(ctx, End::GaveUp);
+                return;
+            }
+            self.rto.back_off();
+            ctx.counters.packets_retransmitted += 1;
+            if !self.syn_acked {
+                self.send_syn(ctx);
+                return;
+            }
+            // Go back to the first unacknowledged byte (the FIN too, if it is not acknowledged).
+            if self.fin_sent && self.fin_at.is_some_and(|fin| self.snd_una <= fin) {
+                self.fin_sent = false;
+            }
+            self.snd_nxt = self.snd_una;
+            self.transmit(ctx);
+            if self.snd_una < self.snd_max || self.fin_sent {
+                self.arm_rto(ctx);
+            }
+            return;
+        }
+        self.transmit(ctx);
+    }
+
+    /// The earliest time [`Self::on_timer`] has something to do.
+    pub fn deadline(&self, ctx: &Ctx<'_>) -> Option<u64> {
+        if self.end.is_some() {
+            return None;
+        }
+        let idle = self.last_activity + ctx.config.idle_timeout_us;
+        [Some(idle), self.rto_at, self.gate_deadline(ctx)].into_iter().flatten().min()
+    }
+
+    pub fn finish(&mut self, ctx: &mut Ctx<'_>, end: End) {
+        if self.end.is_none() {
+            self.end = Some(end);
+            let c = &mut ctx.counters;
+            match end {
+                End::Completed if !self.counted_complete => c.sessions_completed += 1,
+                End::Completed => {}
+                End::Reset => c.sessions_reset += 1,
+                End::TimedOut => c.sessions_timed_out += 1,
+                End::GaveUp => c.sessions_gave_up += 1,
+            }
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The engine, specified on synthetic packets: what it sends for what it captured and what the
+//! test server answered.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use common::{
+    endpoint::Endpoint,
+    facts::{option_bits, ReplyFacts},
+    seq::SeqNum,
+    tcp::flags::{ACK, FIN, PSH, RST, SYN},
+};
+
+use super::{
+    capture::{self, ClientSegment, Link},
+    emit::{self, Options},
+    Config, Engine, Event,
+};
+use crate::mapping::parse_mappings;
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 2);
+pub const ONLINE: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 1);
+pub const TARGET: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 2);
+pub const CLIENT_ISN: u32 = 0xffff_ff00; // wraps during every session
+pub const ONLINE_ISN: u32 = 7_000_000;
+pub const TARGET_ISN: u32 = 42;
+
+pub fn config() -> Config {
+    Config::new(parse_mappings("80-10.100.2.2:8080").unwrap())
+}
+
+pub fn ep(ip: Ipv4Addr, port: u16) -> Endpoint {
+    Endpoint::v4(ip.octets(), port)
+}
+
+pub fn target() -> Endpoint {
+    ep(TARGET, 8080)
+}
+
+/// A captured client packet from CLIENT:port to ONLINE:80.
+pub fn captured(port: u16, flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    emit::write(
+        &mut out,
+        &emit::Segment {
+            src: ep(CLIENT, port),
+            dst: ep(ONLINE, 80),
+            seq: SeqNum(seq),
+            ack: SeqNum(ack),
+            flags,
+            window: 502,
+            options,
+            payload,
+        },
+    );
+    out
+}
+
+pub fn syn_options(ts: u32) -> Options {
+    Options::syn(1460, Some(7), true, Some((ts, 0)))
+}
+
+/// The SYN and the handshake ACK of a session from `port`.
+pub fn handshake(engine: &mut Engine, now: u64, port: u16) {
+    engine.on_captured(now, Link::Ip, &captured(port, SYN, CLIENT_ISN, 0, syn_options(100).as_bytes(), &[]));
+    engine.on_captured(now, Link::Ip, &captured(port, ACK, CLIENT_ISN.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
+}
+
+/// Data from the client after it received `response` bytes of the online answer.
+pub fn data(port: u16, offset: u32, response: u32, payload: &[u8]) -> Vec<u8> {
+    captured(port, ACK | PSH, CLIENT_ISN.wrapping_add(1).wrapping_add(offset), ONLINE_ISN + 1 + response, &[], payload)
+}
+
+/// The test server's SYN-ACK to `client`.
+pub fn syn_ack(client: Endpoint, mss: u16, window: u16, ts_val: u32) -> ReplyFacts {
+    ReplyFacts {
+        client,
+        target: target(),
+        seq: SeqNum(TARGET_ISN),
+        ack: SeqNum(CLIENT_ISN.wrapping_add(1)),
+        window,
+        flags: SYN | ACK,
+        options: option_bits::MSS | option_bits::WINDOW_SCALE | option_bits::TIMESTAMPS | option_bits::SACK_PERMITTED,
+        mss,
+        window_scale: 0,
+        ts_val,
+        ..Default::default()
+    }
+}
+
+/// A reply acknowledging `acked` client bytes and carrying `payload` bytes from `sent` on.
+pub fn reply(client: Endpoint, acked: u32, sent: u32, payload: u16, flags: u8) -> ReplyFacts {
+    ReplyFacts {
+        client,
+        target: target(),
+        seq: SeqNum(TARGET_ISN + 1 + sent),
+        ack: SeqNum(CLIENT_ISN.wrapping_add(1).wrapping_add(acked)),
+        window: 65535,
+        flags: ACK | flags,
+        payload_len: payload,
+        ..Default::default()
+    }
+}
+
+/// What the engine sent since the last call, parsed.
+pub fn sent(engine: &mut Engine) -> Vec<Sent> {
+    let out = engine.outbox();
+    let packets = out.packets().map(|p| Sent::from(capture::parse(Link::Ip, p).unwrap().unwrap())).collect();
+    out.clear();
+    packets
+}
+
+/// A sent segment, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub seq: SeqNum,
+    pub ack: SeqNum,
+    pub flags: u8,
+    pub options: common::tcp::TcpOptions,
+    pub payload: Vec<u8>,
+}
+
+impl From<ClientSegment<'_>> for Sent {
+    fn from(s: ClientSegment<'_>) -> Self {
+        Self { src: s.src, dst: s.dst, seq: s.seq, ack: s.ack, flags: s.flags, options: s.options, payload: s.payload.to_vec() }
+    }
+}
+
+fn payloads(sent: &[Sent]) -> Vec<u8> {
+    sent.iter().flat_map(|s| s.payload.clone()).collect()
+}
+
+/// An engine past the handshake of a session from port 40000, with its SYN-ACK answered.
+fn established(cfg: Config, mss: u16, window: u16) -> Engine {
+    let mut e = Engine::new(cfg);
+    handshake(&mut e, 0, 40000);
+    e.on_reply(1_000, &syn_ack(ep(CLIENT, 40000), mss, window, 5000));
+    sent(&mut e);
+    e
+}
+
+#[test]
+fn the_client_syn_is_replayed_to_the_target_with_its_isn_and_options() {
+    let mut e = Engine::new(config());
+    e.on_captured(0, Link::Ip, &captured(40000, SYN, CLIENT_ISN, 0, syn_options(100).as_bytes(), &[]));
+    assert_eq!(e.outbox().events, vec![Event::Own(ep(CLIENT, 40000))], "the intercepts learn the flow is ours");
+    let s = sent(&mut e);
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].src, s[0].dst, s[0].seq, s[0].flags), (ep(CLIENT, 40000), target(), SeqNum(CLIENT_ISN), SYN));
+    assert_eq!((s[0].options.mss, s[0].options.window_scale, s[0].options.sack_permitted), (Some(1460), Some(7), true));
+    assert!(s[0].options.timestamps.is_some());
+}
+
+#[test]
+fn packets_of_no_mapping_are_ignored() {
+    let mut e = Engine::new(config());
+    let mut other = captured(40000, SYN, 1, 0, &[], &[]);
+    other[22..24].copy_from_slice(&443u16.to_be_bytes()); // destination port (checksum is not checked)
+    e.on_captured(0, Link::Ip, &other);
+    assert!(sent(&mut e).is_empty());
+    assert_eq!(e.counters().captured_ignored, 1);
+}
+
+#[test]
+fn the_syn_ack_is_acknowledged_and_acks_are_mapped_into_the_target_sequence_space() {
+    let mut e = Engine::new(config());
+    handshake(&mut e, 0, 40000);
+    e.on_captured(10, Link::Ip, &data(40000, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
+    assert_eq!(sent(&mut e).len(), 1, "only the SYN until the target answers");
+    e.on_reply(1_000, &syn_ack(ep(CLIENT, 40000), 1460, 65535, 5000));
+    let s = sent(&mut e);
+    assert_eq!(s[0].flags, ACK);
+    assert_eq!(s[0].ack, SeqNum(TARGET_ISN + 1));
+    assert_eq!(s[1].seq, SeqNum(CLIENT_ISN.wrapping_add(1)), "the client's sequence numbers are kept");
+    assert_eq!(s[1].ack, SeqNum(TARGET_ISN + 1));
+    assert_eq!(s[1].payload, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(s[1].options.timestamps.map(|(_, ecr)| ecr), Some(5000), "echoes the target's TSval");
+}
+
+#[test]
+fn the_next_request_waits_until_the_target_took_and_answered_the_previous_one() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"first"));
+    e.on_captured(2_000, Link::Ip, &data(40000, 5, 300, b"second")); // after a 300-byte answer
+    assert_eq!(payloads(&sent(&mut e)), b"first");
+    e.on_reply(3_000, &reply(c, 5, 0, 0, 0)); // took it
+    assert!(sent(&mut e).is_empty(), "taken but not answered");
+    e.on_reply(3_100, &reply(c, 5, 0, 200, PSH));
+    assert_eq!(sent(&mut e).iter().filter(|s| !s.payload.is_empty()).count(), 0, "200 of 300 bytes");
+    e.on_reply(3_200, &reply(c, 5, 200, 100, PSH));
+    let s = sent(&mut e);
+    assert_eq!(payloads(&s), b"second");
+    assert_eq!(s.last().unwrap().ack, SeqNum(TARGET_ISN + 1 + 300), "acknowledges the whole answer");
+}
+
+#[test]
+fn a_shorter_answer_opens_the_gate_after_it_goes_quiet() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"first"));
+    e.on_captured(2_000, Link::Ip, &data(40000, 5, 300, b"second"));
+    sent(&mut e);
+    e.on_reply(3_000, &reply(c, 5, 0, 100, PSH));
+    assert!(payloads(&sent(&mut e)).is_empty());
+    let at = e.next_deadline().unwrap();
+    assert!(at <= 3_000 + 50_000);
+    e.on_timer(3_000 + 50_000);
+    assert_eq!(payloads(&sent(&mut e)), b"second");
+}
+
+#[test]
+fn without_waiting_requests_go_as_captured() {
+    let mut cfg = config();
+    cfg.wait_for_response = false;
+    let mut e = established(cfg, 1460, 65535);
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"first"));
+    e.on_captured(2_000, Link::Ip, &data(40000, 5, 300, b"second"));
+    assert_eq!(payloads(&sent(&mut e)), b"firstsecond");
+}
+
+#[test]
+fn super_segments_are_split_to_the_target_mss_and_the_window_is_respected() {
+    let mut e = established(config(), 1000, 2500);
+    let big: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, &big));
+    let s = sent(&mut e);
+    assert!(s.iter().all(|p| p.payload.len() <= 1000 - 12), "MSS less the timestamp option");
+    assert_eq!(payloads(&s).len(), 2500, "no more than the window");
+    e.on_reply(3_000, &ReplyFacts { window: 2500, ..reply(ep(CLIENT, 40000), 2500, 0, 0, 0) });
+    let mut all = payloads(&s);
+    all.extend(payloads(&sent(&mut e)));
+    assert_eq!(all.len(), 5000);
+    assert_eq!(all[..], big[..5000]);
+}
+
+#[test]
+fn unacknowledged_data_is_retransmitted_with_backoff_until_the_give_up_limit() {
+    let mut cfg = config();
+    cfg.max_retransmits = 3;
+    let mut e = established(cfg, 1460, 65535);
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"lost"));
+    sent(&mut e);
+    let mut times = Vec::new();
+    while let Some(at) = e.next_deadline() {
+        e.on_timer(at);
+        let s = sent(&mut e);
+        if s.iter().any(|p| p.payload == b"lost") {
+            times.push(at);
+        }
+        if s.iter().any(|p| p.flags & RST != 0) {
+            break;
+        }
+    }
+    assert_eq!(times.len(), 3);
+    assert!(times[2] - times[1] >= 2 * (times[1] - times[0]) - 1, "backoff doubles: {times:?}");
+    assert_eq!(e.counters().sessions_gave_up, 1);
+    assert_eq!(e.active_sessions(), 0);
+}
+
+#[test]
+fn duplicated_and_reordered_captures_are_sent_once_in_order() {
+    let mut cfg = config();
+    cfg.wait_for_response = false;
+    let mut e = established(cfg, 1460, 65535);
+    e.on_captured(2_000, Link::Ip, &data(40000, 6, 0, b"world"));
+    assert!(payloads(&sent(&mut e)).is_empty(), "a hole: nothing to send yet");
+    e.on_captured(2_001, Link::Ip, &data(40000, 0, 0, b"hello "));
+    e.on_captured(2_002, Link::Ip, &data(40000, 0, 0, b"hello "));
+    e.on_captured(2_003, Link::Ip, &data(40000, 6, 0, b"world"));
+    assert_eq!(payloads(&sent(&mut e)), b"hello world");
+}
+
+#[test]
+fn sessions_captured_mid_stream_get_a_fabricated_handshake_unless_only_complete_ones_are_wanted() {
+    let mut e = Engine::new(config());
+    e.on_captured(0, Link::Ip, &data(40000, 100, 0, b"mid"));
+    let s = sent(&mut e);
+    assert_eq!(s[0].flags, SYN);
+    assert_eq!(s[0].seq, SeqNum(CLIENT_ISN.wrapping_add(100)), "ISN just before the first byte seen");
+    let mut only = config();
+    only.only_complete = true;
+    let mut e = Engine::new(only);
+    e.on_captured(0, Link::Ip, &data(40000, 100, 0, b"mid"));
+    assert!(sent(&mut e).is_empty());
+    assert_eq!(e.counters().sessions_skipped, 1);
+}
+
+#[test]
+fn client_fin_is_replayed_after_the_data_and_the_session_completes() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"bye"));
+    e.on_captured(2_000, Link::Ip, &captured(40000, FIN | ACK, CLIENT_ISN.wrapping_add(4), ONLINE_ISN + 1, &[], &[]));
+    let s = sent(&mut e);
+    assert_eq!(payloads(&s), b"bye");
+    // No answer came between the data and the FIN in the capture, so the FIN follows at once.
+    let fins: Vec<_> = s.iter().filter(|p| p.flags & FIN != 0).map(|p| p.seq).collect();
+    assert_eq!(fins, vec![SeqNum(CLIENT_ISN.wrapping_add(4))]);
+    assert_eq!(s.last().unwrap().flags & FIN, FIN, "after the data");
+    e.on_reply(3_000, &reply(c, 4, 0, 0, 0));
+    assert_eq!(e.counters().sessions_completed, 1, "the whole client stream was taken");
+    e.on_reply(4_000, &reply(c, 4, 0, 0, FIN));
+    assert_eq!(e.counters().sessions_completed, 1);
+    assert_eq!(e.active_sessions(), 0);
+    assert!(e.outbox().events.contains(&Event::Disown(c)));
+}
+
+#[test]
+fn client_rst_is_replayed_and_target_rst_ends_the_session() {
+    let mut e = established(config(), 1460, 65535);
+    e.on_captured(2_000, Link::Ip, &captured(40000, RST | ACK, CLIENT_ISN.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
+    assert!(sent(&mut e).iter().any(|p| p.flags & RST != 0));
+    assert_eq!((e.counters().sessions_reset, e.active_sessions()), (1, 0));
+
+    let mut e = established(config(), 1460, 65535);
+    e.on_reply(2_000, &reply(ep(CLIENT, 40000), 0, 0, 0, RST));
+    assert_eq!((e.counters().sessions_reset, e.active_sessions()), (1, 0));
+}
+
+#[test]
+fn a_target_that_closes_first_ends_the_session_cleanly() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    e.on_reply(2_000, &reply(c, 0, 0, 10, FIN | PSH));
+    let s = sent(&mut e);
+    assert!(s.iter().any(|p| p.flags & FIN != 0 && p.ack == SeqNum(TARGET_ISN + 1 + 11)), "{s:?}");
+    e.on_reply(3_000, &reply(c, 1, 11, 0, 0));
+    assert_eq!((e.counters().sessions_completed, e.active_sessions()), (1, 0));
+}
+
+#[test]
+fn idle_sessions_time_out() {
+    let mut cfg = config();
+    cfg.idle_timeout_us = 5_000_000;
+    let mut e = established(cfg, 1460, 65535);
+    e.on_timer(4_000_000);
+    assert_eq!(e.active_sessions(), 1);
+    e.on_timer(6_002_000);
+    assert_eq!((e.counters().sessions_timed_out, e.active_sessions()), (1, 0));
+}
+
+#[test]
+fn a_reused_four_tuple_starts_a_fresh_session() {
+    let mut e = established(config(), 1460, 65535);
+    e.on_captured(2_000, Link::Ip, &captured(40000, SYN, 12345, 0, syn_options(900).as_bytes(), &[]));
+    let s = sent(&mut e);
+    assert_eq!(s.last().map(|p| (p.flags, p.seq)), Some((SYN, SeqNum(12345))));
+    assert_eq!(e.counters().sessions_started, 2);
+    assert_eq!(e.active_sessions(), 1);
+    assert_eq!(e.isn_of(&ep(CLIENT, 40000)), Some(SeqNum(12345)));
+}
+
+#[test]
+fn session_and_memory_bounds_shed_and_count() {
+    let mut cfg = config();
+    cfg.max_sessions = 2;
+    let mut e = Engine::new(cfg);
+    for port in 40000..40004 {
+        handshake(&mut e, 0, port);
+    }
+    assert_eq!((e.active_sessions(), e.counters().sessions_shed), (2, 2));
+
+    let mut cfg = config();
+    cfg.max_buffered_bytes = 1000;
+    let mut e = Engine::new(cfg);
+    handshake(&mut e, 0, 40000);
+    handshake(&mut e, 0, 40001);
+    e.on_captured(1, Link::Ip, &data(40000, 0, 0, &[1; 600]));
+    e.on_captured(1, Link::Ip, &data(40001, 0, 0, &[2; 600]));
+    assert_eq!(e.counters().sessions_shed, 1);
+    assert!(e.buffered_bytes() <= 1000);
+}
+
+#[test]
+fn ipv6_sessions_are_replayed_over_ipv6() {
+    let mut e = Engine::new(Config::new(parse_mappings("[fd00::1]:80-[fd00::2]:8080").unwrap()));
+    let (client, online) = (Endpoint::v6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], 40000), Endpoint::from("[fd00::1]:80".parse::<SocketAddr>().unwrap()));
+    let mut syn = Vec::new();
+    emit::write(&mut syn, &emit::Segment { src: client, dst: online, seq: SeqNum(1), ack: SeqNum(0), flags: SYN, window: 1, options: &[], payload: &[] });
+    e.on_captured(0, Link::Ip, &syn);
+    let s = sent(&mut e);
+    assert_eq!((s[0].src, s[0].dst), (client, Endpoint::from("[fd00::2]:8080".parse::<SocketAddr>().unwrap())));
+    assert_eq!(e.outbox().packets().count(), 0);
+}
+
+#[test]
+fn multiply_replays_each_session_n_times_from_distinct_rewritten_clients() {
+    let mut cfg = config();
+    cfg.multiply = 3;
+    cfg.client_addrs = Some("10.200.0.1-10.200.0.2".parse().unwrap());
+    let mut e = Engine::new(cfg);
+    e.on_captured(0, Link::Ip, &captured(40000, SYN, CLIENT_ISN, 0, &[], &[]));
+    let s = sent(&mut e);
+    assert_eq!(s.len(), 3);
+    let sources: std::collections::HashSet<_> = s.iter().map(|p| p.src).collect();
+    assert_eq!(sources.len(), 3, "three distinct replayed clients: {sources:?}");
+    for p in &s {
+        let ip = IpAddr::from(std::net::Ipv6Addr::from(p.src.addr).to_ipv4_mapped().unwrap());
+        assert!(["10.200.0.1", "10.200.0.2"].contains(&ip.to_string().as_str()));
+    }
+}
+
+#[test]
+fn copies_that_would_collide_move_to_a_free_port() {
+    let mut cfg = config();
+    cfg.multiply = 2;
+    cfg.port_shift = 1;
+    let mut e = Engine::new(cfg);
+    // Copy 1 of port 40000 wants 40001, which the original of port 40001 holds.
+    e.on_captured(0, Link::Ip, &captured(40001, SYN, 1, 0, &[], &[]));
+    e.on_captured(0, Link::Ip, &captured(40000, SYN, 1, 0, &[], &[]));
+    let ports: std::collections::HashSet<u16> = sent(&mut e).iter().map(|p| p.src.port).collect();
+    assert_eq!(ports.len(), 4);
+    assert!(e.counters().port_probes >= 1);
+}
+
+#[test]
+fn sampling_replays_a_session_whole_or_not_at_all() {
+    let mut cfg = config();
+    cfg.sample_percent = 50;
+    cfg.wait_for_response = false;
+    let mut e = Engine::new(cfg);
+    for port in 20000..20200 {
+        handshake(&mut e, 0, port);
+        e.on_reply(1, &syn_ack(ep(CLIENT, port), 1460, 65535, 1));
+        e.on_captured(2, Link::Ip, &data(port, 0, 0, b"x"));
+    }
+    let s = sent(&mut e);
+    let syns: std::collections::HashSet<u16> = s.iter().filter(|p| p.flags & SYN != 0).map(|p| p.src.port).collect();
+    let data: std::collections::HashSet<u16> = s.iter().filter(|p| !p.payload.is_empty()).map(|p| p.src.port).collect();
+    assert_eq!(syns, data, "data only for sampled sessions, all of them");
+    assert!((70..130).contains(&syns.len()), "{} of 200", syns.len());
+}
+
+#[test]
+fn timestamps_never_go_backwards_within_a_session() {
+    let mut cfg = config();
+    cfg.wait_for_response = false;
+    let mut e = established(cfg, 1460, 65535);
+    for i in 0..5u32 {
+        e.on_captured(10_000 + i as u64 * 7_000, Link::Ip, &data(40000, i, 0, b"x"));
+    }
+    let ts: Vec<u32> = sent(&mut e).iter().filter_map(|p| p.options.timestamps.map(|(v, _)| v)).collect();
+    assert_eq!(ts.len(), 5);
+    assert!(ts.windows(2).all(|w| w[1] >= w[0]), "{ts:?}");
+}
+
+mod simulated;
