@@ -392,13 +392,20 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            if self.sessions.contains_key(&id) {
+            let live = self.sessions.get_mut(&id).is_some_and(|s| {
+                let live = s.timer_at == Some(at);
+                if live {
+                    s.timer_at = None;
+                }
+                live
+            });
+            if live {
                 self.with_session(now, id, |s, ctx| s.on_timer(ctx));
             }
         }
     }
 
-    /// When [`Self::on_timer`] should run next.
+    /// When [`Self::on_timer`] should run next (possibly early: a superseded entry).
     pub fn next_deadline(&self) -> Option<u64> {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
@@ -412,11 +419,16 @@ impl Engine {
         let deadline = session.deadline(&ctx);
         self.scratch = ctx.scratch;
         self.buffered = self.buffered + session.buffered() - before;
-        if session.end.is_some() {
+        if session.is_gone(now) {
             self.remove(id);
         } else if let Some(at) = deadline {
-            // Stale entries stay in the heap and find nothing to do when they fire.
-            self.timers.push(Reverse((at, id)));
+            // One live heap entry per session: push only when the deadline moves earlier. The
+            // superseded entry is skipped when it comes up; a later deadline is found when the
+            // earlier entry fires and the session is asked again.
+            if session.timer_at.is_none_or(|scheduled| at < scheduled) {
+                session.timer_at = Some(at);
+                self.timers.push(Reverse((at, id)));
+            }
         }
     }
 
@@ -443,6 +455,12 @@ impl Engine {
             }
             self.remove(id);
         }
+    }
+
+    /// Entries in the timer heap (live and superseded), for tests of its bound.
+    #[cfg(test)]
+    fn timer_entries(&self) -> usize {
+        self.timers.len()
     }
 
     /// Sequence number of a live session's client ISN, for tests.

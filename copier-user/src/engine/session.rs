@@ -91,6 +91,11 @@ pub struct Session {
     current_mark: usize,
     last_activity: u64,
     pub end: Option<End>,
+    /// After a clean close, until when the session stays to re-acknowledge a retransmitted FIN
+    /// (our last ACK may be lost), as TIME_WAIT does.
+    pub linger_until: Option<u64>,
+    /// The time of this session's live entry in the engine's timer heap.
+    pub timer_at: Option<u64>,
     counted_complete: bool,
 }
 
@@ -134,6 +139,8 @@ impl Session {
             current_mark: 0,
             last_activity: now,
             end: None,
+            linger_until: None,
+            timer_at: None,
             counted_complete: false,
         }
     }
@@ -205,6 +212,13 @@ impl Session {
     /// A reply of the test server.
     pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts) {
         self.last_activity = ctx.now;
+        if self.end.is_some() {
+            // Lingering after a clean close: the test server did not get our last ACK.
+            if f.flags & FIN != 0 && f.flags & RST == 0 {
+                self.send_ack(ctx);
+            }
+            return;
+        }
         if f.flags & RST != 0 {
             self.finish(ctx, End::Reset);
             return;
@@ -295,12 +309,9 @@ impl Session {
         if self.fin_sent && self.fin_at.is_some_and(|fin| self.snd_una == fin + 1) && !self.counted_complete {
             self.counted_complete = true;
             ctx.counters.sessions_completed += 1;
-            if self.target_fin {
-                self.end = Some(End::Completed);
-            }
         }
         if self.counted_complete && self.target_fin {
-            self.end = Some(End::Completed);
+            self.close_cleanly(ctx);
         }
     }
 
@@ -508,10 +519,23 @@ impl Session {
     /// The earliest time [`Self::on_timer`] has something to do.
     pub fn deadline(&self, ctx: &Ctx<'_>) -> Option<u64> {
         if self.end.is_some() {
-            return None;
+            return self.linger_until;
         }
         let idle = self.last_activity + ctx.config.idle_timeout_us;
         [Some(idle), self.rto_at, self.gate_deadline(ctx)].into_iter().flatten().min()
+    }
+
+    /// Both FINs exchanged and ours acknowledged: done, lingering a little.
+    fn close_cleanly(&mut self, ctx: &mut Ctx<'_>) {
+        if self.end.is_none() {
+            self.finish(ctx, End::Completed);
+            self.linger_until = Some(ctx.now + (2 * self.rto.current()).clamp(1_000_000, 10_000_000));
+        }
+    }
+
+    /// Whether the engine can forget the session.
+    pub fn is_gone(&self, now: u64) -> bool {
+        self.end.is_some() && self.linger_until.is_none_or(|t| now >= t)
     }
 
     pub fn finish(&mut self, ctx: &mut Ctx<'_>, end: End) {

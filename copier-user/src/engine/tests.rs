@@ -131,6 +131,13 @@ fn payloads(sent: &[Sent]) -> Vec<u8> {
     sent.iter().flat_map(|s| s.payload.clone()).collect()
 }
 
+/// Runs timers until the engine has none left before `limit`.
+fn run_timers(e: &mut Engine, limit: u64) {
+    while let Some(at) = e.next_deadline().filter(|&at| at <= limit) {
+        e.on_timer(at);
+    }
+}
+
 /// An engine past the handshake of a session from port 40000, with its SYN-ACK answered.
 fn established(cfg: Config, mss: u16, window: u16) -> Engine {
     let mut e = Engine::new(cfg);
@@ -303,6 +310,12 @@ fn client_fin_is_replayed_after_the_data_and_the_session_completes() {
     assert_eq!(e.counters().sessions_completed, 1, "the whole client stream was taken");
     e.on_reply(4_000, &reply(c, 4, 0, 0, FIN));
     assert_eq!(e.counters().sessions_completed, 1);
+    // Like TIME_WAIT: a retransmitted FIN (our last ACK was lost) is acknowledged again...
+    sent(&mut e);
+    e.on_reply(5_000, &reply(c, 4, 0, 0, FIN));
+    assert_eq!(sent(&mut e).iter().map(|p| p.flags).collect::<Vec<_>>(), vec![ACK]);
+    // ...until the linger ends, and the flow is released.
+    run_timers(&mut e, 20_000_000);
     assert_eq!(e.active_sessions(), 0);
     assert!(e.outbox().events.contains(&Event::Disown(c)));
 }
@@ -327,7 +340,9 @@ fn a_target_that_closes_first_ends_the_session_cleanly() {
     let s = sent(&mut e);
     assert!(s.iter().any(|p| p.flags & FIN != 0 && p.ack == SeqNum(TARGET_ISN + 1 + 11)), "{s:?}");
     e.on_reply(3_000, &reply(c, 1, 11, 0, 0));
-    assert_eq!((e.counters().sessions_completed, e.active_sessions()), (1, 0));
+    assert_eq!(e.counters().sessions_completed, 1);
+    run_timers(&mut e, 20_000_000);
+    assert_eq!(e.active_sessions(), 0);
 }
 
 #[test]
@@ -445,6 +460,20 @@ fn timestamps_never_go_backwards_within_a_session() {
     let ts: Vec<u32> = sent(&mut e).iter().filter_map(|p| p.options.timestamps.map(|(v, _)| v)).collect();
     assert_eq!(ts.len(), 5);
     assert!(ts.windows(2).all(|w| w[1] >= w[0]), "{ts:?}");
+}
+
+#[test]
+fn the_timer_heap_holds_about_one_entry_per_session_however_many_packets() {
+    let mut cfg = config();
+    cfg.wait_for_response = false;
+    let mut e = established(cfg, 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    for i in 0..10_000u32 {
+        e.on_captured(2_000 + i as u64, Link::Ip, &data(40000, i, 0, b"x"));
+        e.on_reply(2_000 + i as u64, &reply(c, i + 1, 0, 0, 0));
+        e.outbox().clear();
+    }
+    assert!(e.timer_entries() < 10, "{} heap entries for one session", e.timer_entries());
 }
 
 mod simulated;
