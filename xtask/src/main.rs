@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, build, test, demo and run, so a fresh machine needs two commands.
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -34,6 +35,11 @@ enum Task {
     Demo {
         /// How long the clients send traffic.
         #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Run the cargo-fuzz targets (packet parsers, engine, wire protocol) for a while each.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
     /// Build in release mode and run `copier` or `intercept` with the given arguments.
@@ -101,6 +107,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::run()?;
             build(true)?;
             demo::run(std::time::Duration::from_secs(seconds))
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(seconds)
         }
         Task::Run { binary, args } => {
             setup::run()?;
