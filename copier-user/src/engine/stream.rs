@@ -25,6 +25,7 @@ impl Stream {
         self.base + self.data.len() as u32
     }
 
+    #[cfg(test)]
     pub fn base(&self) -> u32 {
         self.base
     }
