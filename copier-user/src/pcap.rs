@@ -1,0 +1,312 @@
+//! Offline input: pcap and pcapng files (Ethernet, VLAN, Linux SLL and SLL2, raw IP, BSD
+//! loopback), read with the `pcap-file` crate into batches.
+
+use std::{fs::File, io::BufReader, ops::Range, path::Path};
+
+use pcap_file::{
+    pcap::PcapReader,
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgReader},
+    DataLink, PcapError,
+};
+
+use crate::engine::capture::Link;
+
+/// Packets per batch handed to a worker.
+pub const BATCH: usize = 256;
+
+/// Captured packets with their capture times, in one reused buffer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    packets: Vec<(u64, Link, Range<usize>)>,
+}
+
+impl Batch {
+    pub fn push(&mut self, ts_us: u64, link: Link, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.packets.push((ts_us, link, start..self.bytes.len()));
+    }
+
+    /// (capture time in µs, link, packet)
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Link, &[u8])> {
+        self.packets.iter().map(|(ts, link, r)| (*ts, *link, &self.bytes[r.clone()]))
+    }
+
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.packets.clear();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("{path} is neither pcap nor pcapng: {source}")]
+    NotACapture { path: String, source: PcapError },
+    #[error("{path}: link type {link:?} is not supported (Ethernet, Linux SLL/SLL2, raw IP and BSD loopback are)")]
+    LinkType { path: String, link: DataLink },
+    #[error("{path} is truncated or corrupt after {packets} packets ({source}); those packets were replayed")]
+    Truncated { path: String, packets: u64, source: PcapError },
+}
+
+/// Where the IP packet starts in a captured record of `link`, or `None` if this record does not
+/// hold IPv4/IPv6 (an ARP under SLL, say).
+pub fn strip_link(link: DataLink, data: &[u8]) -> Result<Option<(Link, &[u8])>, DataLink> {
+    const SLL_LEN: usize = 16;
+    const SLL2_LEN: usize = 20;
+    let ip_ethertype = |t: u16| t == 0x0800 || t == 0x86dd;
+    Ok(match link {
+        DataLink::ETHERNET => Some((Link::Ethernet, data)),
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => Some((Link::Ip, data)),
+        DataLink::LINUX_SLL => data
+            .get(14..16)
+            .filter(|t| ip_ethertype(u16::from_be_bytes([t[0], t[1]])))
+            .and_then(|_| data.get(SLL_LEN..))
+            .map(|ip| (Link::Ip, ip)),
+        DataLink::LINUX_SLL2 => data
+            .get(0..2)
+            .filter(|t| ip_ethertype(u16::from_be_bytes([t[0], t[1]])))
+            .and_then(|_| data.get(SLL2_LEN..))
+            .map(|ip| (Link::Ip, ip)),
+        // BSD loopback: a 4-byte address family in host order, then IP.
+        DataLink::NULL | DataLink::LOOP => data.get(4..).map(|ip| (Link::Ip, ip)),
+        other => return Err(other),
+    })
+}
+
+enum Reader {
+    Pcap { reader: PcapReader<BufReader<File>>, link: DataLink },
+    PcapNg { reader: PcapNgReader<BufReader<File>>, interfaces: Vec<(DataLink, u64)> },
+}
+
+/// Reads a capture file batch by batch.
+pub struct PcapSource {
+    path: String,
+    reader: Reader,
+    packets: u64,
+    /// Records skipped: not IP (ARP under SLL), or of an interface with an unknown link type.
+    pub skipped: u64,
+}
+
+/// Nanoseconds per pcapng timestamp unit, from `if_tsresol` (default microseconds).
+fn units_ns(resolution: Option<u8>) -> u64 {
+    match resolution {
+        None => 1_000,
+        Some(r) if r & 0x80 == 0 => 10u64.checked_pow(9u32.saturating_sub(r as u32)).unwrap_or(1).max(1),
+        // Negative powers of two are rare; approximate to whole nanoseconds.
+        Some(r) => (1_000_000_000u64 >> (r & 0x7f).min(30)).max(1),
+    }
+}
+
+impl PcapSource {
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        let name = path.display().to_string();
+        let open = || File::open(path).map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
+        let reader = match PcapReader::new(open()?) {
+            Ok(reader) => {
+                let link = reader.header().datalink;
+                strip_link(link, &[]).map_err(|link| SourceError::LinkType { path: name.clone(), link })?;
+                Reader::Pcap { reader, link }
+            }
+            Err(_) => match PcapNgReader::new(open()?) {
+                Ok(reader) => Reader::PcapNg { reader, interfaces: Vec::new() },
+                Err(source) => return Err(SourceError::NotACapture { path: name, source }),
+            },
+        };
+        Ok(Self { path: name, reader, packets: 0, skipped: 0 })
+    }
+
+    /// Fills `batch` with up to [`BATCH`] packets; `Ok(false)` at the end of the file.
+    pub fn next_batch(&mut self, batch: &mut Batch) -> Result<bool, SourceError> {
+        batch.clear();
+        while batch.len() < BATCH {
+            let outcome = match &mut self.reader {
+                Reader::Pcap { reader, link } => match reader.next_packet() {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e)),
+                    Some(Ok(p)) => {
+                        let ts = p.timestamp.as_micros() as u64;
+                        match strip_link(*link, &p.data) {
+                            Ok(Some((l, ip))) => batch.push(ts, l, ip),
+                            _ => self.skipped += 1,
+                        }
+                        Some(Ok(()))
+                    }
+                },
+                Reader::PcapNg { reader, interfaces } => match reader.next_block() {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e)),
+                    Some(Ok(Block::InterfaceDescription(idb))) => {
+                        let resolution = idb.options.iter().find_map(|o| match o {
+                            InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                            _ => None,
+                        });
+                        interfaces.push((idb.linktype, units_ns(resolution)));
+                        Some(Ok(()))
+                    }
+                    Some(Ok(Block::EnhancedPacket(epb))) => {
+                        // pcap-file hands the raw tick count over as nanoseconds.
+                        let ticks = epb.timestamp.as_nanos() as u64;
+                        match interfaces.get(epb.interface_id as usize) {
+                            Some(&(link, ns)) => match strip_link(link, &epb.data) {
+                                Ok(Some((l, ip))) => batch.push(ticks.saturating_mul(ns) / 1_000, l, ip),
+                                _ => self.skipped += 1,
+                            },
+                            None => self.skipped += 1,
+                        }
+                        Some(Ok(()))
+                    }
+                    Some(Ok(Block::SimplePacket(spb))) => {
+                        match interfaces.first().map(|&(link, _)| strip_link(link, &spb.data)) {
+                            Some(Ok(Some((l, ip)))) => batch.push(0, l, ip),
+                            _ => self.skipped += 1,
+                        }
+                        Some(Ok(()))
+                    }
+                    Some(Ok(_)) => Some(Ok(())),
+                },
+            };
+            match outcome {
+                None => return Ok(!batch.is_empty()),
+                Some(Ok(())) => self.packets += 1,
+                Some(Err(source)) => {
+                    return Err(SourceError::Truncated { path: self.path.clone(), packets: self.packets, source });
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, time::Duration};
+
+    use pcap_file::{
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+        pcapng::{
+            blocks::{enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock},
+            PcapNgWriter,
+        },
+    };
+
+    use super::*;
+
+    fn ipv4_tcp() -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        p.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        p
+    }
+
+    fn read_all(path: &Path) -> Result<Vec<(u64, Link, Vec<u8>)>, SourceError> {
+        let mut source = PcapSource::open(path)?;
+        let mut batch = Batch::default();
+        let mut out = Vec::new();
+        while source.next_batch(&mut batch)? {
+            out.extend(batch.iter().map(|(t, l, d)| (t, l, d.to_vec())));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn link_headers_are_stripped_to_ip() {
+        let ip = ipv4_tcp();
+        let mut sll = vec![0; 14];
+        sll.extend_from_slice(&0x0800u16.to_be_bytes());
+        sll.extend_from_slice(&ip);
+        assert_eq!(strip_link(DataLink::LINUX_SLL, &sll), Ok(Some((Link::Ip, &ip[..]))));
+        let mut sll2 = 0x86ddu16.to_be_bytes().to_vec();
+        sll2.extend_from_slice(&[0; 18]);
+        sll2.extend_from_slice(&ip);
+        assert_eq!(strip_link(DataLink::LINUX_SLL2, &sll2), Ok(Some((Link::Ip, &ip[..]))));
+        let mut arp = vec![0; 14];
+        arp.extend_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(strip_link(DataLink::LINUX_SLL, &arp), Ok(None), "not IP");
+        assert_eq!(strip_link(DataLink::ETHERNET, &ip), Ok(Some((Link::Ethernet, &ip[..]))));
+        assert_eq!(strip_link(DataLink::IEEE802_11, &ip), Err(DataLink::IEEE802_11));
+    }
+
+    #[test]
+    fn pcap_files_are_read_with_microsecond_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.pcap");
+        let header = PcapHeader { datalink: DataLink::RAW, ..Default::default() };
+        let mut w = PcapWriter::with_header(File::create(&path).unwrap(), header).unwrap();
+        let ip = ipv4_tcp();
+        for i in 0..300u64 {
+            w.write_packet(&PcapPacket::new(Duration::from_micros(1_000_000 + i * 10), ip.len() as u32, &ip)).unwrap();
+        }
+        drop(w);
+        let packets = read_all(&path).unwrap();
+        assert_eq!(packets.len(), 300, "across batches");
+        assert_eq!(packets[1].0 - packets[0].0, 10);
+        assert_eq!(packets[0].1, Link::Ip);
+    }
+
+    #[test]
+    fn pcapng_times_follow_the_interface_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eth.pcapng");
+        let mut w = PcapNgWriter::new(File::create(&path).unwrap()).unwrap();
+        let idb = InterfaceDescriptionBlock { linktype: DataLink::ETHERNET, snaplen: 65535, options: vec![] };
+        w.write_pcapng_block(idb).unwrap();
+        let frame = [vec![0; 12], vec![0x08, 0x00], ipv4_tcp()].concat();
+        for ticks in [5_000_000u64, 5_000_250] {
+            // Default resolution: the ticks are microseconds.
+            let epb = EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_nanos(ticks),
+                original_len: frame.len() as u32,
+                data: Cow::Borrowed(&frame),
+                options: vec![],
+            };
+            w.write_pcapng_block(epb).unwrap();
+        }
+        drop(w);
+        let packets = read_all(&path).unwrap();
+        assert_eq!(packets.len(), 2);
+        assert_eq!((packets[0].0, packets[1].0 - packets[0].0), (5_000_000, 250));
+        assert_eq!(packets[0].1, Link::Ethernet);
+    }
+
+    #[test]
+    fn a_truncated_file_is_reported_after_its_complete_packets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.pcap");
+        let header = PcapHeader { datalink: DataLink::RAW, ..Default::default() };
+        let mut w = PcapWriter::with_header(File::create(&path).unwrap(), header).unwrap();
+        let ip = ipv4_tcp();
+        for i in 0..3u64 {
+            w.write_packet(&PcapPacket::new(Duration::from_micros(i), ip.len() as u32, &ip)).unwrap();
+        }
+        drop(w);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
+
+        let mut source = PcapSource::open(&path).unwrap();
+        let mut batch = Batch::default();
+        let err = source.next_batch(&mut batch).unwrap_err();
+        assert!(matches!(err, SourceError::Truncated { packets: 2, .. }), "{err}");
+        assert_eq!(batch.len(), 2, "the complete packets are kept");
+        assert!(err.to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn files_that_are_not_captures_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "hello, this is not a capture file at all").unwrap();
+        assert!(matches!(PcapSource::open(&path), Err(SourceError::NotACapture { .. })));
+        assert!(matches!(PcapSource::open(&dir.path().join("missing")), Err(SourceError::Open { .. })));
+    }
+}
