@@ -36,6 +36,12 @@ counters! {
         Seen = "seen",
         /// TCP segments addressed to an online endpoint.
         Matched = "matched",
+        /// Matching frames copied into the capture ring.
+        Copied = "copied",
+        /// Copied frames longer than a capture record holds (their tail is lost).
+        Truncated = "truncated",
+        /// Matching frames not copied: the ring was full (userspace fell behind).
+        RingFull = "ring_full",
         /// Frames handed on to the kernel stack untouched (copy mode: all of them).
         Passed = "passed",
         /// Frames that claimed to be IP/TCP but whose headers were truncated or inconsistent.

@@ -4,6 +4,7 @@
 //! feature adds the `aya::Pod` impls userspace needs to read and write the maps.
 #![cfg_attr(not(any(feature = "user", test)), no_std)]
 
+pub mod capture;
 pub mod checksum;
 pub mod counters;
 pub mod endpoint;

@@ -9,6 +9,10 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const ONLINE_ENDPOINTS: &str = "ONLINE_ENDPOINTS";
 /// Hash map `Endpoint -> u8`: the intercept's test-server endpoints (wildcard address allowed).
 pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
+/// Ring buffer of [`crate::capture::CaptureRecord`]s: the copier's copy-mode capture.
+pub const CAPTURE: &str = "CAPTURE";
+/// Its size: 8192 records, a few milliseconds of line rate for a poller that wakes every 50 µs.
+pub const CAPTURE_RING_BYTES: u32 = 16 << 20;
 /// `XskMap` of the intercept: RX queue index -> AF_XDP socket.
 pub const XSKS: &str = "XSKS";
 /// RX queues the intercept can serve.

@@ -1,21 +1,24 @@
 //! The copier's XDP program on the online interface.
 //!
 //! Copy mode: every frame goes on to the kernel stack untouched (`XDP_PASS`); production traffic
-//! is never stolen, delayed or altered. Segments addressed to an online endpoint are counted.
+//! is never stolen, delayed or altered. Segments addressed to an online endpoint are copied into
+//! a ring buffer without waking the reader (it polls: a wakeup per record costs half the rate).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use common::{
+    capture::{CaptureRecord, CAPTURE_BYTES},
     counters::{CopierCounter, Counter},
     endpoint::Endpoint,
-    maps::MAX_ENDPOINTS,
+    maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS},
     parse::parse_ethernet,
 };
 
@@ -24,6 +27,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CopierCounter:
 
 #[map(name = "ONLINE_ENDPOINTS")]
 static ONLINE_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map(name = "CAPTURE")]
+static CAPTURE: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 
 #[inline(always)]
 fn count(counter: CopierCounter) {
@@ -44,7 +50,10 @@ pub fn copier(ctx: XdpContext) -> u32 {
     count(CopierCounter::Seen);
     // SAFETY: data..data_end is the frame the kernel handed us.
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
-        Ok(Some(segment)) if is_online(&segment.dst) => count(CopierCounter::Matched),
+        Ok(Some(segment)) if is_online(&segment.dst) => {
+            count(CopierCounter::Matched);
+            copy(&ctx);
+        }
         Ok(_) => {}
         Err(reason) => {
             count(CopierCounter::Malformed);
@@ -53,6 +62,35 @@ pub fn copier(ctx: XdpContext) -> u32 {
     }
     count(CopierCounter::Passed);
     xdp_action::XDP_PASS
+}
+
+/// Copies the frame (up to a record's worth) into the capture ring.
+#[inline(always)]
+fn copy(ctx: &XdpContext) {
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(mut entry) = CAPTURE.reserve::<CaptureRecord>(0) else {
+        count(CopierCounter::RingFull);
+        return;
+    };
+    let len = if frame_len > CAPTURE_BYTES { CAPTURE_BYTES } else { frame_len };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved ring entry of the right size; `len` is at most the
+    // size of its data array and at most the frame's length.
+    let loaded = unsafe {
+        (*record).len = len as u16;
+        (*record).frame_len = frame_len as u16;
+        (*record)._pad = 0;
+        len > 0 && bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) == 0
+    };
+    if !loaded {
+        entry.discard(0);
+        return;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(CopierCounter::Copied);
+    if frame_len > CAPTURE_BYTES {
+        count(CopierCounter::Truncated);
+    }
 }
 
 #[cfg(not(test))]

@@ -3,3 +3,4 @@
 pub mod engine;
 pub mod mapping;
 pub mod pcap;
+pub mod runtime;

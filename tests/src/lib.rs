@@ -10,6 +10,7 @@
 //! which also runs when a test panics.
 
 pub mod bins;
+pub mod capture;
 pub mod netns;
 pub mod process;
 pub mod proto_client;

@@ -78,3 +78,43 @@ pub fn send_raw_frame(iface: &str, frame: &[u8]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Several HTTP/1.1 GETs on one keep-alive connection; returns the status codes.
+pub fn http_keepalive(addr: SocketAddr, paths: &[String]) -> anyhow::Result<Vec<u16>> {
+    let stream = connect(addr)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut statuses = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let close = if i + 1 == paths.len() { "close" } else { "keep-alive" };
+        writer.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {close}\r\n\r\n").as_bytes())?;
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line)?;
+        let status = status_line.split_whitespace().nth(1).context("no status")?.parse()?;
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header)?;
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        statuses.push(status);
+    }
+    Ok(statuses)
+}
+
+/// One HTTP/1.1 POST with `body` on its own connection; returns the status code.
+pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+    let mut stream = connect(addr)?;
+    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(&[head.as_bytes(), body].concat())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.split_whitespace().nth(1).context("empty HTTP response")?.parse()?)
+}

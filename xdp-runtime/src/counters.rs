@@ -58,21 +58,25 @@ pub fn summary_line<C: Counter>(label: &str, totals: &[u64], extra: &Extra) -> S
 
 #[cfg(test)]
 mod tests {
-    use common::counters::CopierCounter;
+    use common::counters::InterceptCounter;
 
     use super::*;
 
     #[test]
     fn stats_line_has_totals_then_rates() {
-        let line = stats_line::<CopierCounter>("copier", &[10, 4, 10, 0], &[0, 0, 0, 0], 2.0, &[("sessions", 3)]);
+        let line = stats_line::<InterceptCounter>("intercept", &[10, 4, 4, 0, 6, 0], &[0; 6], 2.0, &[("routed", 3)]);
         assert_eq!(
             line,
-            "copier stats: seen=10 matched=4 passed=10 malformed=0 sessions=3 | per second: seen=5.0 matched=2.0 passed=5.0 malformed=0.0"
+            "intercept stats: seen=10 matched=4 redirected=4 no_socket=0 passed=6 malformed=0 routed=3 | per second: \
+             seen=5.0 matched=2.0 redirected=2.0 no_socket=0.0 passed=3.0 malformed=0.0"
         );
     }
 
     #[test]
     fn summary_line_has_totals() {
-        assert_eq!(summary_line::<CopierCounter>("copier", &[1, 2, 3, 4], &[]), "copier summary: seen=1 matched=2 passed=3 malformed=4");
+        assert_eq!(
+            summary_line::<InterceptCounter>("intercept", &[1, 2, 3, 4, 5, 6], &[]),
+            "intercept summary: seen=1 matched=2 redirected=3 no_socket=4 passed=5 malformed=6"
+        );
     }
 }

@@ -445,6 +445,16 @@ impl Engine {
         }
     }
 
+    /// Ends every session (the copier stops): those still open are reset on the test server so
+    /// nothing is left half-open there, and counted as timed out.
+    pub fn shutdown(&mut self, now: u64) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.with_session(now, id, |s, ctx| s.abort(ctx));
+            self.remove(id);
+        }
+    }
+
     /// Sheds the sessions holding the most captured bytes until under the `-m` bound.
     fn enforce_memory_bound(&mut self) {
         while self.buffered > self.config.max_buffered_bytes {

@@ -525,6 +525,16 @@ impl Session {
         [Some(idle), self.rto_at, self.gate_deadline(ctx)].into_iter().flatten().min()
     }
 
+    /// The copier is stopping: reset the session on the test server if it is open there.
+    pub fn abort(&mut self, ctx: &mut Ctx<'_>) {
+        if self.end.is_none() {
+            if self.syn_acked {
+                self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+            }
+            self.finish(ctx, if self.counted_complete { End::Completed } else { End::TimedOut });
+        }
+    }
+
     /// Both FINs exchanged and ours acknowledged: done, lingering a little.
     fn close_cleanly(&mut self, ctx: &mut Ctx<'_>) {
         if self.end.is_none() {

@@ -476,4 +476,12 @@ fn the_timer_heap_holds_about_one_entry_per_session_however_many_packets() {
     assert!(e.timer_entries() < 10, "{} heap entries for one session", e.timer_entries());
 }
 
+#[test]
+fn shutdown_resets_what_is_open_on_the_target() {
+    let mut e = established(config(), 1460, 65535);
+    e.shutdown(9_000);
+    assert!(sent(&mut e).iter().any(|p| p.flags & RST != 0));
+    assert_eq!((e.active_sessions(), e.counters().sessions_timed_out), (0, 1));
+}
+
 mod simulated;

@@ -1,0 +1,223 @@
+//! The copier's side of the intercept protocol (DESIGN.md §3): one connection per intercept,
+//! re-established with backoff after an intercept restarts, and a hub that announces every
+//! client endpoint the sessions replay from, to all of them, again after each reconnect.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc::{SyncSender, TrySendError},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::{
+    endpoint::Endpoint,
+    proto::{self, Message, MAX_ENTRIES},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use super::worker::{Announced, Input};
+use crate::engine::Event;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Counters of the intercept links.
+#[derive(Default)]
+pub struct LinkStats {
+    pub connected: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub facts: AtomicU64,
+    /// Facts dropped because the worker's queue was full.
+    pub facts_dropped: AtomicU64,
+}
+
+enum Control {
+    Connected(usize, mpsc::Sender<Vec<u8>>),
+    Disconnected(usize),
+}
+
+fn endpoint_frames(own: bool, endpoints: &[Endpoint]) -> Vec<Vec<u8>> {
+    endpoints
+        .chunks(MAX_ENTRIES)
+        .map(|chunk| {
+            let mut buf = vec![0; proto::HEADER_LEN + 2 + chunk.len() * proto::ENTRY_LEN];
+            let n = proto::encode_endpoints(&mut buf, own, chunk).expect("sized to fit");
+            buf.truncate(n);
+            buf
+        })
+        .collect()
+}
+
+/// Runs the hub and one connection task per intercept until `events` closes.
+pub async fn run(
+    intercepts: Vec<SocketAddr>,
+    secret: Option<Arc<[u8]>>,
+    mut events: mpsc::Receiver<(u64, Vec<Event>)>,
+    announced: Arc<Announced>,
+    to_worker: SyncSender<Input>,
+    stats: Arc<LinkStats>,
+) {
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
+    for (i, addr) in intercepts.iter().copied().enumerate() {
+        tokio::spawn(connection(i, addr, secret.clone(), ctl_tx.clone(), to_worker.clone(), Arc::clone(&stats)));
+    }
+    drop(ctl_tx);
+    let mut owned: HashSet<Endpoint> = HashSet::new();
+    let mut links: Vec<Option<mpsc::Sender<Vec<u8>>>> = vec![None; intercepts.len()];
+    loop {
+        tokio::select! {
+            Some((batch, evs)) = events.recv() => {
+                let (mut own, mut disown) = (Vec::new(), Vec::new());
+                for e in evs {
+                    match e {
+                        Event::Own(ep) => if owned.insert(ep) { own.push(ep) },
+                        Event::Disown(ep) => if owned.remove(&ep) { disown.push(ep) },
+                    }
+                }
+                let frames: Vec<Vec<u8>> = endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect();
+                for (i, link) in links.iter_mut().enumerate() {
+                    let Some(tx) = link else { continue };
+                    if frames.iter().any(|f| tx.try_send(f.clone()).is_err()) {
+                        // It cannot keep up with announcements: reconnecting re-announces all.
+                        log::warn!("intercept {} is not reading; dropping the connection", intercepts[i]);
+                        *link = None;
+                    }
+                }
+                announced.mark_queued(batch);
+            }
+            Some(ctl) = ctl_rx.recv() => match ctl {
+                Control::Connected(i, tx) => {
+                    let all: Vec<Endpoint> = owned.iter().copied().collect();
+                    if endpoint_frames(true, &all).into_iter().all(|f| tx.try_send(f).is_ok()) {
+                        links[i] = Some(tx);
+                    }
+                }
+                Control::Disconnected(i) => links[i] = None,
+            },
+            else => break,
+        }
+    }
+}
+
+/// Why a connection attempt or a connection ended.
+async fn session(
+    addr: SocketAddr,
+    secret: &[u8],
+    i: usize,
+    ctl: &mpsc::Sender<Control>,
+    to_worker: &SyncSender<Input>,
+    stats: &LinkStats,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect failed: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut hello = vec![0; proto::HEADER_LEN + 8 + secret.len()];
+    let n = proto::encode_hello(&mut hello, secret).map_err(|e| e.to_string())?;
+    wr.write_all(&hello[..n]).await.map_err(|e| format!("write failed: {e}"))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4096);
+    // After WELCOME the write half belongs to a writer task, ended with this session.
+    let mut wr = Some(wr);
+    let mut writer: Option<AbortOnDrop> = None;
+    loop {
+        loop {
+            let (message, used) = match proto::decode(&buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return Err(format!("intercept sent garbage: {e}")),
+            };
+            match message {
+                Message::Welcome { .. } if writer.is_none() => {
+                    log::info!("connected to intercept {addr}");
+                    stats.connected.fetch_add(1, Relaxed);
+                    let mut w = wr.take().expect("welcomed once");
+                    let mut out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
+                    writer = Some(AbortOnDrop(tokio::spawn(async move {
+                        while let Some(frame) = out_rx.recv().await {
+                            if w.write_all(&frame).await.is_err() {
+                                break;
+                            }
+                        }
+                    })));
+                    ctl.send(Control::Connected(i, out_tx.clone())).await.map_err(|_| "shutting down".to_string())?;
+                }
+                Message::Facts(records) if writer.is_some() => {
+                    let facts: Vec<_> = records.collect();
+                    let n = facts.len() as u64;
+                    stats.facts.fetch_add(n, Relaxed);
+                    match to_worker.try_send(Input::Facts(facts)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            stats.facts_dropped.fetch_add(n, Relaxed);
+                        }
+                        Err(TrySendError::Disconnected(_)) => return Ok(()),
+                    }
+                }
+                Message::Bye(reason) => return Err(format!("intercept said goodbye: {reason}")),
+                other => return Err(format!("unexpected frame from the intercept: {other:?}")),
+            }
+            buf.drain(..used);
+        }
+        buf.reserve(16 * 1024);
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn connection(
+    i: usize,
+    addr: SocketAddr,
+    secret: Option<Arc<[u8]>>,
+    ctl: mpsc::Sender<Control>,
+    to_worker: SyncSender<Input>,
+    stats: Arc<LinkStats>,
+) {
+    let secret = secret.as_deref().unwrap_or_default().to_vec();
+    let mut backoff = BACKOFF_MIN;
+    let mut last_reason = String::new();
+    loop {
+        let was_connected = stats.connected.load(Relaxed);
+        let outcome = session(addr, &secret, i, &ctl, &to_worker, &stats).await;
+        if ctl.is_closed() {
+            return;
+        }
+        let connected = stats.connected.load(Relaxed) > was_connected;
+        if connected {
+            stats.connected.fetch_sub(1, Relaxed);
+            stats.reconnects.fetch_add(1, Relaxed);
+            let _ = ctl.send(Control::Disconnected(i)).await;
+            backoff = BACKOFF_MIN;
+        }
+        let reason = outcome.err().unwrap_or_else(|| "closed".into());
+        if connected || reason != last_reason {
+            log::warn!("intercept {addr}: {reason}; retrying");
+            last_reason = reason;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

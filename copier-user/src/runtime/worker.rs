@@ -1,0 +1,152 @@
+//! The worker: one thread that owns a session engine, feeds it captured packets and reply
+//! facts, runs its timers, and transmits what it builds.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
+        Arc, Condvar, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::facts::ReplyFacts;
+
+use super::tx::RawTx;
+use crate::{
+    engine::{Counters, Engine, Event},
+    pcap::Batch,
+};
+
+/// What a worker is given.
+pub enum Input {
+    Captured(Batch),
+    Facts(Vec<ReplyFacts>),
+    /// The capture file is done: finish the open sessions (within the grace) and stop.
+    SourceDone,
+}
+
+/// Announcement batches handed to the hub, numbered; the hub says how far it has queued them
+/// to every intercept, so a SYN never leaves before the OWN that claims its replies.
+pub struct Announced {
+    queued: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Default for Announced {
+    fn default() -> Self {
+        Self { queued: Mutex::new(0), cond: Condvar::new() }
+    }
+}
+
+impl Announced {
+    pub fn mark_queued(&self, batch: u64) {
+        let mut q = self.queued.lock().expect("not poisoned");
+        *q = (*q).max(batch);
+        self.cond.notify_all();
+    }
+
+    fn wait_queued(&self, batch: u64, timeout: Duration) {
+        let q = self.queued.lock().expect("not poisoned");
+        let _ = self.cond.wait_timeout_while(q, timeout, |q| *q < batch);
+    }
+}
+
+/// What the stats line reads.
+#[derive(Default)]
+pub struct Shared {
+    pub counters: Mutex<Counters>,
+    pub active: Mutex<(usize, usize)>,
+    pub tx_errors: Mutex<u64>,
+}
+
+pub struct Worker {
+    pub engine: Engine,
+    pub tx: RawTx,
+    pub inputs: Receiver<Input>,
+    pub events: tokio::sync::mpsc::Sender<(u64, Vec<Event>)>,
+    pub announced: Arc<Announced>,
+    pub shared: Arc<Shared>,
+    pub stop: Arc<AtomicBool>,
+    /// After the source is done, how long open sessions may take to finish.
+    pub grace: Duration,
+}
+
+/// Longest sleep between timer checks.
+const MAX_WAIT: Duration = Duration::from_millis(20);
+const ANNOUNCE_WAIT: Duration = Duration::from_millis(5);
+
+impl Worker {
+    /// Runs until stopped, or until the source is done and its sessions finished.
+    pub fn run(mut self) {
+        let start = Instant::now();
+        let now_us = || start.elapsed().as_micros() as u64;
+        let mut source_done: Option<Instant> = None;
+        let mut announcements = 0u64;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(at) = source_done {
+                if self.engine.active_sessions() == 0 || at.elapsed() >= self.grace {
+                    break;
+                }
+            }
+            let wait = self
+                .engine
+                .next_deadline()
+                .map(|d| Duration::from_micros(d.saturating_sub(now_us())))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT);
+            let first = match self.inputs.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    source_done.get_or_insert_with(Instant::now);
+                    std::thread::sleep(wait);
+                    None
+                }
+            };
+            // Take what else is waiting, a bounded number, then run timers and flush.
+            for input in first.into_iter().chain(std::iter::from_fn(|| self.inputs.try_recv().ok()).take(64)) {
+                let now = now_us();
+                match input {
+                    Input::Captured(batch) => batch.iter().for_each(|(_, link, p)| self.engine.on_captured(now, link, p)),
+                    Input::Facts(facts) => facts.iter().for_each(|f| self.engine.on_reply(now, f)),
+                    Input::SourceDone => {
+                        source_done.get_or_insert_with(Instant::now);
+                    }
+                }
+            }
+            self.engine.on_timer(now_us());
+            self.flush(&mut announcements);
+        }
+        // Leave nothing half-open on the test server: reset what is still running.
+        self.engine.shutdown(now_us());
+        self.flush(&mut announcements);
+        self.publish();
+    }
+
+    fn flush(&mut self, announcements: &mut u64) {
+        let out = self.engine.outbox();
+        if !out.events.is_empty() {
+            *announcements += 1;
+            let events = std::mem::take(&mut out.events);
+            if self.events.blocking_send((*announcements, events)).is_ok() {
+                self.announced.wait_queued(*announcements, ANNOUNCE_WAIT);
+            }
+        }
+        let out = self.engine.outbox();
+        if out.len() > 0 {
+            self.tx.send(out.packets());
+        }
+        out.clear();
+        self.publish();
+    }
+
+    fn publish(&self) {
+        *self.shared.counters.lock().expect("not poisoned") = *self.engine.counters();
+        *self.shared.active.lock().expect("not poisoned") = (self.engine.active_sessions(), self.engine.buffered_bytes());
+        *self.shared.tx_errors.lock().expect("not poisoned") = self.tx.errors;
+    }
+}

@@ -1,0 +1,32 @@
+//! Packet captures of the test bed's own traffic, with Debian's tcpdump.
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::{process::Process, topology::Host, Testbed};
+
+/// A running tcpdump writing a pcap file; [`Tcpdump::finish`] stops it and returns the file.
+pub struct Tcpdump {
+    process: Process,
+    path: PathBuf,
+}
+
+impl Tcpdump {
+    /// Captures `filter` on `iface` of `host`: full packets, each written at once
+    /// (`--immediate-mode`: without it packets wait in the kernel's TPACKET_V3 block and are
+    /// lost when tcpdump is stopped).
+    pub fn start(tb: &Testbed, host: Host, iface: &str, filter: &str, name: &str) -> anyhow::Result<Self> {
+        let path = tb.dir().join(format!("{name}.pcap"));
+        let file = path.to_string_lossy().into_owned();
+        let mut process = tb.spawn(host, name, "tcpdump", &["-i", iface, "--immediate-mode", "-U", "-s", "0", "-w", &file, filter])?;
+        process.wait_for_line(Duration::from_secs(10), |l| l.contains("listening on"))?;
+        Ok(Self { process, path })
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<PathBuf> {
+        // Give the last packets a moment to reach the capture before stopping it.
+        std::thread::sleep(Duration::from_millis(300));
+        self.process.signal(libc::SIGINT)?;
+        self.process.wait_timeout(Duration::from_secs(10))?;
+        Ok(self.path)
+    }
+}
