@@ -68,19 +68,26 @@ pub fn copier(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn copy(ctx: &XdpContext) {
     let frame_len = ctx.data_end() - ctx.data();
+    // Volatile: the verifier must see the length as a bounded number, not as a comparison of
+    // packet pointers (which is what LLVM turns `len > 0` into otherwise).
+    // SAFETY: reading a local.
+    let frame_len = unsafe { core::ptr::read_volatile(&frame_len) };
+    let len = if frame_len > CAPTURE_BYTES { CAPTURE_BYTES } else { frame_len };
+    if len == 0 {
+        return;
+    }
     let Some(mut entry) = CAPTURE.reserve::<CaptureRecord>(0) else {
         count(CopierCounter::RingFull);
         return;
     };
-    let len = if frame_len > CAPTURE_BYTES { CAPTURE_BYTES } else { frame_len };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved ring entry of the right size; `len` is at most the
-    // size of its data array and at most the frame's length.
+    // SAFETY: `record` points at a reserved ring entry; `len` is in 1..=its data array's size
+    // and at most the frame's length.
     let loaded = unsafe {
         (*record).len = len as u16;
         (*record).frame_len = frame_len as u16;
         (*record)._pad = 0;
-        len > 0 && bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) == 0
+        bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) == 0
     };
     if !loaded {
         entry.discard(0);

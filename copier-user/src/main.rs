@@ -350,11 +350,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for m in &args.mappings.0 {
         log::info!("replaying {} to {}", m.online, m.target);
     }
-    wait_for_intercepts(&pipeline, args.intercepts.0.len()).await;
-
     let mut online = None;
     let feeder = match source {
         Some(source) => {
+            // A file's first sessions would lose their replies to an intercept not yet connected;
+            // live traffic does not wait (SYN retransmission covers a late intercept).
+            wait_for_intercepts(&pipeline, args.intercepts.0.len()).await;
             let (inputs, stop) = (pipeline.inputs.clone(), Arc::clone(&pipeline.stop));
             let (speed, gap) = (args.speed, args.skip_gaps_ms.map(|ms| ms * 1000));
             Some(std::thread::Builder::new().name("copier-pcap".into()).spawn(move || feed(source, inputs, speed, gap, stop))?)

@@ -78,3 +78,114 @@ fn a_captured_pcap_replays_every_request_to_the_target() {
     assert_eq!(target.requests().len(), 35, "each request once");
     assert_eq!(summary.get("completed"), 23, "{}", copier.describe());
 }
+
+fn start_online_copier(tb: &Testbed, extra: &[&str]) -> Process {
+    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()])
+        .args(["--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "0.5"])
+        .args(extra);
+    let mut p = tb.start("copier", cmd).unwrap();
+    p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    p
+}
+
+/// Waits until `nginx` logged `n` requests (or the time is up), returns what it logged.
+fn wait_requests(nginx: &Nginx, n: usize, within: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    while nginx.requests().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nginx.requests()
+}
+
+#[test]
+fn live_traffic_is_copied_while_production_answers_every_client() {
+    let tb = Testbed::new().unwrap();
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let _intercept = start_intercept(&tb, "intercept");
+    let mut copier = start_online_copier(&tb, &[]);
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+
+    let statuses = tb
+        .client
+        .run(|| {
+            let mut all = Vec::new();
+            for i in 0..30 {
+                all.push(traffic::http_get(online_http(), &format!("/live/{i}")).unwrap());
+            }
+            for k in 0..2 {
+                let paths: Vec<String> = (0..5).map(|i| format!("/live-keepalive/{k}/{i}")).collect();
+                all.extend(traffic::http_keepalive(online_http(), &paths).unwrap());
+            }
+            all
+        })
+        .unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "production answered every client: {statuses:?}");
+    assert_eq!(online.requests().len(), 40);
+    let copied = wait_requests(&target, 40, Duration::from_secs(15));
+    assert_eq!(request_set(copied), request_set(online.requests()), "{}", copier.describe());
+    assert_eq!(target.requests().len(), 40, "each request once");
+
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    assert_eq!(tb.online.xdp_program(iface::ONLINE_TO_CLIENT).unwrap(), None, "no XDP program left");
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert!(summary.summary && summary.get("copied") >= summary.get("matched") - summary.get("ring_full"));
+    assert_eq!(summary.get("ring_full"), 0);
+}
+
+#[test]
+fn multiply_with_client_ranges_delivers_every_request_three_times() {
+    let tb = Testbed::new().unwrap();
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let _intercept = start_intercept(&tb, "intercept");
+    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
+    tb.client
+        .run(|| {
+            for i in 0..10 {
+                traffic::http_get(online_http(), &format!("/copy/{i}")).unwrap();
+            }
+        })
+        .unwrap();
+    let pcap = dump.finish().unwrap();
+    // Copies come from 10.100.1.100-10.100.1.110, inside the network the test server routes
+    // through the assistant host.
+    let mut copier = replay(&tb, &pcap, &["-n", "3", "-c", "10.100.1.100-10.100.1.110"]);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    let got = target.requests();
+    assert_eq!(got.len(), 30, "{}", copier.describe());
+    for line in online.requests() {
+        assert_eq!(got.iter().filter(|l| **l == line).count(), 3, "{line}");
+    }
+    assert_eq!(stats::last(&copier.stdout()).unwrap().get("completed"), 30);
+}
+
+#[test]
+fn replay_survives_an_intercept_restart() {
+    let tb = Testbed::new().unwrap();
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let mut intercept = start_intercept(&tb, "intercept");
+    let mut copier = start_online_copier(&tb, &[]);
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+
+    tb.client.run(|| (0..5).for_each(|i| drop(traffic::http_get(online_http(), &format!("/before/{i}")).unwrap()))).unwrap();
+    assert_eq!(wait_requests(&target, 5, Duration::from_secs(10)).len(), 5);
+
+    intercept.signal(libc::SIGTERM).unwrap();
+    intercept.wait_timeout(Duration::from_secs(10)).unwrap();
+    let _restarted = start_intercept(&tb, "intercept-again");
+    copier
+        .wait_for_line(Duration::from_secs(15), |l| stats::parse(l).is_some_and(|s| s.get("reconnects") >= 1 && s.get("intercepts") == 1))
+        .unwrap();
+
+    tb.client.run(|| (0..5).for_each(|i| drop(traffic::http_get(online_http(), &format!("/after/{i}")).unwrap()))).unwrap();
+    let got = wait_requests(&target, 10, Duration::from_secs(15));
+    let after: Vec<_> = got.iter().filter(|l| l.contains("/after/")).collect();
+    assert_eq!(after.len(), 5, "sessions after the restart complete: {got:?}\n{}", copier.describe());
+    assert_eq!(online.requests().len(), 10);
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success());
+}

@@ -30,7 +30,9 @@ fn target_line() -> SocketAddr {
 fn start_copier(tb: &Testbed, name: &str, extra: &[&str]) -> Process {
     let mapping = format!("80-{}", target_line());
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &mapping, "--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "0.2"]).args(extra);
+    // No intercept runs in these tests: the copier keeps trying to reach one, and captures anyway.
+    cmd.args(["-x", &mapping, "-s", &addr::ASSIST_CONTROL.to_string(), "--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "0.2"])
+        .args(extra);
     cmd.env("RUST_LOG", "debug");
     tb.start(name, cmd).unwrap()
 }

@@ -126,8 +126,8 @@ impl Counters {
             ("sent", self.packets_sent),
             ("retransmitted", self.packets_retransmitted),
             ("bytes", self.payload_bytes_sent),
-            ("ignored", self.captured_ignored),
-            ("malformed", self.captured_malformed),
+            ("unmapped", self.captured_ignored),
+            ("unparsed", self.captured_malformed),
             ("unmatched_replies", self.replies_unmatched),
         ]
     }

@@ -94,11 +94,15 @@ pub struct Session {
     /// After a clean close, until when the session stays to re-acknowledge a retransmitted FIN
     /// (our last ACK may be lost), as TIME_WAIT does.
     pub linger_until: Option<u64>,
+    /// The linger never goes past this (TIME_WAIT's 2 × MSL).
+    linger_cap: u64,
     /// The time of this session's live entry in the engine's timer heap.
     pub timer_at: Option<u64>,
     counted_complete: bool,
 }
 
+/// The longest a closed session lingers, however often the test server retransmits its FIN.
+const LINGER_CAP_US: u64 = 60_000_000;
 /// Default MSS assumed when the test server announces none (RFC 9293).
 const DEFAULT_TARGET_MSS: u16 = 536;
 /// Our receive window: we never read the payload, so any window is fine; scaled by our SYN's
@@ -140,6 +144,7 @@ impl Session {
             last_activity: now,
             end: None,
             linger_until: None,
+            linger_cap: 0,
             timer_at: None,
             counted_complete: false,
         }
@@ -213,9 +218,11 @@ impl Session {
     pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts) {
         self.last_activity = ctx.now;
         if self.end.is_some() {
-            // Lingering after a clean close: the test server did not get our last ACK.
-            if f.flags & FIN != 0 && f.flags & RST == 0 {
+            // Lingering after a clean close: the test server did not get our last ACK. Answer,
+            // and stay while it keeps asking.
+            if f.flags & FIN != 0 && f.flags & RST == 0 && self.linger_until.is_some() {
                 self.send_ack(ctx);
+                self.linger_until = Some((ctx.now + self.linger_quiet()).min(self.linger_cap));
             }
             return;
         }
@@ -535,11 +542,17 @@ impl Session {
         }
     }
 
+    /// How long a lingering session waits for another FIN retransmission before it goes.
+    fn linger_quiet(&self) -> u64 {
+        (2 * self.rto.current()).clamp(1_000_000, 10_000_000)
+    }
+
     /// Both FINs exchanged and ours acknowledged: done, lingering a little.
     fn close_cleanly(&mut self, ctx: &mut Ctx<'_>) {
         if self.end.is_none() {
             self.finish(ctx, End::Completed);
-            self.linger_until = Some(ctx.now + (2 * self.rto.current()).clamp(1_000_000, 10_000_000));
+            self.linger_cap = ctx.now + LINGER_CAP_US;
+            self.linger_until = Some(ctx.now + self.linger_quiet());
         }
     }
 
