@@ -28,8 +28,8 @@ pub fn wait_listening(tb: &Testbed, host: Host, addr: SocketAddr, server: &mut P
     }
 }
 
-/// Debian nginx answering every request with 200, one access-log line per request:
-/// `"$request" $status $request_length`.
+/// Debian nginx answering every request with 200 (`/upload/...`: reads the whole body, then
+/// 502), one access-log line per request: `"$request" $status $request_length`.
 pub struct Nginx {
     pub addr: SocketAddr,
     access_log: PathBuf,
@@ -65,6 +65,9 @@ http {{
     server {{
         listen {addr} reuseport;
         location / {{ return 200 "ok\n"; }}
+        # Reads whole request bodies (to buffer them for an upstream that is never there), so
+        # $request_length counts every body byte; answers 502.
+        location /upload/ {{ proxy_pass http://127.0.0.1:9; }}
     }}
 }}
 "#,
@@ -78,6 +81,19 @@ http {{
         Ok(Self { addr, access_log, _process: process })
     }
 
+    /// (request line, request length with the body) of every logged request, in order.
+    pub fn entries(&self) -> Vec<(String, u64)> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (req, rest) = l.strip_prefix('"')?.split_once('"')?;
+                let length = rest.split_whitespace().nth(1)?.parse().ok()?;
+                Some((req.to_owned(), length))
+            })
+            .collect()
+    }
+
     /// The request lines nginx logged, in order (`GET /x HTTP/1.1`).
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(&self.access_log)
@@ -86,6 +102,21 @@ http {{
             .filter_map(|l| l.strip_prefix('"')?.split_once('"').map(|(req, _)| req.to_owned()))
             .collect()
     }
+}
+
+/// Per-command call counts from `INFO commandstats`, without the INFO calls that read them.
+pub fn redis_command_counts(tb: &Testbed, host: Host, addr: SocketAddr) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+    let out = tb.host(host).exec("redis-cli", &["-h", &ip, "-p", &port, "info", "commandstats"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
+            (name != "info").then(|| (name.to_owned(), calls))
+        })
+        .collect())
 }
 
 /// Debian redis-server with persistence off.

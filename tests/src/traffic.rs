@@ -118,3 +118,20 @@ pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<u1
     stream.read_to_string(&mut response)?;
     Ok(response.split_whitespace().nth(1).context("empty HTTP response")?.parse()?)
 }
+
+/// A GET whose client resets the connection (RST, not FIN) once the answer arrived.
+pub fn http_get_then_reset(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    use std::os::fd::AsRawFd;
+    let mut stream = connect(addr)?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf)?;
+    let status = String::from_utf8_lossy(&buf[..n]).split_whitespace().nth(1).context("no status")?.parse()?;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on our socket with a valid linger struct; closing then sends RST.
+    unsafe {
+        libc::setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32);
+    }
+    drop(stream);
+    Ok(status)
+}

@@ -43,6 +43,18 @@ fn replay(tb: &Testbed, pcap: &Path, extra: &[&str]) -> Process {
     tb.start("copier", cmd).unwrap()
 }
 
+/// The largest captured packet in a (classic, little-endian) pcap file.
+fn largest_packet(pcap: &Path) -> usize {
+    let bytes = std::fs::read(pcap).unwrap();
+    let (mut at, mut largest) = (24, 0);
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        largest = largest.max(len);
+        at += 16 + len;
+    }
+    largest
+}
+
 fn request_set(lines: Vec<String>) -> BTreeSet<String> {
     lines.into_iter().collect()
 }
@@ -188,4 +200,60 @@ fn replay_survives_an_intercept_restart() {
     assert_eq!(online.requests().len(), 10);
     copier.signal(libc::SIGINT).unwrap();
     assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success());
+}
+
+#[test]
+fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
+    let tb = Testbed::new().unwrap();
+    let redis_online = SocketAddr::new(addr::ONLINE.into(), 6379);
+    let redis_target = SocketAddr::new(addr::TARGET.into(), 6379);
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let _online_redis = xdpcopy_testbed::servers::Redis::start(&tb, Host::Online, "online-redis", redis_online).unwrap();
+    let _target_redis = xdpcopy_testbed::servers::Redis::start(&tb, Host::Target, "target-redis", redis_target).unwrap();
+    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &format!("{},{}", target_http(), redis_target)])
+        .args(["--listen", &control().to_string(), "--stats-interval", "1"]);
+    let mut intercept = tb.start("intercept", cmd).unwrap();
+    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+
+    // Captured where the clients send, offloads on: the capture holds TSO super-segments.
+    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80 or tcp port 6379", "clients").unwrap();
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    tb.client
+        .run(move || {
+            for i in 0..3 {
+                assert_eq!(traffic::http_post(online_http(), &format!("/upload/{i}"), &body).unwrap(), 502);
+            }
+            for i in 0..3 {
+                assert_eq!(traffic::http_get_then_reset(online_http(), &format!("/reset/{i}")).unwrap(), 200);
+            }
+        })
+        .unwrap();
+    let bench = tb
+        .client
+        .exec("redis-benchmark", &["-h", &addr::ONLINE.to_string(), "-p", "6379", "-n", "2000", "-c", "4", "-P", "16", "-t", "set,get", "-q"])
+        .unwrap();
+    assert!(bench.status.success());
+    let pcap = dump.finish().unwrap();
+    assert!(largest_packet(&pcap) > 3000, "the capture holds super-segments larger than any MTU");
+    let online_redis_counts = xdpcopy_testbed::servers::redis_command_counts(&tb, Host::Online, redis_online).unwrap();
+    assert_eq!(online_redis_counts.get("set"), Some(&2000));
+
+    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{},6379-{}", target_http(), redis_target), "-s", &addr::ASSIST_CONTROL.to_string()])
+        .args(["-i", &pcap.to_string_lossy(), "-a", "10", "--stats-interval", "1"]);
+    let mut copier = tb.start("copier", cmd).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(90)).unwrap().success(), "{}", copier.describe());
+
+    // Every POST whole: same request lines and the same lengths (body included).
+    let uploads = |n: &Nginx| n.entries().into_iter().filter(|(r, _)| r.contains("/upload/")).collect::<BTreeSet<_>>();
+    assert_eq!(uploads(&target), uploads(&online), "{}", copier.describe());
+    assert!(uploads(&online).iter().all(|(_, len)| *len > 200_000));
+    let resets = |n: &Nginx| n.requests().into_iter().filter(|r| r.contains("/reset/")).collect::<BTreeSet<_>>();
+    assert_eq!(resets(&target), resets(&online));
+    let redis_target_counts = xdpcopy_testbed::servers::redis_command_counts(&tb, Host::Target, redis_target).unwrap();
+    assert_eq!(redis_target_counts, online_redis_counts, "{}", copier.describe());
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert!(summary.get("reset") >= 3, "client resets replayed: {}", copier.describe());
 }
