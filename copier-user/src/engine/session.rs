@@ -532,9 +532,40 @@ impl Session {
         [Some(idle), self.rto_at, self.gate_deadline(ctx)].into_iter().flatten().min()
     }
 
+    /// One line of state, for a session ended while it still had work.
+    pub fn describe(&self, now: u64) -> String {
+        let mark = self.marks.get(self.current_mark);
+        format!(
+            "{} -> {}: syn_acked={} snd_una={} snd_nxt={} snd_max={} captured_end={} fin_at={:?} window={} \
+             request {}/{} (starts at {:?}, online answer so far {:?}) target answered {} since request start {} \
+             (idle {} ms) target_fin={}",
+            self.replay_client,
+            self.target,
+            self.syn_acked,
+            self.snd_una,
+            self.snd_nxt,
+            self.snd_max,
+            self.stream.end(),
+            self.fin_at,
+            self.window,
+            self.current_mark,
+            self.marks.len(),
+            mark.map(|m| m.start),
+            mark.map(|m| m.response),
+            self.response_bytes(),
+            self.response_base,
+            now.saturating_sub(self.last_activity) / 1000,
+            self.target_fin,
+        )
+    }
+
     /// The copier is stopping: reset the session on the test server if it is open there.
     pub fn abort(&mut self, ctx: &mut Ctx<'_>) {
         if self.end.is_none() {
+            if self.stream.buffered() > 0 {
+                // Unsent or unacknowledged bytes, or bytes past a hole the capture never filled.
+                log::warn!("ending a session with {} bytes not delivered: {}", self.stream.buffered(), self.describe(ctx.now));
+            }
             if self.syn_acked {
                 self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
             }
