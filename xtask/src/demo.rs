@@ -1,10 +1,10 @@
 //! `cargo xtask demo`: the deployment picture on a namespace test bed, live.
 //!
-//! Clients send HTTP requests to the online nginx while the copier's XDP program watches the
-//! online interface. The copier does not replay sessions yet, so the demo sends SYNs from client
-//! addresses to the test server from the online host, as the copier will; the intercept steals
-//! the test server's SYN-ACKs on the assistant host and serves their facts to a protocol client
-//! standing in for the copier. The demo says so.
+//! Clients use the online nginx (short requests and keep-alive sessions) while the copier's XDP
+//! program copies their packets on the online host and replays every session to the test
+//! server's nginx; the test server's replies go to the assistant host, where the intercept steals
+//! them and serves their facts back to the copier. Each second the demo prints requests served
+//! online next to requests received by the test server, with rates.
 
 use std::{
     net::SocketAddr,
@@ -15,8 +15,6 @@ use std::{
 use anyhow::{bail, Context as _};
 use xdpcopy_testbed::{
     bins,
-    proto_client::ProtoClient,
-    raw,
     servers::Nginx,
     stats,
     topology::{addr, iface},
@@ -24,12 +22,6 @@ use xdpcopy_testbed::{
 };
 
 const STARTUP: Duration = Duration::from_secs(20);
-
-fn latest(p: &Process) -> String {
-    stats::last(&p.stdout())
-        .map(|s| s.totals.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "(no stats yet)".into())
-}
 
 /// Responses counted by a load loop.
 #[derive(Default)]
@@ -48,30 +40,21 @@ impl Tally {
     }
 }
 
-/// Sends SYNs from client addresses to the test server from the online host until `stop`, about
-/// `per_second` a second, as the copier will open replayed sessions.
-fn syn_load(tb: &Testbed, target: SocketAddr, per_second: u32, stop: &AtomicBool, tally: &Tally) {
-    let gap = Duration::from_secs(1) / per_second;
-    let mut port = 20000u16;
-    while !stop.load(Ordering::Relaxed) {
-        let syn = raw::ipv4_tcp((addr::CLIENT, port), (addr::TARGET, target.port()), 1, 0, common::tcp::flags::SYN, &[], &[]);
-        match tb.online.run(move || raw::send_ipv4(&syn)) {
-            Ok(Ok(())) => tally.ok.fetch_add(1, Ordering::Relaxed),
-            _ => tally.failed.fetch_add(1, Ordering::Relaxed),
-        };
-        port = port.wrapping_add(1).max(20000);
-        std::thread::sleep(gap);
-    }
-}
-
-/// Sends GETs to `server` from inside `host` until `stop`, about `per_second` a second.
-fn http_load(tb: &Testbed, host: Host, server: SocketAddr, prefix: &'static str, per_second: u32, stop: &AtomicBool, tally: &Tally) {
+/// Short GETs and 5-request keep-alive sessions from the client host until `stop`, about
+/// `per_second` requests a second.
+fn client_load(tb: &Testbed, server: SocketAddr, per_second: u32, stop: &AtomicBool, tally: &Tally) {
     let gap = Duration::from_secs(1) / per_second;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let path = format!("/{prefix}/{n}");
-        match tb.host(host).run(move || traffic::http_get(server, &path)) {
-            Ok(Ok(200)) => tally.ok.fetch_add(1, Ordering::Relaxed),
+        let outcome = if n % 10 == 9 {
+            let paths: Vec<String> = (0..5).map(|i| format!("/demo/keepalive/{n}/{i}")).collect();
+            tb.client.run(move || traffic::http_keepalive(server, &paths).map(|s| s.iter().filter(|&&c| c == 200).count() as u64))
+        } else {
+            let path = format!("/demo/short/{n}");
+            tb.client.run(move || traffic::http_get(server, &path).map(|s| u64::from(s == 200)))
+        };
+        match outcome {
+            Ok(Ok(ok)) => tally.ok.fetch_add(ok, Ordering::Relaxed),
             _ => tally.failed.fetch_add(1, Ordering::Relaxed),
         };
         n += 1;
@@ -79,60 +62,81 @@ fn http_load(tb: &Testbed, host: Host, server: SocketAddr, prefix: &'static str,
     }
 }
 
+fn last_stats(p: &Process) -> stats::Stats {
+    stats::last(&p.stdout()).unwrap_or(stats::Stats { label: String::new(), summary: false, totals: Default::default() })
+}
+
 pub fn run(duration: Duration) -> anyhow::Result<()> {
     let tb = Testbed::new()?;
     println!("demo: test bed up: namespaces {}, {}, {}, {}", tb.client.name(), tb.online.name(), tb.target.name(), tb.assist.name());
     let online_addr = SocketAddr::new(addr::ONLINE.into(), 80);
     let target_addr = SocketAddr::new(addr::TARGET.into(), 8080);
-    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_addr)?;
-    let _target = Nginx::start(&tb, Host::Target, "target-nginx", target_addr)?;
-    println!("demo: online nginx on {online_addr}, test server nginx on {target_addr}");
-
-    let mapping = format!("80-{target_addr}");
-    let mut copier = tb.spawn(Host::Online, "copier", bins::xdpcopy("copier"), &["-x", &mapping, "--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "1"])?;
-    let target = target_addr.to_string();
     let control = SocketAddr::new(addr::ASSIST_CONTROL.into(), common::proto::DEFAULT_PORT);
-    let listen = control.to_string();
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_addr)?;
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_addr)?;
+    println!("demo: production nginx on {online_addr}, test server nginx on {target_addr}");
+
     let mut intercept = tb.spawn(
         Host::Assist,
         "intercept",
         bins::xdpcopy("intercept"),
-        &["--iface", iface::ASSIST_TO_TARGET, "--target", &target, "--listen", &listen, "--stats-interval", "1"],
+        &["--iface", iface::ASSIST_TO_TARGET, "--target", &target_addr.to_string(), "--listen", &control.to_string(), "--stats-interval", "1"],
     )?;
-    for p in [&mut copier, &mut intercept] {
-        let line = p.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
-        println!("demo: {}", line.split("] ").last().unwrap_or(&line));
-    }
+    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+    let mut copier = tb.spawn(
+        Host::Online,
+        "copier",
+        bins::xdpcopy("copier"),
+        &[
+            "-x",
+            &format!("80-{target_addr}"),
+            "-s",
+            &addr::ASSIST_CONTROL.to_string(),
+            "--iface",
+            iface::ONLINE_TO_CLIENT,
+            "--stats-interval",
+            "1",
+        ],
+    )?;
+    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1))?;
+    println!("demo: copier on the online host (XDP copy mode), intercept on the assistant host; clients start");
+    println!("demo:   t  | online served (req/s) | test server received (req/s) | copier sessions completed | intercept routed");
 
-    intercept.wait_for_line(STARTUP, |l| l.contains("serving copiers"))?;
-    // Stands in for a copier: owns every port of the client address.
-    let mut standin = ProtoClient::connect(&tb.online, control, b"")?;
-    standin.own(&[common::endpoint::Endpoint::v4(addr::CLIENT.octets(), 0)])?;
-    println!("demo: clients → online nginx for {duration:?}; meanwhile SYNs from client addresses → test server (a stand-in for replayed sessions), whose SYN-ACKs the intercept steals for a stand-in copier");
     let stop = AtomicBool::new(false);
-    let (online_load, syns) = (Tally::default(), Tally::default());
-    let facts = std::thread::scope(|scope| {
-        scope.spawn(|| http_load(&tb, Host::Client, online_addr, "demo", 50, &stop, &online_load));
-        scope.spawn(|| syn_load(&tb, target_addr, 5, &stop, &syns));
-        let reader = scope.spawn(|| standin.facts_for(duration + Duration::from_millis(500)).map(|f| f.len()));
+    let load = Tally::default();
+    std::thread::scope(|scope| {
+        scope.spawn(|| client_load(&tb, online_addr, 40, &stop, &load));
         let start = Instant::now();
+        let (mut online_before, mut target_before) = (0usize, 0usize);
         while start.elapsed() < duration {
             std::thread::sleep(Duration::from_secs(1));
+            let (o, t) = (online.requests().len(), target.requests().len());
+            let (c, i) = (last_stats(&copier), last_stats(&intercept));
             println!(
-                "demo: t={:>2}s  online served {:>5}  | copier: {}  | intercept: {}",
+                "demo: {:>3}s | {:>6} ({:>4}) | {:>6} ({:>4}) | {:>6} {:>6} | {:>6}",
                 start.elapsed().as_secs(),
-                online_load.ok(),
-                latest(&copier),
-                latest(&intercept)
+                o,
+                o - online_before,
+                t,
+                t - target_before,
+                c.get("sessions"),
+                c.get("completed"),
+                i.get("routed"),
             );
+            (online_before, target_before) = (o, t);
         }
         stop.store(true, Ordering::Relaxed);
-        reader.join().expect("reader thread")
-    })?;
+    });
 
+    // Let the last sessions finish, then stop both binaries.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while target.requests().len() < online.requests().len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for p in [&mut copier, &mut intercept] {
         p.signal(libc::SIGINT)?;
-        let status = p.wait_timeout(Duration::from_secs(10))?;
+        let status = p.wait_timeout(Duration::from_secs(15))?;
         if !status.success() {
             bail!("a binary failed ({status})\n{}", p.describe());
         }
@@ -146,12 +150,12 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     if !left.is_empty() {
         bail!("XDP programs still attached after SIGINT: {}", left.join(", "));
     }
+    let (served, received) = (online.requests().len(), target.requests().len());
     println!(
-        "demo: clients got {} responses ({} failed), nginx logged {} requests; {} SYNs sent, the stand-in copier received {facts} SYN-ACK facts (retransmissions included)",
-        online_load.ok(),
-        online_load.failed(),
-        online.requests().len(),
-        syns.ok(),
+        "demo: clients got {} answers ({} failures); production served {served} requests, the test server received {received} ({:.1} %)",
+        load.ok(),
+        load.failed(),
+        100.0 * received as f64 / served.max(1) as f64
     );
     println!("demo: both XDP programs detached; tearing the test bed down");
     Ok(())

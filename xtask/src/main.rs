@@ -31,10 +31,10 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The live picture on a namespace test bed, with counters (needs root).
+    /// The live picture on a namespace test bed: production vs test server, side by side (root).
     Demo {
         /// How long the clients send traffic.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
     /// Run the cargo-fuzz targets (packet parsers, engine, wire protocol) for a while each.
