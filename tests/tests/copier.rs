@@ -183,7 +183,7 @@ fn replay_survives_an_intercept_restart() {
     let mut copier = start_online_copier(&tb, &[]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
-    tb.client.run(|| (0..5).for_each(|i| drop(traffic::http_get(online_http(), &format!("/before/{i}")).unwrap()))).unwrap();
+    tb.client.run(|| (0..5).for_each(|i| assert_eq!(traffic::http_get(online_http(), &format!("/before/{i}")).unwrap(), 200))).unwrap();
     assert_eq!(wait_requests(&target, 5, Duration::from_secs(10)).len(), 5);
 
     intercept.signal(libc::SIGTERM).unwrap();
@@ -193,7 +193,7 @@ fn replay_survives_an_intercept_restart() {
         .wait_for_line(Duration::from_secs(15), |l| stats::parse(l).is_some_and(|s| s.get("reconnects") >= 1 && s.get("intercepts") == 1))
         .unwrap();
 
-    tb.client.run(|| (0..5).for_each(|i| drop(traffic::http_get(online_http(), &format!("/after/{i}")).unwrap()))).unwrap();
+    tb.client.run(|| (0..5).for_each(|i| assert_eq!(traffic::http_get(online_http(), &format!("/after/{i}")).unwrap(), 200))).unwrap();
     let got = wait_requests(&target, 10, Duration::from_secs(15));
     let after: Vec<_> = got.iter().filter(|l| l.contains("/after/")).collect();
     assert_eq!(after.len(), 5, "sessions after the restart complete: {got:?}\n{}", copier.describe());

@@ -157,10 +157,12 @@ impl Outbox {
         self.packets.iter().map(|r| &self.bytes[r.clone()])
     }
 
-    pub fn len(&self) -> usize {
+    /// Packets waiting to be sent.
+    pub fn packet_count(&self) -> usize {
         self.packets.len()
     }
 
+    /// Neither packets nor announcements.
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty() && self.events.is_empty()
     }

@@ -137,7 +137,7 @@ impl Worker {
             }
         }
         let out = self.engine.outbox();
-        if out.len() > 0 {
+        if out.packet_count() > 0 {
             self.tx.send(out.packets());
         }
         out.clear();
