@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use common::proto::DEFAULT_PORT;
 use copier_user::{
@@ -194,15 +194,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn read_secret(path: &PathBuf) -> anyhow::Result<Arc<[u8]>> {
-    let text = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
-    let secret = text.trim_ascii_end();
-    if secret.is_empty() {
-        bail!("the secret file {} is empty", path.display());
-    }
-    Ok(secret.into())
-}
-
 /// The pieces every mode shares: the worker thread, the intercept links, the stats.
 struct Pipeline {
     inputs: std::sync::mpsc::SyncSender<Input>,
@@ -341,7 +332,7 @@ fn feed(mut source: PcapSource, inputs: std::sync::mpsc::SyncSender<Input>, spee
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let secret = args.secret_file.as_ref().map(read_secret).transpose()?;
+    let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let source = match &args.input {
         Some(path) => Some(PcapSource::open(path)?),
         None => None,

@@ -86,17 +86,8 @@ fn targets(args: &Args) -> anyhow::Result<Vec<Endpoint>> {
     Ok(targets)
 }
 
-fn read_secret(path: &PathBuf) -> anyhow::Result<Arc<[u8]>> {
-    let text = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
-    let secret = text.trim_ascii_end();
-    if secret.is_empty() {
-        bail!("the secret file {} is empty", path.display());
-    }
-    Ok(secret.into())
-}
-
 async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
-    let secret = args.secret_file.as_ref().map(read_secret).transpose()?;
+    let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening for copiers on {}", args.listen))?;

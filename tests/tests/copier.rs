@@ -55,6 +55,21 @@ fn largest_packet(pcap: &Path) -> usize {
     largest
 }
 
+/// Production and test nginx, and the intercept: what every copier test starts from.
+struct Servers {
+    online: Nginx,
+    target: Nginx,
+    _intercept: Process,
+}
+
+fn servers(tb: &Testbed) -> Servers {
+    Servers {
+        online: Nginx::start(tb, Host::Online, "online-nginx", online_http()).unwrap(),
+        target: Nginx::start(tb, Host::Target, "target-nginx", target_http()).unwrap(),
+        _intercept: start_intercept(tb, "intercept"),
+    }
+}
+
 fn request_set(lines: Vec<String>) -> BTreeSet<String> {
     lines.into_iter().collect()
 }
@@ -62,9 +77,7 @@ fn request_set(lines: Vec<String>) -> BTreeSet<String> {
 #[test]
 fn a_captured_pcap_replays_every_request_to_the_target() {
     let tb = Testbed::new().unwrap();
-    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
-    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
-    let _intercept = start_intercept(&tb, "intercept");
+    let Servers { online, target, _intercept } = servers(&tb);
 
     let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
     tb.client
@@ -113,9 +126,7 @@ fn wait_requests(nginx: &Nginx, n: usize, within: Duration) -> Vec<String> {
 #[test]
 fn live_traffic_is_copied_while_production_answers_every_client() {
     let tb = Testbed::new().unwrap();
-    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
-    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
-    let _intercept = start_intercept(&tb, "intercept");
+    let Servers { online, target, _intercept } = servers(&tb);
     let mut copier = start_online_copier(&tb, &[]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
@@ -150,9 +161,7 @@ fn live_traffic_is_copied_while_production_answers_every_client() {
 #[test]
 fn multiply_with_client_ranges_delivers_every_request_three_times() {
     let tb = Testbed::new().unwrap();
-    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
-    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
-    let _intercept = start_intercept(&tb, "intercept");
+    let Servers { online, target, _intercept } = servers(&tb);
     let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
     tb.client
         .run(|| {

@@ -17,6 +17,17 @@ use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
 pub use crate::attach::{attach, AttachError, Attached};
 use crate::counters::{stats_line, summary_line, Counters};
 
+/// Reads `--secret-file`: the shared secret of the intercept ↔ copier protocol (trailing
+/// whitespace and newline removed; an empty file is an error, not "no secret").
+pub fn read_secret(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> {
+    let text = std::fs::read(path).with_context(|| format!("reading the secret file {}", path.display()))?;
+    let secret = text.trim_ascii_end();
+    if secret.is_empty() {
+        anyhow::bail!("the secret file {} is empty", path.display());
+    }
+    Ok(secret.into())
+}
+
 /// clap value parser for `--stats-interval`: a positive, finite number of seconds.
 pub fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
