@@ -11,6 +11,11 @@
 //! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
 //! | FACTS 5 | intercept → copier | count u16, count × 62-byte records |
 //! | BYE 6 | either, before closing | UTF-8 reason |
+//! | SYNC 7 | copier → intercept | token u64 |
+//! | SYNCED 8 | intercept → copier | token u64: every OWN/DISOWN sent before the SYNC is in effect |
+//!
+//! SYNC exists so that a copier can hold a new session's SYN until the intercepts know the
+//! session is its own: otherwise the SYN-ACK can arrive first and be dropped as unowned.
 
 use core::fmt;
 
@@ -41,6 +46,8 @@ pub mod kind {
     pub const DISOWN: u8 = 4;
     pub const FACTS: u8 = 5;
     pub const BYE: u8 = 6;
+    pub const SYNC: u8 = 7;
+    pub const SYNCED: u8 = 8;
 }
 
 /// Why a byte stream is not this protocol. Each closes the connection it came from.
@@ -89,6 +96,8 @@ pub enum Message<'a> {
     Disown(Entries<'a>),
     Facts(Records<'a>),
     Bye(&'a str),
+    Sync(u64),
+    Synced(u64),
 }
 
 /// The endpoints of an OWN/DISOWN frame.
@@ -243,6 +252,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
         kind::DISOWN => Message::Disown(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::FACTS => Message::Facts(Records(counted(kind, body, RECORD_LEN)?)),
         kind::BYE => Message::Bye(core::str::from_utf8(body).map_err(|_| ProtoError::BadReason)?),
+        kind::SYNC | kind::SYNCED => {
+            let token = u64::from_be_bytes(body.try_into().map_err(|_| bad)?);
+            if kind == kind::SYNC { Message::Sync(token) } else { Message::Synced(token) }
+        }
         other => return Err(ProtoError::UnknownKind(other)),
     };
     Ok(Some((message, 4 + len as usize)))
@@ -303,6 +316,11 @@ pub fn encode_facts(out: &mut [u8], records: &[ReplyFacts]) -> Result<usize, Pro
     })
 }
 
+/// SYNC (`reply = false`) or SYNCED with `token`.
+pub fn encode_sync(out: &mut [u8], reply: bool, token: u64) -> Result<usize, ProtoError> {
+    frame(out, if reply { kind::SYNCED } else { kind::SYNC }, 8, |b| b.copy_from_slice(&token.to_be_bytes()))
+}
+
 /// BYE with `reason`, cut to [`MAX_REASON_LEN`] bytes at a character boundary.
 pub fn encode_bye(out: &mut [u8], reason: &str) -> Result<usize, ProtoError> {
     let mut end = reason.len().min(MAX_REASON_LEN);
@@ -358,10 +376,21 @@ mod tests {
     }
 
     #[test]
+    fn sync_and_synced_carry_their_token() {
+        let mut buf = [0; 16];
+        let n = encode_sync(&mut buf, false, 7).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Sync(7));
+        let n = encode_sync(&mut buf, true, u64::MAX).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Synced(u64::MAX));
+        assert_eq!(decode(&[0, 0, 0, 3, kind::SYNC, 0, 0]), Err(ProtoError::BadLength { kind: kind::SYNC }));
+    }
+
+    #[test]
     fn oversize_empty_and_unknown_frames_are_errors() {
         assert_eq!(decode(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()), Err(ProtoError::Oversize(MAX_FRAME_LEN as u32 + 1)));
         assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
         assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
+        assert_eq!(decode(&[0, 0, 0, 1, 9]), Err(ProtoError::UnknownKind(9)));
         assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(ProtoError::Oversize(u32::from_be_bytes(*b"GET "))));
     }
 

@@ -36,6 +36,9 @@ enum Control {
     Connected { id: CopierId, peer: SocketAddr, queue: mpsc::Sender<Vec<u8>> },
     Own { id: CopierId, entries: Vec<Endpoint> },
     Disown { id: CopierId, entries: Vec<Endpoint> },
+    /// Answer SYNCED once everything this copier sent before is in effect (it is: the router
+    /// handles control messages in order).
+    Sync { id: CopierId, token: u64 },
     Disconnected { id: CopierId },
 }
 
@@ -99,6 +102,11 @@ async fn route(mut control: mpsc::Receiver<Control>, mut facts: mpsc::Receiver<V
                     }
                 }
                 Control::Disown { id, entries } => entries.into_iter().for_each(|e| ownership.disown(id, e)),
+                Control::Sync { id, token } => {
+                    if let Some(queue) = queues.get(&id) {
+                        let _ = queue.try_send(frame(|b| proto::encode_sync(b, true, token), 16));
+                    }
+                }
                 Control::Disconnected { id } => {
                     if queues.remove(&id).is_some() {
                         stats.copiers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -160,6 +168,7 @@ enum Incoming {
     Own(Vec<Endpoint>),
     Disown(Vec<Endpoint>),
     Bye(String),
+    Sync(u64),
     Unexpected(&'static str),
 }
 
@@ -171,6 +180,8 @@ fn incoming(m: Message<'_>) -> Incoming {
         Message::Bye(reason) => Incoming::Bye(reason.to_owned()),
         Message::Welcome { .. } => Incoming::Unexpected("WELCOME"),
         Message::Facts(_) => Incoming::Unexpected("FACTS"),
+        Message::Sync(token) => Incoming::Sync(token),
+        Message::Synced(_) => Incoming::Unexpected("SYNCED"),
     }
 }
 
@@ -235,6 +246,9 @@ async fn connection(
             Ok(Some(Incoming::Disown(entries))) => {
                 announced = announced.saturating_sub(entries.len());
                 let _ = control.send(Control::Disown { id, entries }).await;
+            }
+            Ok(Some(Incoming::Sync(token))) => {
+                let _ = control.send(Control::Sync { id, token }).await;
             }
             Ok(Some(Incoming::Bye(reason))) => {
                 log::info!("copier {id} ({peer}) said goodbye: {reason}");

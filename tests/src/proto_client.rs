@@ -22,6 +22,7 @@ pub enum Received {
     Welcome(u16),
     Facts(Vec<ReplyFacts>),
     Bye(String),
+    Synced(u64),
     Closed,
 }
 
@@ -60,6 +61,17 @@ impl ProtoClient {
         self.send_bytes(&buf[..n])
     }
 
+    /// Sends SYNC and waits for its SYNCED: the announcements before it are in effect.
+    pub fn sync(&mut self, token: u64) -> anyhow::Result<()> {
+        let mut buf = [0; 16];
+        let n = proto::encode_sync(&mut buf, false, token)?;
+        self.send_bytes(&buf[..n])?;
+        match self.recv(Duration::from_secs(5))? {
+            Received::Synced(t) if t == token => Ok(()),
+            other => bail!("expected SYNCED {token}, got {other:?}"),
+        }
+    }
+
     /// The next frame, waiting at most `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> anyhow::Result<Received> {
         let deadline = Instant::now() + timeout;
@@ -69,6 +81,7 @@ impl ProtoClient {
                     Message::Welcome { version } => Received::Welcome(version),
                     Message::Facts(records) => Received::Facts(records.collect()),
                     Message::Bye(reason) => Received::Bye(reason.to_owned()),
+                    Message::Synced(token) => Received::Synced(token),
                     other => bail!("unexpected frame from the intercept: {other:?}"),
                 };
                 self.buf.drain(..used);

@@ -75,7 +75,9 @@ fn syn_acks_are_stolen_and_served_to_their_owner_only() {
     let mut copier_b = ProtoClient::connect(&tb.online, control(), b"").unwrap();
     copier_a.own(&[client(40001)]).unwrap();
     copier_b.own(&[client(40002)]).unwrap();
-    std::thread::sleep(Duration::from_millis(100)); // let the announcements reach the router
+    // SYNCED: the announcements are in effect, so the very first SYN-ACK is routed.
+    copier_a.sync(1).unwrap();
+    copier_b.sync(1).unwrap();
 
     send_syn(&tb, 40001, 1000, 777);
     send_syn(&tb, 40002, 5000, 888);
@@ -119,6 +121,7 @@ fn replies_nobody_owns_are_counted_and_dropped() {
     let mut intercept = start_intercept(&tb, &[]);
     let mut copier = ProtoClient::connect(&tb.online, control(), b"").unwrap();
     copier.own(&[client(40001)]).unwrap();
+    copier.sync(9).unwrap();
     send_syn(&tb, 40009, 1, 1);
     intercept
         .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("unowned") >= 1))

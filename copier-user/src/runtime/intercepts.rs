@@ -1,6 +1,8 @@
 //! The copier's side of the intercept protocol (DESIGN.md §3): one connection per intercept,
 //! re-established with backoff after an intercept restarts, and a hub that announces every
-//! client endpoint the sessions replay from, to all of them, again after each reconnect.
+//! client endpoint the sessions replay from, to all of them, again after each reconnect. Each
+//! batch of announcements is followed by a SYNC; the worker holds the batch's packets (its new
+//! SYNs) until every connected intercept answered SYNCED, so no SYN-ACK arrives unowned.
 
 use std::{
     collections::HashSet,
@@ -43,6 +45,45 @@ pub struct LinkStats {
 enum Control {
     Connected(usize, mpsc::Sender<Vec<u8>>),
     Disconnected(usize),
+    /// Intercept `usize` has every announcement up to batch `u64` in effect.
+    Synced(usize, u64),
+}
+
+fn sync_frame(token: u64) -> Vec<u8> {
+    let mut buf = vec![0; proto::HEADER_LEN + 8];
+    let n = proto::encode_sync(&mut buf, false, token).expect("sized to fit");
+    buf.truncate(n);
+    buf
+}
+
+/// Announcement batches some intercept has not confirmed yet (SYNC sent, SYNCED not back).
+#[derive(Default)]
+struct Pending {
+    batches: std::collections::BTreeMap<u64, HashSet<usize>>,
+    latest: u64,
+}
+
+impl Pending {
+    /// Every batch before the oldest unconfirmed one is in effect everywhere.
+    fn confirmed(&self) -> u64 {
+        self.batches.keys().next().map_or(self.latest, |oldest| oldest - 1)
+    }
+
+    fn confirm(&mut self, link: usize, batch: u64) {
+        if let Some(links) = self.batches.get_mut(&batch) {
+            links.remove(&link);
+            if links.is_empty() {
+                self.batches.remove(&batch);
+            }
+        }
+    }
+
+    fn forget_link(&mut self, link: usize) {
+        self.batches.retain(|_, links| {
+            links.remove(&link);
+            !links.is_empty()
+        });
+    }
 }
 
 fn endpoint_frames(own: bool, endpoints: &[Endpoint]) -> Vec<Vec<u8>> {
@@ -73,6 +114,7 @@ pub async fn run(
     drop(ctl_tx);
     let mut owned: HashSet<Endpoint> = HashSet::new();
     let mut links: Vec<Option<mpsc::Sender<Vec<u8>>>> = vec![None; intercepts.len()];
+    let mut pending = Pending::default();
     loop {
         tokio::select! {
             Some((batch, evs)) = events.recv() => {
@@ -84,15 +126,22 @@ pub async fn run(
                     }
                 }
                 let frames: Vec<Vec<u8>> = endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect();
+                let mut waiting = HashSet::new();
                 for (i, link) in links.iter_mut().enumerate() {
                     let Some(tx) = link else { continue };
-                    if frames.iter().any(|f| tx.try_send(f.clone()).is_err()) {
+                    if frames.iter().chain([&sync_frame(batch)]).any(|f| tx.try_send(f.clone()).is_err()) {
                         // It cannot keep up with announcements: reconnecting re-announces all.
                         log::warn!("intercept {} is not reading; dropping the connection", intercepts[i]);
                         *link = None;
+                    } else {
+                        waiting.insert(i);
                     }
                 }
-                announced.mark_queued(batch);
+                pending.latest = batch;
+                if !waiting.is_empty() {
+                    pending.batches.insert(batch, waiting);
+                }
+                announced.mark_queued(pending.confirmed());
             }
             Some(ctl) = ctl_rx.recv() => match ctl {
                 Control::Connected(i, tx) => {
@@ -101,7 +150,15 @@ pub async fn run(
                         links[i] = Some(tx);
                     }
                 }
-                Control::Disconnected(i) => links[i] = None,
+                Control::Disconnected(i) => {
+                    links[i] = None;
+                    pending.forget_link(i);
+                    announced.mark_queued(pending.confirmed());
+                }
+                Control::Synced(i, batch) => {
+                    pending.confirm(i, batch);
+                    announced.mark_queued(pending.confirmed());
+                }
             },
             else => break,
         }
@@ -164,6 +221,9 @@ async fn session(
                         }
                         Err(TrySendError::Disconnected(_)) => return Ok(()),
                     }
+                }
+                Message::Synced(batch) => {
+                    let _ = ctl.send(Control::Synced(i, batch)).await;
                 }
                 Message::Bye(reason) => return Err(format!("intercept said goodbye: {reason}")),
                 other => return Err(format!("unexpected frame from the intercept: {other:?}")),

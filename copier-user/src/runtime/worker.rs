@@ -26,8 +26,9 @@ pub enum Input {
     SourceDone,
 }
 
-/// Announcement batches handed to the hub, numbered; the hub says how far it has queued them
-/// to every intercept, so a SYN never leaves before the OWN that claims its replies.
+/// Announcement batches handed to the hub, numbered; the hub says up to which batch every
+/// connected intercept confirmed them (SYNCED), so a SYN does not leave before the OWN that
+/// claims its replies is in effect.
 pub struct Announced {
     queued: Mutex<u64>,
     cond: Condvar,
@@ -74,7 +75,9 @@ pub struct Worker {
 
 /// Longest sleep between timer checks.
 const MAX_WAIT: Duration = Duration::from_millis(20);
-const ANNOUNCE_WAIT: Duration = Duration::from_millis(5);
+/// Longest a batch's packets wait for the intercepts to confirm its announcements (a LAN round
+/// trip is far less; a dead-but-connected intercept must not stall replay).
+const ANNOUNCE_WAIT: Duration = Duration::from_millis(10);
 
 impl Worker {
     /// Runs until stopped, or until the source is done and its sessions finished.
