@@ -18,7 +18,8 @@ use copier_user::{
     pcap::{Batch, PcapSource},
     runtime::{
         intercepts::{self, LinkStats},
-        tx::RawTx,
+        tx::{RawTx, Transmit},
+        xdp_tx::XdpTx,
         worker::{Announced, Input, Shared, Worker},
     },
 };
@@ -94,8 +95,9 @@ struct Args {
     /// Interface towards the target (default: the route's).
     #[arg(long)]
     out_iface: Option<String>,
-    #[arg(long, value_enum, default_value_t = Tx::Raw)]
-    tx: Tx,
+    /// Transmit path (default: AF_XDP, falling back to raw sockets if it cannot be set up).
+    #[arg(long, value_enum)]
+    tx: Option<Tx>,
     /// Client addresses the copies come from: a list a,b or a range a-b.
     #[arg(short = 'c', long = "clients")]
     client_addrs: Option<ClientAddrs>,
@@ -158,14 +160,11 @@ impl Args {
         if self.mode == Mode::Mirror {
             return Some("--mode mirror is not implemented yet; use copy mode");
         }
-        if self.tx == Tx::Xdp {
-            return Some("--tx xdp (AF_XDP transmit) is not implemented yet; use --tx raw");
-        }
         if self.workers != 1 {
             return Some("only --workers 1 is implemented so far");
         }
-        if self.out_iface.is_some() {
-            return Some("--out-iface goes with --tx xdp, which is not implemented yet");
+        if self.out_iface.is_some() && self.tx == Some(Tx::Raw) {
+            return Some("--out-iface goes with --tx xdp (raw sockets follow the kernel's routes)");
         }
         None
     }
@@ -204,7 +203,23 @@ struct Pipeline {
 }
 
 fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipeline> {
-    let tx = RawTx::open().context("opening raw IP sockets for --tx raw (needs CAP_NET_RAW)")?;
+    let raw = || -> anyhow::Result<Transmit> {
+        Ok(Transmit::Raw(RawTx::open().context("opening raw IP sockets for --tx raw (needs CAP_NET_RAW)")?))
+    };
+    let xdp = || -> anyhow::Result<Transmit> {
+        let targets: Vec<IpAddr> = args.mappings.0.iter().map(|m| m.target.ip()).collect();
+        let xdp = XdpTx::open(args.out_iface.as_deref(), &targets).context("setting up AF_XDP transmit (--tx xdp)")?;
+        log::info!("AF_XDP transmit on {} ({})", xdp.iface, if xdp.zero_copy { "zero-copy" } else { "copy mode" });
+        Ok(Transmit::Xdp(Box::new(xdp)))
+    };
+    let tx = match args.tx {
+        Some(Tx::Raw) => raw()?,
+        Some(Tx::Xdp) => xdp()?,
+        None => xdp().or_else(|err| {
+            log::warn!("{err:#}; transmitting through raw sockets instead");
+            raw()
+        })?,
+    };
     let (inputs_tx, inputs_rx) = sync_channel(4096);
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let announced = Arc::new(Announced::default());

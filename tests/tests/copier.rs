@@ -75,7 +75,7 @@ fn request_set(lines: Vec<String>) -> BTreeSet<String> {
 }
 
 #[test]
-fn a_captured_pcap_replays_every_request_to_the_target() {
+fn a_captured_pcap_replays_every_request_to_the_target_through_raw_sockets() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
 
@@ -94,7 +94,8 @@ fn a_captured_pcap_replays_every_request_to_the_target() {
     let pcap = dump.finish().unwrap();
     assert_eq!(online.requests().len(), 35);
 
-    let mut copier = replay(&tb, &pcap, &[]);
+    // Raw sockets here; the AF_XDP path (the default) has its own test below.
+    let mut copier = replay(&tb, &pcap, &["--tx", "raw"]);
     let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "{}", copier.describe());
     let summary = stats::last(&copier.stdout()).expect("a summary line");
@@ -265,4 +266,28 @@ fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
     assert_eq!(redis_target_counts, online_redis_counts, "{}", copier.describe());
     let summary = stats::last(&copier.stdout()).unwrap();
     assert!(summary.get("reset") >= 3, "client resets replayed: {}", copier.describe());
+}
+
+#[test]
+fn af_xdp_transmit_replays_every_request_like_raw_sockets() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online, target, _intercept } = servers(&tb);
+    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
+    tb.client
+        .run(|| {
+            for i in 0..15 {
+                assert_eq!(traffic::http_get(online_http(), &format!("/xdp/{i}")).unwrap(), 200);
+            }
+            let paths: Vec<String> = (0..5).map(|i| format!("/xdp-keepalive/{i}")).collect();
+            assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
+        })
+        .unwrap();
+    let pcap = dump.finish().unwrap();
+    let mut copier = replay(&tb, &pcap, &["--tx", "xdp"]);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    assert!(copier.stderr().contains("AF_XDP transmit on to-target"), "{}", copier.describe());
+    assert_eq!(request_set(target.requests()), request_set(online.requests()), "{}", copier.describe());
+    assert_eq!(target.requests().len(), 20);
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert_eq!((summary.get("completed"), summary.get("tx_errors")), (16, 0), "{}", copier.describe());
 }

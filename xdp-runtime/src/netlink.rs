@@ -1,5 +1,7 @@
-//! The two rtnetlink requests we need and aya keeps private: "which XDP program is on this
-//! interface?" and "remove the netlink-attached XDP program".
+//! The rtnetlink requests we need and aya keeps private: "which XDP program is on this
+//! interface?", "remove the netlink-attached XDP program", and, for AF_XDP transmit, "which
+//! interface and next hop lead to this address?", "what is that neighbour's MAC?" and "what is
+//! this interface's MAC?".
 
 use std::{io, mem::size_of, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
 
@@ -120,14 +122,150 @@ fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     }
 }
 
-fn request(kind: u16, flags: u16, if_index: u32, attrs: &[u8]) -> Vec<u8> {
+fn message<T: Copy>(kind: u16, flags: u16, header: &T, attrs: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(64);
     push_struct(&mut msg, &NlMsgHdr { kind, flags: NLM_F_REQUEST | flags, seq: 1, ..Default::default() });
-    push_struct(&mut msg, &IfInfoMsg { family: libc::AF_UNSPEC as u8, index: if_index as i32, ..Default::default() });
+    push_struct(&mut msg, header);
     msg.extend_from_slice(attrs);
     let len = msg.len() as u32;
     msg[..4].copy_from_slice(&len.to_ne_bytes());
     msg
+}
+
+fn request(kind: u16, flags: u16, if_index: u32, attrs: &[u8]) -> Vec<u8> {
+    message(kind, flags, &IfInfoMsg { family: libc::AF_UNSPEC as u8, index: if_index as i32, ..Default::default() }, attrs)
+}
+
+/// Sends one request and returns the reply's body after its `header_len`-byte family header,
+/// or the kernel's error.
+fn query(msg: &[u8], reply_kind: u16, header_len: usize) -> io::Result<Vec<u8>> {
+    let socket = Socket::open()?;
+    socket.send(msg)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let reply = socket.recv(&mut buf)?;
+    let hdr = size_of::<NlMsgHdr>();
+    match reply.get(4..6).map(|k| u16::from_ne_bytes([k[0], k[1]])) {
+        Some(k) if k == reply_kind => Ok(reply.get(hdr + header_len..).unwrap_or_default().to_vec()),
+        Some(NLMSG_ERROR) => Err(netlink_error(reply).unwrap_or_else(|| io::Error::other("netlink error"))),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected netlink reply")),
+    }
+}
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const IFLA_ADDRESS: u16 = 1;
+/// NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_NOARP | NUD_PERMANENT: an entry whose
+/// link-layer address may be used.
+const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RtMsg {
+    family: u8,
+    dst_len: u8,
+    src_len: u8,
+    tos: u8,
+    table: u8,
+    protocol: u8,
+    scope: u8,
+    kind: u8,
+    flags: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct NdMsg {
+    family: u8,
+    _pad1: u8,
+    _pad2: u16,
+    ifindex: i32,
+    state: u16,
+    flags: u8,
+    kind: u8,
+}
+
+fn family_and_bytes(ip: std::net::IpAddr) -> (u8, Vec<u8>) {
+    match ip {
+        std::net::IpAddr::V4(v4) => (libc::AF_INET as u8, v4.octets().to_vec()),
+        std::net::IpAddr::V6(v6) => (libc::AF_INET6 as u8, v6.octets().to_vec()),
+    }
+}
+
+fn ip_from(payload: &[u8]) -> Option<std::net::IpAddr> {
+    match payload.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(payload).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(payload).ok()?)),
+        _ => None,
+    }
+}
+
+/// Where the kernel would send a packet to `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub if_index: u32,
+    /// The gateway, or `None` when `dst` is on the link.
+    pub gateway: Option<std::net::IpAddr>,
+}
+
+impl Route {
+    /// The address whose MAC a frame to `dst` needs.
+    pub fn next_hop(&self, dst: std::net::IpAddr) -> std::net::IpAddr {
+        self.gateway.unwrap_or(dst)
+    }
+}
+
+/// `ip route get DST`.
+pub fn route_to(dst: std::net::IpAddr) -> io::Result<Route> {
+    let (family, bytes) = family_and_bytes(dst);
+    let mut request_attrs = Vec::new();
+    push_attr(&mut request_attrs, RTA_DST, &bytes);
+    let header = RtMsg { family, dst_len: (bytes.len() * 8) as u8, ..Default::default() };
+    let body = query(&message(RTM_GETROUTE, 0, &header, &request_attrs), RTM_NEWROUTE, size_of::<RtMsg>())?;
+    let (mut if_index, mut gateway) = (None, None);
+    for (kind, payload) in attrs(&body) {
+        match kind {
+            RTA_OIF => if_index = u32_of(payload),
+            RTA_GATEWAY => gateway = ip_from(payload),
+            _ => {}
+        }
+    }
+    let if_index = if_index.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no route to {dst}")))?;
+    Ok(Route { if_index, gateway })
+}
+
+/// The usable MAC of neighbour `ip` on `if_index`, if the kernel has one.
+pub fn neighbour(if_index: u32, ip: std::net::IpAddr) -> io::Result<Option<[u8; 6]>> {
+    let (family, bytes) = family_and_bytes(ip);
+    let mut request_attrs = Vec::new();
+    push_attr(&mut request_attrs, NDA_DST, &bytes);
+    let header = NdMsg { family, ifindex: if_index as i32, ..Default::default() };
+    let body = match query(&message(RTM_GETNEIGH, 0, &header, &request_attrs), RTM_NEWNEIGH, 0) {
+        Ok(body) => body,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let state = body.get(8..10).map_or(0, |s| u16::from_ne_bytes([s[0], s[1]]));
+    if state & NUD_VALID == 0 {
+        return Ok(None);
+    }
+    let mac = attrs(body.get(size_of::<NdMsg>()..).unwrap_or_default())
+        .find(|&(kind, _)| kind == NDA_LLADDR)
+        .and_then(|(_, payload)| <[u8; 6]>::try_from(payload).ok());
+    Ok(mac)
+}
+
+/// The MAC address of `if_index`.
+pub fn link_address(if_index: u32) -> io::Result<Option<[u8; 6]>> {
+    let body = query(&request(RTM_GETLINK, 0, if_index, &[]), RTM_NEWLINK, size_of::<IfInfoMsg>())?;
+    let mac = attrs(&body).find(|&(kind, _)| kind == IFLA_ADDRESS).and_then(|(_, p)| <[u8; 6]>::try_from(p).ok());
+    Ok(mac)
 }
 
 /// Iterates the `(type, payload)` attributes in `buf`, stopping at the first malformed one.

@@ -4,3 +4,4 @@
 pub mod intercepts;
 pub mod tx;
 pub mod worker;
+pub mod xdp_tx;

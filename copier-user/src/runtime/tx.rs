@@ -1,5 +1,30 @@
 //! Transmit paths for the packets the engine builds (whole IP packets).
 
+use super::xdp_tx::XdpTx;
+
+/// The transmit path a worker uses.
+pub enum Transmit {
+    Raw(RawTx),
+    Xdp(Box<XdpTx>),
+}
+
+impl Transmit {
+    pub fn send<'a>(&mut self, packets: impl Iterator<Item = &'a [u8]>) {
+        match self {
+            Self::Raw(raw) => raw.send(packets),
+            Self::Xdp(xdp) => xdp.send(packets),
+        }
+    }
+
+    /// Packets that could not be sent.
+    pub fn errors(&self) -> u64 {
+        match self {
+            Self::Raw(raw) => raw.errors,
+            Self::Xdp(xdp) => xdp.errors,
+        }
+    }
+}
+
 use std::{io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
 
 /// `--tx raw`: raw IP sockets, the kernel routes and resolves neighbours. One `sendmmsg` per

@@ -12,7 +12,7 @@ use std::{
 
 use common::facts::ReplyFacts;
 
-use super::tx::RawTx;
+use super::tx::Transmit;
 use crate::{
     engine::{Counters, Engine, Event},
     pcap::Batch,
@@ -63,7 +63,7 @@ pub struct Shared {
 
 pub struct Worker {
     pub engine: Engine,
-    pub tx: RawTx,
+    pub tx: Transmit,
     pub inputs: Receiver<Input>,
     pub events: tokio::sync::mpsc::Sender<(u64, Vec<Event>)>,
     pub announced: Arc<Announced>,
@@ -150,6 +150,6 @@ impl Worker {
     fn publish(&self) {
         *self.shared.counters.lock().expect("not poisoned") = *self.engine.counters();
         *self.shared.active.lock().expect("not poisoned") = (self.engine.active_sessions(), self.engine.buffered_bytes());
-        *self.shared.tx_errors.lock().expect("not poisoned") = self.tx.errors;
+        *self.shared.tx_errors.lock().expect("not poisoned") = self.tx.errors();
     }
 }

@@ -1,0 +1,229 @@
+//! `--tx xdp`: AF_XDP transmit on the interface towards the test server.
+//!
+//! The engine builds IP packets; this adds the Ethernet header (our MAC, the next hop's from the
+//! kernel's neighbour table) and hands whole batches to the TX ring with one kick. Frames come
+//! back through the completion ring. Route and neighbour lookups happen once per destination,
+//! at start-up for the mapped targets, never per packet.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    net::{IpAddr, UdpSocket},
+    num::NonZeroU32,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use xdp_runtime::netlink;
+use xsk_rs::{
+    config::{BindFlags, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    socket::{RxQueue, Socket, TxQueue},
+    umem::{frame::FrameDesc, CompQueue, FillQueue, Umem},
+};
+
+const FRAMES: u32 = 4096;
+const RING: u32 = 2048;
+const ETH_HLEN: usize = 14;
+/// How long start-up waits for ARP/ND to resolve a next hop.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+pub struct XdpTx {
+    pub iface: String,
+    if_index: u32,
+    src_mac: [u8; 6],
+    pub zero_copy: bool,
+    umem: Umem,
+    free: Vec<FrameDesc>,
+    batch: Vec<FrameDesc>,
+    completed: Vec<FrameDesc>,
+    macs: HashMap<IpAddr, [u8; 6]>,
+    tx: TxQueue,
+    completion: CompQueue,
+    // Kept alive with the socket; this socket never receives.
+    _rx: RxQueue,
+    _fill: FillQueue,
+    /// Packets not sent (no frame free, unresolvable next hop, oversized).
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+fn if_name(index: u32) -> anyhow::Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        bail!("no interface with index {index}");
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+fn if_index(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => bail!("no interface named {name:?}"),
+        i => Ok(i),
+    }
+}
+
+/// The next hop's MAC for `dst` through `if_index`, asking the kernel to resolve it if needed.
+fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]> {
+    let route = netlink::route_to(dst).with_context(|| format!("looking up the route to {dst}"))?;
+    if route.if_index != if_index {
+        bail!("the route to {dst} leaves through {} , not the AF_XDP interface {}", if_name(route.if_index)?, if_name(if_index)?);
+    }
+    let hop = route.next_hop(dst);
+    let deadline = Instant::now() + wait;
+    let mut provoked = false;
+    loop {
+        if let Some(mac) = netlink::neighbour(if_index, hop)? {
+            return Ok(mac);
+        }
+        if !provoked {
+            // A datagram to the discard port makes the kernel resolve the neighbour.
+            let bind = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            if let Ok(s) = UdpSocket::bind(bind) {
+                let _ = s.send_to(b"", (dst, 9));
+            }
+            provoked = true;
+        }
+        if Instant::now() >= deadline {
+            bail!("cannot resolve the MAC of next hop {hop} on {}: no ARP/ND answer within {wait:?}", if_name(if_index)?);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl XdpTx {
+    /// Opens AF_XDP transmit towards `targets` on `iface` (default: the route to the first
+    /// target), resolving every target's next hop before replay starts.
+    pub fn open(iface: Option<&str>, targets: &[IpAddr]) -> anyhow::Result<Self> {
+        let first = *targets.first().context("no target")?;
+        let if_index = match iface {
+            Some(name) => if_index(name)?,
+            None => netlink::route_to(first).with_context(|| format!("looking up the route to {first}"))?.if_index,
+        };
+        let iface = if_name(if_index)?;
+        let src_mac = netlink::link_address(if_index)?.with_context(|| format!("{iface} has no MAC address (not an Ethernet link?)"))?;
+        let mut macs = HashMap::new();
+        for &t in targets {
+            macs.insert(t, resolve(if_index, t, RESOLVE_WAIT)?);
+        }
+        let umem_config = UmemConfig::builder()
+            .fill_queue_size(QueueSize::new(64)?)
+            .comp_queue_size(QueueSize::new(FRAMES)?)
+            .build()?;
+        let (umem, frames) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false).context("creating the TX UMEM")?;
+        let name: Interface = iface.parse().context("interface name")?;
+        let bind = |extra: BindFlags| {
+            let config = SocketConfig::builder()
+                .rx_queue_size(QueueSize::new(64).expect("power of two"))
+                .tx_queue_size(QueueSize::new(RING).expect("power of two"))
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | extra)
+                .build();
+            // SAFETY: the UMEM outlives the socket: both live in the returned XdpTx.
+            unsafe { Socket::new(config, &umem, &name, 0) }
+        };
+        let (zero_copy, (tx, rx, rings)) = match bind(BindFlags::XDP_ZEROCOPY) {
+            Ok(s) => (true, s),
+            Err(_) => (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} for transmit"))?),
+        };
+        let (fill, completion) = rings.context("the socket came without fill and completion rings")?;
+        Ok(Self {
+            iface,
+            if_index,
+            src_mac,
+            zero_copy,
+            umem,
+            free: frames,
+            batch: Vec::with_capacity(RING as usize),
+            completed: vec![FrameDesc::default(); RING as usize],
+            macs,
+            tx,
+            completion,
+            _rx: rx,
+            _fill: fill,
+            errors: 0,
+            last_error: None,
+        })
+    }
+
+    fn reclaim(&mut self) {
+        // SAFETY: descriptors in the completion ring are frames we sent; the kernel is done.
+        let n = unsafe { self.completion.consume(&mut self.completed) };
+        self.free.extend_from_slice(&self.completed[..n]);
+    }
+
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        self.last_error = Some(why);
+    }
+
+    /// Sends every packet in one batch (one kick); failures are counted, not fatal.
+    pub fn send<'a>(&mut self, packets: impl Iterator<Item = &'a [u8]>) {
+        self.reclaim();
+        self.batch.clear();
+        for p in packets {
+            let dst = match p.first().map(|b| b >> 4) {
+                Some(4) if p.len() >= 20 => IpAddr::from(<[u8; 4]>::try_from(&p[16..20]).expect("4 bytes")),
+                Some(6) if p.len() >= 40 => IpAddr::from(<[u8; 16]>::try_from(&p[24..40]).expect("16 bytes")),
+                _ => {
+                    self.fail("not an IP packet".into());
+                    continue;
+                }
+            };
+            let mac = match self.macs.get(&dst) {
+                Some(mac) => *mac,
+                // A destination not resolved at start-up: one short lookup, then cached.
+                None => match resolve(self.if_index, dst, Duration::from_millis(200)) {
+                    Ok(mac) => *self.macs.entry(dst).or_insert(mac),
+                    Err(e) => {
+                        self.fail(e.to_string());
+                        continue;
+                    }
+                },
+            };
+            if self.free.is_empty() {
+                self.reclaim();
+            }
+            let Some(mut desc) = self.free.pop() else {
+                self.fail("AF_XDP TX ring full".into());
+                continue;
+            };
+            let ethertype: u16 = if dst.is_ipv4() { 0x0800 } else { 0x86dd };
+            // SAFETY: `desc` is a free frame of our UMEM, not in any ring.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let mut cursor = data.cursor();
+            let written = cursor
+                .write_all(&mac)
+                .and_then(|_| cursor.write_all(&self.src_mac))
+                .and_then(|_| cursor.write_all(&ethertype.to_be_bytes()))
+                .and_then(|_| cursor.write_all(p));
+            if written.is_err() {
+                self.free.push(desc);
+                self.fail(format!("a {}-byte packet does not fit an AF_XDP frame", p.len() + ETH_HLEN));
+                continue;
+            }
+            self.batch.push(desc);
+        }
+        if self.batch.is_empty() {
+            return;
+        }
+        // SAFETY: every descriptor in the batch is a frame we own and just wrote.
+        match unsafe { self.tx.produce_and_wakeup(&self.batch) } {
+            Ok(n) if n == self.batch.len() => {}
+            Ok(n) => {
+                let unsent = self.batch.len() - n;
+                self.free.extend_from_slice(&self.batch[n..]);
+                self.errors += unsent as u64;
+                self.last_error = Some("AF_XDP TX ring full".into());
+            }
+            Err(e) => {
+                // The descriptors are in the ring; a failed kick is retried by the next send.
+                self.fail(format!("AF_XDP TX wakeup: {e}"));
+            }
+        }
+    }
+}
