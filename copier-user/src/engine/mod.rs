@@ -424,6 +424,8 @@ impl Engine {
         if session.is_gone(now) {
             self.remove(id);
         } else if let Some(at) = deadline {
+            // The session was just asked at `now`: a deadline not after it would only spin.
+            let at = at.max(now + 1);
             // One live heap entry per session: push only when the deadline moves earlier. The
             // superseded entry is skipped when it comes up; a later deadline is found when the
             // earlier entry fires and the session is asked again.

@@ -351,7 +351,8 @@ impl Session {
     /// When a closed gate should be looked at again.
     fn gate_deadline(&self, ctx: &Ctx<'_>) -> Option<u64> {
         let mark = self.marks.get(self.current_mark)?;
-        if !ctx.config.wait_for_response || self.snd_nxt < mark.start || self.snd_una < mark.start {
+        // Exactly when `gate_open` would wait: a deadline for an open gate would fire forever.
+        if !ctx.config.wait_for_response || self.target_fin || self.snd_nxt < mark.start || self.snd_una < mark.start {
             return None;
         }
         let quiet = self.last_response_at + ctx.config.response_quiet_us;

@@ -346,6 +346,28 @@ fn a_target_that_closes_first_ends_the_session_cleanly() {
 }
 
 #[test]
+fn a_target_that_closed_first_while_our_fin_is_unacknowledged_never_spins_the_timers() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    // The client's request, then its FIN after it had the 10-byte answer: a request mark at the FIN.
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"GET /"));
+    e.on_captured(2_000, Link::Ip, &captured(40000, FIN | ACK, CLIENT_ISN.wrapping_add(6), ONLINE_ISN + 11, &[], &[]));
+    e.on_reply(3_000, &reply(c, 5, 0, 10, PSH | FIN)); // answer and close; our FIN goes out
+    assert!(sent(&mut e).iter().any(|p| p.flags & FIN != 0));
+    // Our FIN's ACK is lost: time passes beyond every pacing fallback.
+    let mut now = 3_000;
+    for _ in 0..100 {
+        let at = e.next_deadline().expect("the FIN's retransmission timer");
+        assert!(at > now, "a timer at {at} is not after the {now} it was armed at");
+        now = at;
+        e.on_timer(now);
+        if e.active_sessions() == 0 {
+            break;
+        }
+    }
+}
+
+#[test]
 fn idle_sessions_time_out() {
     let mut cfg = config();
     cfg.idle_timeout_us = 5_000_000;
