@@ -4,46 +4,31 @@
 use std::{net::Ipv4Addr, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
 
 use anyhow::bail;
-use common::checksum;
+use common::{endpoint::Endpoint, seq::SeqNum};
+use copier_user::engine::emit::{self, Options};
 
-/// The options Linux puts on a SYN: MSS, SACK-permitted, timestamps, NOP, window scale.
-pub fn linux_syn_options(mss: u16, ts_val: u32, window_scale: u8) -> [u8; 20] {
-    let mut o = [0u8; 20];
-    o[..4].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
-    o[4..6].copy_from_slice(&[4, 2]);
-    o[6..8].copy_from_slice(&[8, 10]);
-    o[8..12].copy_from_slice(&ts_val.to_be_bytes());
-    o[16..20].copy_from_slice(&[1, 3, 3, window_scale]);
-    o
+/// The options Linux puts on a SYN: MSS, SACK-permitted, timestamps, window scale.
+pub fn linux_syn_options(mss: u16, ts_val: u32, window_scale: u8) -> Options {
+    Options::syn(mss, Some(window_scale), true, Some((ts_val, 0)))
 }
 
-/// An IPv4 TCP segment with correct checksums.
+/// An IPv4 TCP segment with correct checksums, built by the copier's own packet writer.
 pub fn ipv4_tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
-    assert_eq!(options.len() % 4, 0);
-    let tcp_len = 20 + options.len() + payload.len();
-    let total = 20 + tcp_len;
-    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p.extend_from_slice(&src.0.octets());
-    p.extend_from_slice(&dst.0.octets());
-    let ip_check = checksum::finish(checksum::sum(0, &p));
-    p[10..12].copy_from_slice(&ip_check.to_be_bytes());
-    let mut t = Vec::with_capacity(tcp_len);
-    t.extend_from_slice(&src.1.to_be_bytes());
-    t.extend_from_slice(&dst.1.to_be_bytes());
-    t.extend_from_slice(&seq.to_be_bytes());
-    t.extend_from_slice(&ack.to_be_bytes());
-    t.push((((20 + options.len()) / 4) as u8) << 4);
-    t.push(flags);
-    t.extend_from_slice(&64240u16.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 0]);
-    t.extend_from_slice(options);
-    t.extend_from_slice(payload);
-    let pseudo = checksum::pseudo_v4(src.0.octets(), dst.0.octets(), 6, tcp_len as u16);
-    let tcp_check = checksum::finish(checksum::sum(pseudo, &t));
-    t[16..18].copy_from_slice(&tcp_check.to_be_bytes());
-    p.extend_from_slice(&t);
-    p
+    let mut out = Vec::new();
+    emit::write(
+        &mut out,
+        &emit::Segment {
+            src: Endpoint::v4(src.0.octets(), src.1),
+            dst: Endpoint::v4(dst.0.octets(), dst.1),
+            seq: SeqNum(seq),
+            ack: SeqNum(ack),
+            flags,
+            window: 64240,
+            options,
+            payload,
+        },
+    );
+    out
 }
 
 /// Sends an IPv4 packet (header included) with a raw socket; the kernel routes it by its

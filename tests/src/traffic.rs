@@ -46,13 +46,9 @@ pub fn line_requests(addr: SocketAddr, lines: &[String]) -> anyhow::Result<()> {
 
 /// Sends one raw Ethernet frame out of `iface` (AF_PACKET), e.g. a deliberately malformed one.
 pub fn send_raw_frame(iface: &str, frame: &[u8]) -> anyhow::Result<()> {
-    let name = std::ffi::CString::new(iface)?;
     // SAFETY: plain libc calls on a socket we own and close below.
     unsafe {
-        let index = libc::if_nametoindex(name.as_ptr());
-        if index == 0 {
-            bail!("no interface {iface}");
-        }
+        let index = xdp_runtime::iface::index(iface)?;
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         if fd < 0 {
             bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());

@@ -27,8 +27,13 @@ fn control() -> SocketAddr {
 }
 
 fn start_intercept(tb: &Testbed, name: &str) -> Process {
+    start_intercept_for(tb, name, &[target_http()])
+}
+
+fn start_intercept_for(tb: &Testbed, name: &str, targets: &[SocketAddr]) -> Process {
+    let targets: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
     let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target_http().to_string()])
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets.join(",")])
         .args(["--listen", &control().to_string(), "--stats-interval", "1"]);
     let mut p = tb.start(name, cmd).unwrap();
     p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
@@ -221,11 +226,7 @@ fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
     let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
     let _online_redis = xdpcopy_testbed::servers::Redis::start(&tb, Host::Online, "online-redis", redis_online).unwrap();
     let _target_redis = xdpcopy_testbed::servers::Redis::start(&tb, Host::Target, "target-redis", redis_target).unwrap();
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &format!("{},{}", target_http(), redis_target)])
-        .args(["--listen", &control().to_string(), "--stats-interval", "1"]);
-    let mut intercept = tb.start("intercept", cmd).unwrap();
-    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), redis_target]);
 
     // Captured where the clients send, offloads on: the capture holds TSO super-segments.
     let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80 or tcp port 6379", "clients").unwrap();

@@ -49,7 +49,7 @@ fn start_intercept(tb: &Testbed, extra: &[&str]) -> Process {
 /// straight to the test server.
 fn send_syn(tb: &Testbed, client_port: u16, isn: u32, ts_val: u32) {
     let options = raw::linux_syn_options(1460, ts_val, 7);
-    let syn = raw::ipv4_tcp((addr::CLIENT, client_port), (addr::TARGET, 8080), isn, 0, SYN, &options, &[]);
+    let syn = raw::ipv4_tcp((addr::CLIENT, client_port), (addr::TARGET, 8080), isn, 0, SYN, options.as_bytes(), &[]);
     tb.online.run(move || raw::send_ipv4(&syn)).unwrap().unwrap();
 }
 

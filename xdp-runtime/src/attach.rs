@@ -34,15 +34,6 @@ pub enum Attached {
     Netlink,
 }
 
-fn if_index(iface: &str) -> Result<u32, AttachError> {
-    let name = std::ffi::CString::new(iface).map_err(|_| AttachError::NoSuchInterface(iface.into()))?;
-    // SAFETY: name is a valid C string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(AttachError::NoSuchInterface(iface.into())),
-        index => Ok(index),
-    }
-}
-
 fn program_name(id: u32) -> String {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -54,7 +45,7 @@ fn program_name(id: u32) -> String {
 /// Attaches the loaded `program` to `iface` in native mode, refusing (or with `force`,
 /// removing) a program already there.
 pub fn attach(program: &mut Xdp, iface: &str, force: bool) -> Result<Attached, AttachError> {
-    let index = if_index(iface)?;
+    let index = crate::iface::index(iface).map_err(|_| AttachError::NoSuchInterface(iface.into()))?;
     let query = |source| AttachError::Query { iface: iface.into(), source };
     if let Some(existing) = netlink::xdp_program(index).map_err(query)? {
         let name = program_name(existing.id);

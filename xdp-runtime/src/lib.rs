@@ -5,6 +5,7 @@
 pub mod attach;
 mod bpf;
 pub mod counters;
+pub mod iface;
 pub mod netlink;
 
 use std::time::{Duration, Instant};

@@ -141,7 +141,7 @@ pub async fn run(
                 if !waiting.is_empty() {
                     pending.batches.insert(batch, waiting);
                 }
-                announced.mark_queued(pending.confirmed());
+                announced.mark_confirmed(pending.confirmed());
             }
             Some(ctl) = ctl_rx.recv() => match ctl {
                 Control::Connected(i, tx) => {
@@ -153,11 +153,11 @@ pub async fn run(
                 Control::Disconnected(i) => {
                     links[i] = None;
                     pending.forget_link(i);
-                    announced.mark_queued(pending.confirmed());
+                    announced.mark_confirmed(pending.confirmed());
                 }
                 Control::Synced(i, batch) => {
                     pending.confirm(i, batch);
-                    announced.mark_queued(pending.confirmed());
+                    announced.mark_confirmed(pending.confirmed());
                 }
             },
             else => break,

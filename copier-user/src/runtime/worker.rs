@@ -30,25 +30,25 @@ pub enum Input {
 /// connected intercept confirmed them (SYNCED), so a SYN does not leave before the OWN that
 /// claims its replies is in effect.
 pub struct Announced {
-    queued: Mutex<u64>,
+    confirmed: Mutex<u64>,
     cond: Condvar,
 }
 
 impl Default for Announced {
     fn default() -> Self {
-        Self { queued: Mutex::new(0), cond: Condvar::new() }
+        Self { confirmed: Mutex::new(0), cond: Condvar::new() }
     }
 }
 
 impl Announced {
-    pub fn mark_queued(&self, batch: u64) {
-        let mut q = self.queued.lock().expect("not poisoned");
+    pub fn mark_confirmed(&self, batch: u64) {
+        let mut q = self.confirmed.lock().expect("not poisoned");
         *q = (*q).max(batch);
         self.cond.notify_all();
     }
 
-    fn wait_queued(&self, batch: u64, timeout: Duration) {
-        let q = self.queued.lock().expect("not poisoned");
+    fn wait_confirmed(&self, batch: u64, timeout: Duration) {
+        let q = self.confirmed.lock().expect("not poisoned");
         let _ = self.cond.wait_timeout_while(q, timeout, |q| *q < batch);
     }
 }
@@ -136,7 +136,7 @@ impl Worker {
             *announcements += 1;
             let events = std::mem::take(&mut out.events);
             if self.events.blocking_send((*announcements, events)).is_ok() {
-                self.announced.wait_queued(*announcements, ANNOUNCE_WAIT);
+                self.announced.wait_confirmed(*announcements, ANNOUNCE_WAIT);
             }
         }
         let out = self.engine.outbox();

@@ -14,7 +14,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use xdp_runtime::netlink;
+use xdp_runtime::{
+    iface::{index as if_index, name as if_name},
+    netlink,
+};
 use xsk_rs::{
     config::{BindFlags, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
     socket::{RxQueue, Socket, TxQueue},
@@ -45,26 +48,6 @@ pub struct XdpTx {
     /// Packets not sent (no frame free, unresolvable next hop, oversized).
     pub errors: u64,
     pub last_error: Option<String>,
-}
-
-fn if_name(index: u32) -> anyhow::Result<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        bail!("no interface with index {index}");
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
-}
-
-fn if_index(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: a valid C string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => bail!("no interface named {name:?}"),
-        i => Ok(i),
-    }
 }
 
 /// The next hop's MAC for `dst` through `if_index`, asking the kernel to resolve it if needed.
