@@ -105,7 +105,7 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let counters = Counters::<InterceptCounter>::take(&mut ebpf)?;
 
     // Sockets first, so that no reply arrives before its queue has one.
-    let queues = xsk::rx_queue_count(&args.iface);
+    let queues = xdp_runtime::xsk_rx::rx_queue_count(&args.iface);
     let workers = args.workers.unwrap_or(queues.min(MAX_QUEUES));
     if workers > queues {
         bail!("--workers {workers}: {} has only {queues} RX queue(s)", args.iface);
@@ -113,7 +113,7 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
     let mut sockets = Vec::new();
     for queue in 0..workers {
-        let socket = xsk::QueueSocket::open(&args.iface, queue)?;
+        let socket = xdp_runtime::xsk_rx::RxSocket::open(&args.iface, queue)?;
         xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
         log::info!("AF_XDP socket on {} queue {queue} ({})", args.iface, if socket.zero_copy { "zero-copy" } else { "copy mode" });
         sockets.push(socket);
@@ -135,7 +135,7 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let (facts_tx, facts_rx) = tokio::sync::mpsc::channel(1024);
     log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
     tokio::spawn(server::serve(listener, secret, facts_rx, Arc::clone(&stats)));
-    let cores = xsk::allowed_cores();
+    let cores = xdp_runtime::allowed_cores();
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
         threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], facts_tx.clone(), Arc::clone(&stop), Arc::clone(&stats))?);

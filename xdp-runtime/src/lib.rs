@@ -5,8 +5,10 @@
 pub mod attach;
 mod bpf;
 pub mod counters;
+pub mod cpu;
 pub mod iface;
 pub mod netlink;
+pub mod xsk_rx;
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,10 @@ use aya::{Ebpf, EbpfLoader};
 use common::counters::Counter;
 use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
 
-pub use crate::attach::{attach, AttachError, Attached};
+pub use crate::{
+    attach::{attach, AttachError, Attached},
+    cpu::{allowed_cores, pin_to, thread_cpu_us},
+};
 use crate::counters::{stats_line, summary_line, Counters};
 
 /// Reads `--secret-file`: the shared secret of the intercept ↔ copier protocol (trailing
@@ -39,11 +44,18 @@ pub fn positive_seconds(s: &str) -> Result<f64, String> {
 
 /// Loads an eBPF object; eBPF log records below the process's log level are not even written.
 pub fn load(object: &[u8]) -> anyhow::Result<Ebpf> {
+    load_with(object, &[])
+}
+
+/// [`load`], setting the object's `u8` globals `(name, value)` first.
+pub fn load_with(object: &[u8], globals: &[(&str, u8)]) -> anyhow::Result<Ebpf> {
     let level = log::max_level() as u8;
-    EbpfLoader::new()
-        .override_global(aya_log::LEVEL, &level, false)
-        .load(object)
-        .context("loading the eBPF object into the kernel")
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &level, false);
+    for (name, value) in globals {
+        loader.override_global(name, value, true);
+    }
+    loader.load(object).context("loading the eBPF object into the kernel")
 }
 
 /// Forwards the program's aya-log records to the `log` crate from a background task.

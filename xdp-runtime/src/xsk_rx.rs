@@ -1,0 +1,123 @@
+//! AF_XDP receive on one RX queue: the intercept's path for replies and the copier's for
+//! mirror mode.
+//!
+//! The caller's loop polls (need_wakeup, so no busy spinning on a core the kernel's receive
+//! work shares), takes up to [`BATCH`] frames at once, and every frame goes straight back to
+//! the fill ring after the caller has looked at it. Nothing is allocated or syscalled per
+//! packet.
+
+use std::{
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+};
+
+use anyhow::Context as _;
+use xsk_rs::{
+    config::{BindFlags, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+    socket::{RxQueue, Socket, TxQueue},
+    umem::{frame::FrameDesc, CompQueue, FillQueue, Umem},
+};
+
+/// Frames taken from the RX ring at once.
+pub const BATCH: usize = 64;
+/// UMEM frames; all of them start in the fill ring, which is sized to hold them.
+const FRAMES: u32 = 4096;
+const RX_RING: u32 = 2048;
+
+/// An AF_XDP socket bound to one RX queue, with its UMEM and rings.
+pub struct RxSocket {
+    pub queue: u32,
+    pub zero_copy: bool,
+    umem: Umem,
+    rx: RxQueue,
+    fill: FillQueue,
+    batch: [FrameDesc; BATCH],
+    // Kept alive with the socket; it never transmits.
+    _tx: TxQueue,
+    _completion: CompQueue,
+}
+
+impl RxSocket {
+    /// Binds a socket to `iface`'s RX queue `queue`, zero-copy if the driver allows, else copy
+    /// mode. Our own XDP program redirects into it (libxdp's default program is not loaded).
+    pub fn open(iface: &str, queue: u32) -> anyhow::Result<Self> {
+        let fill_size = QueueSize::new(FRAMES)?;
+        let umem_config = UmemConfig::builder().fill_queue_size(fill_size).comp_queue_size(QueueSize::new(64)?).build()?;
+        let (umem, frames) =
+            Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false).context("creating the UMEM")?;
+        let name: Interface = iface.parse().context("interface name")?;
+        let bind = |extra: BindFlags| {
+            let config = SocketConfig::builder()
+                .rx_queue_size(QueueSize::new(RX_RING).expect("power of two"))
+                .tx_queue_size(QueueSize::new(64).expect("power of two"))
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | extra)
+                .build();
+            // SAFETY: the UMEM outlives the socket: both live in the returned RxSocket.
+            unsafe { Socket::new(config, &umem, &name, queue) }
+        };
+        let (zero_copy, (tx, rx, rings)) = match bind(BindFlags::XDP_ZEROCOPY) {
+            Ok(socket) => (true, socket),
+            Err(zc_err) => {
+                log::debug!("{iface} queue {queue}: zero-copy bind failed ({zc_err}); using copy mode");
+                (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} queue {queue}"))?)
+            }
+        };
+        let (mut fill, completion) = rings.context("the socket came without fill and completion rings")?;
+        // SAFETY: every frame is ours and none is in any ring yet.
+        let filled = unsafe { fill.produce(&frames) };
+        anyhow::ensure!(filled == frames.len(), "could only put {filled} of {} frames in the fill ring", frames.len());
+        let batch = [FrameDesc::default(); BATCH];
+        Ok(Self { queue, zero_copy, umem, rx, fill, batch, _tx: tx, _completion: completion })
+    }
+
+    /// The socket's fd, for the XSK map.
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Waits up to `timeout_ms` for frames, shows each of up to [`BATCH`] of them to `f`, and
+    /// returns them to the kernel. Returns how many there were.
+    pub fn receive(&mut self, timeout_ms: i32, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+        // SAFETY: frames come from this socket's UMEM and go back to its fill ring before
+        // their descriptors are reused.
+        let received = unsafe { self.rx.poll_and_consume(&mut self.batch, timeout_ms)? };
+        if received == 0 {
+            return Ok(0);
+        }
+        for desc in &self.batch[..received] {
+            // SAFETY: the descriptor was just consumed from our RX ring.
+            let data = unsafe { self.umem.data(desc) };
+            f(data.contents());
+        }
+        // SAFETY: we are done with these frames.
+        let mut returned = unsafe { self.fill.produce(&self.batch[..received]) };
+        while returned < received {
+            // The fill ring is sized for every frame, so this only waits for the kernel.
+            std::thread::yield_now();
+            // SAFETY: as above.
+            returned += unsafe { self.fill.produce(&self.batch[returned..received]) };
+        }
+        if self.fill.needs_wakeup() {
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+        Ok(received)
+    }
+}
+
+/// The RX queues of `iface` (from sysfs; at least 1).
+pub fn rx_queue_count(iface: &str) -> u32 {
+    queue_count(iface, "rx-")
+}
+
+/// The TX queues of `iface` (from sysfs; at least 1).
+pub fn tx_queue_count(iface: &str) -> u32 {
+    queue_count(iface, "tx-")
+}
+
+fn queue_count(iface: &str, prefix: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|entries| entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32)
+        .unwrap_or(1)
+        .max(1)
+}
