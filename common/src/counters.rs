@@ -46,6 +46,12 @@ counters! {
         Passed = "passed",
         /// Frames that claimed to be IP/TCP but whose headers were truncated or inconsistent.
         Malformed = "malformed",
+        /// Mirror mode: matching frames redirected into the AF_XDP socket of their RX queue.
+        Redirected = "redirected",
+        /// Mirror mode: matching frames of an RX queue with no AF_XDP socket.
+        NoSocket = "no_socket",
+        /// Mirror mode with `--mirror-other drop`: frames dropped.
+        Dropped = "dropped",
     }
 }
 

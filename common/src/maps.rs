@@ -13,9 +13,13 @@ pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
 pub const CAPTURE: &str = "CAPTURE";
 /// Its size: 8192 records, a few milliseconds of line rate for a poller that wakes every 50 µs.
 pub const CAPTURE_RING_BYTES: u32 = 16 << 20;
-/// `XskMap` of the intercept: RX queue index -> AF_XDP socket.
+/// `XskMap` of the intercept and of the copier in mirror mode: RX queue index -> AF_XDP socket.
 pub const XSKS: &str = "XSKS";
-/// RX queues the intercept can serve.
+/// RX queues an XSK map serves.
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of the endpoint maps: far more `-x`/`--target` entries than anyone types.
 pub const MAX_ENDPOINTS: u32 = 256;
+
+/// The copier's mirror-mode program: 1 = drop frames it does not redirect, 0 = pass them. A
+/// global set at load time, so the verifier prunes the branch not taken.
+pub const MIRROR_DROP_OTHER: &str = "MIRROR_DROP_OTHER";

@@ -1,8 +1,13 @@
-//! The copier's XDP program on the online interface.
+//! The copier's XDP programs on the online interface.
 //!
-//! Copy mode: every frame goes on to the kernel stack untouched (`XDP_PASS`); production traffic
-//! is never stolen, delayed or altered. Segments addressed to an online endpoint are copied into
-//! a ring buffer without waking the reader (it polls: a wakeup per record costs half the rate).
+//! Copy mode (`copier`): every frame goes on to the kernel stack untouched (`XDP_PASS`);
+//! production traffic is never stolen, delayed or altered. Segments addressed to an online
+//! endpoint are copied into a ring buffer without waking the reader (it polls: a wakeup per
+//! record costs half the rate).
+//!
+//! Mirror mode (`copier_mirror`), for a NIC that only receives mirrored traffic: segments
+//! addressed to an online endpoint are redirected into the AF_XDP socket of their RX queue, no
+//! copy at all; other frames are passed or dropped as configured.
 #![no_std]
 #![no_main]
 
@@ -10,7 +15,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -18,7 +23,7 @@ use common::{
     capture::{CaptureRecord, CAPTURE_BYTES},
     counters::{CopierCounter, Counter},
     endpoint::Endpoint,
-    maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS},
+    maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS, MAX_QUEUES},
     parse::parse_ethernet,
 };
 
@@ -30,6 +35,13 @@ static ONLINE_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_E
 
 #[map(name = "CAPTURE")]
 static CAPTURE: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+/// `common::maps::MIRROR_DROP_OTHER`, set by the loader.
+#[unsafe(no_mangle)]
+static MIRROR_DROP_OTHER: u8 = 0;
 
 #[inline(always)]
 fn count(counter: CopierCounter) {
@@ -59,6 +71,37 @@ pub fn copier(ctx: XdpContext) -> u32 {
             count(CopierCounter::Malformed);
             debug!(&ctx, "copier: malformed frame: {}", reason.as_str());
         }
+    }
+    count(CopierCounter::Passed);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn copier_mirror(ctx: XdpContext) -> u32 {
+    count(CopierCounter::Seen);
+    // SAFETY: data..data_end is the frame the kernel handed us.
+    match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
+        Ok(Some(segment)) if is_online(&segment.dst) => {
+            count(CopierCounter::Matched);
+            // With no socket on this queue the helper returns the flag's action: an error here.
+            match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
+                Ok(action) => {
+                    count(CopierCounter::Redirected);
+                    return action;
+                }
+                Err(_) => count(CopierCounter::NoSocket),
+            }
+        }
+        Ok(_) => {}
+        Err(reason) => {
+            count(CopierCounter::Malformed);
+            debug!(&ctx, "copier: malformed frame: {}", reason.as_str());
+        }
+    }
+    // SAFETY: reading a global the loader may have set (volatile: it is not a constant).
+    if unsafe { core::ptr::read_volatile(&MIRROR_DROP_OTHER) } != 0 {
+        count(CopierCounter::Dropped);
+        return xdp_action::XDP_DROP;
     }
     count(CopierCounter::Passed);
     xdp_action::XDP_PASS

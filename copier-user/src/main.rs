@@ -13,14 +13,18 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use common::proto::DEFAULT_PORT;
 use copier_user::{
-    engine::{rewrite::ClientAddrs, Config, Engine},
+    engine::{
+        rewrite::{ClientAddrs, PortClass},
+        Config, Counters, Engine,
+    },
     mapping::Mappings,
     pcap::{Batch, PcapSource},
     runtime::{
+        dispatch::{Dispatch, WhenFull},
         intercepts::{self, LinkStats},
         tx::{RawTx, Transmit},
-        xdp_tx::XdpTx,
         worker::{Announced, Input, Shared, Worker},
+        xdp_tx::XdpTx,
     },
 };
 
@@ -32,6 +36,15 @@ enum Mode {
     Copy,
     /// A NIC that only receives mirrored traffic: redirect matching frames into AF_XDP.
     Mirror,
+}
+
+/// Mirror mode: what becomes of frames that are not copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Other {
+    /// Hand them to the kernel (ARP and management traffic on the NIC keep working).
+    Pass,
+    /// Drop them (a pure SPAN/TAP port: the kernel never sees the mirrored traffic).
+    Drop,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +105,9 @@ struct Args {
     input: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Mode::Copy)]
     mode: Mode,
+    /// Mirror mode: pass or drop the frames that are not copied.
+    #[arg(long, value_enum)]
+    mirror_other: Option<Other>,
     /// Interface towards the target (default: the route's).
     #[arg(long)]
     out_iface: Option<String>,
@@ -128,7 +144,8 @@ struct Args {
     /// Replay only sessions whose SYN was captured.
     #[arg(short = 'O', long = "only-complete")]
     only_complete: bool,
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Worker threads, each pinned to a core, owning the sessions of its share of the flows.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     /// Seconds between stats lines.
     #[arg(long, default_value_t = 5.0, value_parser = xdp_runtime::positive_seconds)]
@@ -142,6 +159,13 @@ struct Args {
 }
 
 impl Args {
+    /// The engine configuration of worker `index`.
+    fn worker_config(&self, index: u16) -> Config {
+        let mut c = self.engine_config();
+        c.ports = PortClass::new(index, self.workers);
+        c
+    }
+
     fn engine_config(&self) -> Config {
         let mut c = Config::new(self.mappings.0.clone());
         c.client_addrs = self.client_addrs.clone();
@@ -155,13 +179,13 @@ impl Args {
         c
     }
 
-    /// What this build cannot do yet, as a usage error.
-    fn unsupported(&self) -> Option<&'static str> {
-        if self.mode == Mode::Mirror {
-            return Some("--mode mirror is not implemented yet; use copy mode");
+    /// Flag combinations that make no sense, as a usage error.
+    fn inconsistent(&self) -> Option<&'static str> {
+        if self.mode == Mode::Mirror && self.input.is_some() {
+            return Some("--mode mirror reads an interface (--iface), not a capture file");
         }
-        if self.workers != 1 {
-            return Some("only --workers 1 is implemented so far");
+        if self.mirror_other.is_some() && self.mode != Mode::Mirror {
+            return Some("--mirror-other goes with --mode mirror");
         }
         if self.out_iface.is_some() && self.tx == Some(Tx::Raw) {
             return Some("--out-iface goes with --tx xdp (raw sockets follow the kernel's routes)");
@@ -178,7 +202,7 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    if let Some(why) = args.unsupported() {
+    if let Some(why) = args.inconsistent() {
         eprintln!("copier: error: {why}");
         return std::process::ExitCode::from(2);
     }
@@ -193,69 +217,96 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The pieces every mode shares: the worker thread, the intercept links, the stats.
+/// The pieces every mode shares: the workers, the intercept links, the stats.
 struct Pipeline {
-    inputs: std::sync::mpsc::SyncSender<Input>,
+    /// One queue per worker, in worker order.
+    inputs: Vec<std::sync::mpsc::SyncSender<Input>>,
     stop: Arc<AtomicBool>,
-    shared: Arc<Shared>,
+    shared: Vec<Arc<Shared>>,
     links: Arc<LinkStats>,
-    worker: std::thread::JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
 }
 
-fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipeline> {
-    let raw = || -> anyhow::Result<Transmit> {
-        Ok(Transmit::Raw(RawTx::open().context("opening raw IP sockets for --tx raw (needs CAP_NET_RAW)")?))
+/// One transmit path per worker: AF_XDP sockets on TX queues 0..workers, or raw sockets.
+fn open_transmit(args: &Args) -> anyhow::Result<Vec<Transmit>> {
+    let n = args.workers as u32;
+    let raw = || -> anyhow::Result<Vec<Transmit>> {
+        (0..n)
+            .map(|_| Ok(Transmit::Raw(RawTx::open().context("opening raw IP sockets for --tx raw (needs CAP_NET_RAW)")?)))
+            .collect()
     };
-    let xdp = || -> anyhow::Result<Transmit> {
+    let xdp = || -> anyhow::Result<Vec<Transmit>> {
         let targets: Vec<IpAddr> = args.mappings.0.iter().map(|m| m.target.ip()).collect();
-        let xdp = XdpTx::open(args.out_iface.as_deref(), &targets).context("setting up AF_XDP transmit (--tx xdp)")?;
-        log::info!("AF_XDP transmit on {} ({})", xdp.iface, if xdp.zero_copy { "zero-copy" } else { "copy mode" });
-        Ok(Transmit::Xdp(Box::new(xdp)))
+        let mut out = Vec::new();
+        for queue in 0..n {
+            let xdp = XdpTx::open(args.out_iface.as_deref(), &targets, queue).context("setting up AF_XDP transmit (--tx xdp)")?;
+            log::info!("AF_XDP transmit on {} queue {queue} ({})", xdp.iface, if xdp.zero_copy { "zero-copy" } else { "copy mode" });
+            out.push(Transmit::Xdp(Box::new(xdp)));
+        }
+        Ok(out)
     };
-    let tx = match args.tx {
-        Some(Tx::Raw) => raw()?,
-        Some(Tx::Xdp) => xdp()?,
+    match args.tx {
+        Some(Tx::Raw) => raw(),
+        Some(Tx::Xdp) => xdp(),
         None => xdp().or_else(|err| {
             log::warn!("{err:#}; transmitting through raw sockets instead");
             raw()
-        })?,
-    };
-    let (inputs_tx, inputs_rx) = sync_channel(4096);
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
-    let announced = Arc::new(Announced::default());
-    let shared = Arc::new(Shared::default());
-    let links = Arc::new(LinkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(intercepts::run(
-        args.intercepts.0.clone(),
-        secret,
-        events_rx,
-        Arc::clone(&announced),
-        inputs_tx.clone(),
-        Arc::clone(&links),
-    ));
-    let worker = Worker {
-        engine: Engine::new(args.engine_config()),
-        tx,
-        inputs: inputs_rx,
-        events: events_tx,
-        announced,
-        shared: Arc::clone(&shared),
-        stop: Arc::clone(&stop),
-        grace: OFFLINE_GRACE,
-    };
-    let worker = std::thread::Builder::new().name("copier-worker".into()).spawn(move || worker.run())?;
-    Ok(Pipeline { inputs: inputs_tx, stop, shared, links, worker })
+        }),
+    }
 }
 
-/// The copier's own `name=value` counters.
-fn copier_pairs(shared: &Shared, links: &LinkStats) -> Vec<(&'static str, u64)> {
+fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipeline> {
+    let transmit = open_transmit(args)?;
+    let cores = xdp_runtime::allowed_cores();
+    if cores.len() < args.workers as usize {
+        log::warn!("{} workers on {} cores: some share a core", args.workers, cores.len());
+    }
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+    let links = Arc::new(LinkStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut inputs, mut announced, mut shared, mut workers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (index, tx) in (0..args.workers).zip(transmit) {
+        let (inputs_tx, inputs_rx) = sync_channel(4096);
+        let worker = Worker {
+            index,
+            core: Some(cores[index as usize % cores.len()]),
+            engine: Engine::new(args.worker_config(index)),
+            tx,
+            inputs: inputs_rx,
+            events: events_tx.clone(),
+            announced: Arc::new(Announced::default()),
+            shared: Arc::new(Shared::default()),
+            stop: Arc::clone(&stop),
+            grace: OFFLINE_GRACE,
+        };
+        inputs.push(inputs_tx);
+        announced.push(Arc::clone(&worker.announced));
+        shared.push(Arc::clone(&worker.shared));
+        workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run())?);
+    }
+    tokio::spawn(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced, inputs.clone(), Arc::clone(&links)));
+    Ok(Pipeline { inputs, stop, shared, links, workers, started: Instant::now() })
+}
+
+/// The copier's own `name=value` counters, summed over the workers.
+fn copier_pairs(shared: &[Arc<Shared>], links: &LinkStats) -> Vec<(&'static str, u64)> {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut pairs = shared.counters.lock().expect("not poisoned").pairs();
-    let (active, buffered) = *shared.active.lock().expect("not poisoned");
-    pairs.push(("active", active as u64));
-    pairs.push(("buffered", buffered as u64));
-    pairs.push(("tx_errors", *shared.tx_errors.lock().expect("not poisoned")));
+    let mut pairs = Counters::default().pairs();
+    let (mut active, mut buffered, mut tx_errors) = (0, 0, 0);
+    for s in shared {
+        let worker = s.counters.lock().expect("not poisoned").pairs();
+        for (total, (_, v)) in pairs.iter_mut().zip(worker) {
+            total.1 += v;
+        }
+        let (a, b) = *s.active.lock().expect("not poisoned");
+        (active, buffered) = (active + a as u64, buffered + b as u64);
+        tx_errors += *s.tx_errors.lock().expect("not poisoned");
+    }
+    pairs.push(("active", active));
+    pairs.push(("buffered", buffered));
+    pairs.push(("tx_errors", tx_errors));
+    pairs.push(("cpu_us", xdp_runtime::cpu::process_cpu_us()));
     pairs.push(("intercepts", links.connected.load(Relaxed)));
     pairs.push(("reconnects", links.reconnects.load(Relaxed)));
     pairs.push(("facts", links.facts.load(Relaxed)));
@@ -271,12 +322,26 @@ fn line(label: &str, pairs: &[(&'static str, u64)], before: &[(&'static str, u64
     if !before.is_empty() {
         s += " | per second:";
         for ((k, v), (_, b)) in pairs.iter().zip(before) {
-            if ["sessions", "completed", "sent", "bytes"].contains(k) {
+            if ["sessions", "completed", "requests", "sent", "bytes", "cpu_us"].contains(k) {
                 s += &format!(" {k}={:.1}", v.saturating_sub(*b) as f64 / seconds.max(1e-9));
             }
         }
     }
     s
+}
+
+/// What only the summary says: rates over the whole run, and what the run cost.
+fn cost_pairs(pairs: &[(&'static str, u64)], p: &Pipeline) -> Vec<(&'static str, u64)> {
+    let seconds = p.started.elapsed().as_secs_f64().max(1e-6);
+    let get = |name: &str| pairs.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
+    let worker_cpu: u64 = p.shared.iter().map(|s| s.cpu_us.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    vec![
+        ("elapsed_ms", (seconds * 1e3) as u64),
+        ("pps", (get("sent") as f64 / seconds) as u64),
+        ("workers", p.shared.len() as u64),
+        ("worker_cpu_us", worker_cpu),
+        ("peak_rss_kib", xdp_runtime::cpu::peak_rss_kib()),
+    ]
 }
 
 async fn wait_for_intercepts(p: &Pipeline, wanted: usize) {
@@ -290,13 +355,12 @@ async fn wait_for_intercepts(p: &Pipeline, wanted: usize) {
     }
 }
 
-/// Feeds the capture file to the worker at its recorded pace (scaled by `-a`, gaps over `-I`
+/// Feeds the capture file to the workers at its recorded pace (scaled by `-a`, gaps over `-I`
 /// cut); returns the file's error, if it ended early.
-fn feed(mut source: PcapSource, inputs: std::sync::mpsc::SyncSender<Input>, speed: f64, skip_gap_us: Option<u64>, stop: Arc<AtomicBool>) -> Option<String> {
+fn feed(mut source: PcapSource, mut dispatch: Dispatch, speed: f64, skip_gap_us: Option<u64>, stop: Arc<AtomicBool>) -> Option<String> {
     let start = Instant::now();
     let (mut first, mut last, mut skipped) = (None::<u64>, 0u64, 0u64);
     let mut batch = Batch::default();
-    let mut pending = Batch::default();
     let mut packets = 0u64;
     let outcome = loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -307,7 +371,7 @@ fn feed(mut source: PcapSource, inputs: std::sync::mpsc::SyncSender<Input>, spee
             Err(err) => {
                 // Replay what was read, then report.
                 for (ts, link, p) in batch.iter() {
-                    pending.push(ts, link, p);
+                    let _ = dispatch.push(ts, link, p);
                 }
                 break Some(err.to_string());
             }
@@ -323,26 +387,22 @@ fn feed(mut source: PcapSource, inputs: std::sync::mpsc::SyncSender<Input>, spee
             let due = Duration::from_secs_f64(ts.saturating_sub(base).saturating_sub(skipped) as f64 / 1e6 / speed);
             let now = start.elapsed();
             if due > now + Duration::from_millis(1) {
-                if !pending.is_empty() {
-                    let _ = inputs.send(Input::Captured(std::mem::take(&mut pending)));
+                if dispatch.flush().is_err() {
+                    return None;
                 }
                 std::thread::sleep(due - now);
             }
-            pending.push(ts, link, p);
-            packets += 1;
-            if pending.len() >= copier_user::pcap::BATCH {
-                let _ = inputs.send(Input::Captured(std::mem::take(&mut pending)));
+            if dispatch.push(ts, link, p).is_err() {
+                return None;
             }
+            packets += 1;
         }
         if !more {
             break None;
         }
     };
-    if !pending.is_empty() {
-        let _ = inputs.send(Input::Captured(pending));
-    }
     log::info!("capture file read: {packets} packets replayed, {} records skipped (not IP)", source.skipped);
-    let _ = inputs.send(Input::SourceDone);
+    dispatch.finish();
     outcome
 }
 
@@ -352,7 +412,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(PcapSource::open(path)?),
         None => None,
     };
-    let pipeline = start_pipeline(&args, secret)?;
+    let mut pipeline = start_pipeline(&args, secret)?;
     for m in &args.mappings.0 {
         log::info!("replaying {} to {}", m.online, m.target);
     }
@@ -362,13 +422,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // A file's first sessions would lose their replies to an intercept not yet connected;
             // live traffic does not wait (SYN retransmission covers a late intercept).
             wait_for_intercepts(&pipeline, args.intercepts.0.len()).await;
-            let (inputs, stop) = (pipeline.inputs.clone(), Arc::clone(&pipeline.stop));
+            let (dispatch, stop) = (Dispatch::new(pipeline.inputs.clone(), WhenFull::Wait), Arc::clone(&pipeline.stop));
             let (speed, gap) = (args.speed, args.skip_gaps_ms.map(|ms| ms * 1000));
-            Some(std::thread::Builder::new().name("copier-pcap".into()).spawn(move || feed(source, inputs, speed, gap, stop))?)
+            Some(std::thread::Builder::new().name("copier-pcap".into()).spawn(move || feed(source, dispatch, speed, gap, stop))?)
         }
         None => {
             let iface = args.iface.as_deref().expect("clap requires a source");
-            online = Some(online::Capture::start(iface, &args.mappings, args.force, pipeline.inputs.clone())?);
+            let mode = match args.mode {
+                Mode::Copy => online::OnlineMode::Copy,
+                Mode::Mirror => online::OnlineMode::Mirror { drop_other: args.mirror_other == Some(Other::Drop) },
+            };
+            online = Some(online::Capture::start(iface, &args.mappings, args.force, mode, pipeline.inputs.clone())?);
             None
         }
     };
@@ -386,7 +450,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 break;
             }
             _ = ticker.tick() => {
-                if pipeline.worker.is_finished() {
+                if pipeline.workers.iter().all(|w| w.is_finished()) {
                     break;
                 }
                 if since.elapsed() >= interval {
@@ -402,12 +466,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let xdp_totals = online.as_ref().map(|c| c.pairs()).transpose()?.unwrap_or_default();
     drop(online); // detaches the XDP program before anything else can fail
-    let Pipeline { inputs, worker, shared, links, .. } = pipeline;
-    drop(inputs);
     let truncated = feeder.map(|f| f.join().ok().flatten()).unwrap_or_default();
-    worker.join().map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+    for worker in pipeline.workers.drain(..) {
+        worker.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+    }
     let mut totals = xdp_totals;
-    totals.extend(copier_pairs(&shared, &links));
+    totals.extend(copier_pairs(&pipeline.shared, &pipeline.links));
+    totals.extend(cost_pairs(&totals, &pipeline));
     println!("{}", line("summary", &totals, &[], 0.0));
     if let Some(err) = truncated {
         eprintln!("copier: warning: {err}");
@@ -462,5 +527,22 @@ mod tests {
             let err = Args::try_parse_from(argv).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
         }
+    }
+
+    #[test]
+    fn inconsistent_flags_are_refused_with_the_reason() {
+        let base = ["copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3"];
+        for (extra, why) in [
+            (&["-i", "f", "--mode", "mirror"][..], "--iface"),
+            (&["--iface", "m0", "--mirror-other", "drop"], "--mode mirror"),
+            (&["--iface", "m0", "--tx", "raw", "--out-iface", "x"], "--tx xdp"),
+        ] {
+            let args = Args::try_parse_from(base.iter().chain(extra)).unwrap();
+            assert!(args.inconsistent().is_some_and(|w| w.contains(why)), "{extra:?}");
+        }
+        let fine = Args::try_parse_from(base.iter().chain(&["--iface", "m0", "--mode", "mirror", "--mirror-other", "drop", "--workers", "2"])).unwrap();
+        assert_eq!(fine.inconsistent(), None);
+        assert_eq!(fine.worker_config(1).ports, PortClass::new(1, 2));
+        assert!(Args::try_parse_from(base.iter().chain(&["--iface", "m0", "--workers", "0"])).is_err());
     }
 }

@@ -1,11 +1,14 @@
-//! Copy mode on the online interface: the XDP program copies matching frames into a ring
-//! buffer (and passes every frame on); a reader thread drains the ring about every 50 µs and
-//! hands the frames to the worker in batches.
+//! The online interface: the copier's XDP program and the threads that hand its frames to the
+//! workers.
+//!
+//! Copy mode: the program copies matching frames into a ring buffer and passes every frame on;
+//! one reader drains the ring about every 50 µs. Mirror mode: the program redirects matching
+//! frames into one AF_XDP socket per RX queue, each drained by a reader of its own.
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc::{SyncSender, TrySendError},
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::SyncSender,
         Arc,
     },
     thread::JoinHandle,
@@ -14,7 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData, RingBuf, XskMap},
     programs::Xdp,
     Ebpf,
 };
@@ -22,34 +25,52 @@ use common::{
     capture::CaptureRecord,
     counters::CopierCounter,
     endpoint::Endpoint,
-    maps::{CAPTURE, ONLINE_ENDPOINTS},
+    maps::{CAPTURE, MIRROR_DROP_OTHER, ONLINE_ENDPOINTS, XSKS},
 };
 use copier_user::{
     engine::capture::Link,
     mapping::Mappings,
-    pcap::{Batch, BATCH},
-    runtime::worker::Input,
+    runtime::{
+        dispatch::{Dispatch, WhenFull},
+        worker::Input,
+    },
 };
-use xdp_runtime::{counters::Counters, Attached};
+use xdp_runtime::{counters::Counters, xsk_rx::RxSocket, Attached};
 
 /// The eBPF object built from `copier-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/copier"));
 
-/// How long the reader sleeps on an empty ring (never a busy spin: DESIGN.md §4).
+/// How long the ring reader sleeps on an empty ring (never a busy spin: DESIGN.md §4).
 const POLL: Duration = Duration::from_micros(50);
+/// How long an AF_XDP reader waits in poll(2) before it looks at the stop flag.
+const XSK_POLL_MS: i32 = 100;
+
+/// How the online interface is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnlineMode {
+    /// A production NIC: copy, pass everything.
+    Copy,
+    /// A NIC that receives only mirrored traffic: redirect matching frames into AF_XDP; drop
+    /// the rest (`drop_other`) or pass them.
+    Mirror { drop_other: bool },
+}
 
 pub struct Capture {
     counters: Counters<CopierCounter>,
     stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<()>>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    readers: Vec<JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
     // Last: dropping it detaches the program.
     _ebpf: Ebpf,
 }
 
 impl Capture {
-    pub fn start(iface: &str, mappings: &Mappings, force: bool, inputs: SyncSender<Input>) -> anyhow::Result<Self> {
-        let mut ebpf = xdp_runtime::load(EBPF_OBJECT)?;
+    pub fn start(iface: &str, mappings: &Mappings, force: bool, mode: OnlineMode, workers: Vec<SyncSender<Input>>) -> anyhow::Result<Self> {
+        let (program_name, globals) = match mode {
+            OnlineMode::Copy => ("copier", vec![]),
+            OnlineMode::Mirror { drop_other } => ("copier_mirror", vec![(MIRROR_DROP_OTHER, drop_other as u8)]),
+        };
+        let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &globals)?;
         xdp_runtime::forward_logs(&mut ebpf)?;
         {
             let map = ebpf.map_mut(ONLINE_ENDPOINTS).context("eBPF object has no online endpoint map")?;
@@ -59,26 +80,50 @@ impl Capture {
             }
         }
         let counters = Counters::<CopierCounter>::take(&mut ebpf)?;
-        let ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
-        let program: &mut Xdp = ebpf.program_mut("copier").context("eBPF object has no copier program")?.try_into()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::new();
+        let dispatch = || Dispatch::counting_into(workers.clone(), WhenFull::Drop, Arc::clone(&dropped));
+        match mode {
+            OnlineMode::Copy => {
+                let ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
+                let (stop, dispatch) = (Arc::clone(&stop), dispatch());
+                readers.push(std::thread::Builder::new().name("copier-capture".into()).spawn(move || read_ring(ring, dispatch, stop))?);
+            }
+            OnlineMode::Mirror { .. } => {
+                let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
+                let queues = xdp_runtime::xsk_rx::rx_queue_count(iface);
+                for queue in 0..queues.min(common::maps::MAX_QUEUES) {
+                    let socket = RxSocket::open(iface, queue)?;
+                    xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
+                    log::info!("AF_XDP receive on {iface} queue {queue} ({})", if socket.zero_copy { "zero-copy" } else { "copy mode" });
+                    let (stop, dispatch) = (Arc::clone(&stop), dispatch());
+                    readers.push(
+                        std::thread::Builder::new()
+                            .name(format!("copier-xsk-{queue}"))
+                            .spawn(move || read_xsk(socket, dispatch, stop))?,
+                    );
+                }
+            }
+        }
+        let program: &mut Xdp = ebpf.program_mut(program_name).context("eBPF object has no copier program")?.try_into()?;
         program.load().context("loading the copier XDP program (verifier)")?;
+        let what = match mode {
+            OnlineMode::Copy => "copy mode",
+            OnlineMode::Mirror { drop_other: true } => "mirror mode, other frames dropped",
+            OnlineMode::Mirror { drop_other: false } => "mirror mode, other frames passed",
+        };
         match xdp_runtime::attach(program, iface, force)? {
-            Attached::Link => log::info!("XDP program attached to {iface} in copy mode (bpf_link: detached when this process exits)"),
+            Attached::Link => log::info!("XDP program attached to {iface} in {what} (bpf_link: detached when this process exits)"),
             Attached::Netlink => log::warn!(
-                "XDP program attached to {iface} through netlink (no bpf_link support): it is detached on SIGINT/SIGTERM, \
-                 but not if this process is killed"
+                "XDP program attached to {iface} in {what} through netlink (no bpf_link support): it is detached on \
+                 SIGINT/SIGTERM, but not if this process is killed"
             ),
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let reader = {
-            let (stop, dropped) = (Arc::clone(&stop), Arc::clone(&dropped));
-            std::thread::Builder::new().name("copier-capture".into()).spawn(move || read(ring, inputs, stop, dropped))?
-        };
-        Ok(Self { counters, stop, reader: Some(reader), dropped, _ebpf: ebpf })
+        Ok(Self { counters, stop, readers, dropped, _ebpf: ebpf })
     }
 
-    /// The XDP counters, and frames the reader could not hand to a full worker queue.
+    /// The XDP counters, and frames the readers could not hand to a full worker queue.
     pub fn pairs(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         use common::counters::Counter as _;
         let values = self.counters.read()?;
@@ -91,32 +136,44 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(reader) = self.reader.take() {
+        for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
     }
 }
 
-fn read(mut ring: RingBuf<MapData>, inputs: SyncSender<Input>, stop: Arc<AtomicBool>, dropped: Arc<std::sync::atomic::AtomicU64>) {
-    let mut batch = Batch::default();
+fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        while batch.len() < BATCH {
+        let mut taken = 0;
+        while taken < copier_user::pcap::BATCH {
             let Some(item) = ring.next() else { break };
             if let Some(frame) = CaptureRecord::frame(&item) {
-                batch.push(0, Link::Ethernet, frame);
+                if dispatch.push(0, Link::Ethernet, frame).is_err() {
+                    return;
+                }
             }
+            taken += 1;
         }
-        if batch.is_empty() {
+        // Every pass ends the workers' batches: a frame waits at most one pass.
+        if dispatch.flush().is_err() {
+            return;
+        }
+        if taken == 0 {
             std::thread::sleep(POLL);
-            continue;
         }
-        let n = batch.len() as u64;
-        match inputs.try_send(Input::Captured(std::mem::take(&mut batch))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                dropped.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => return,
+    }
+}
+
+fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut gone = false;
+        let received = socket.receive(XSK_POLL_MS, |frame| gone |= dispatch.push(0, Link::Ethernet, frame).is_err());
+        if let Err(err) = received {
+            log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
+            return;
+        }
+        if gone || dispatch.flush().is_err() {
+            return;
         }
     }
 }

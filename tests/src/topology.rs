@@ -23,7 +23,14 @@ pub mod iface {
     pub const TARGET_TO_ASSIST: &str = "to-assist";
     pub const ASSIST_TO_TARGET: &str = "to-target";
     pub const ASSIST_TO_ONLINE: &str = "to-online";
+    /// On the online host, after [`super::Testbed::mirror_client_link`]: the NIC that receives
+    /// a copy of every frame on the client link (as a SPAN port would), and its feeding end.
+    pub const ONLINE_MIRROR: &str = "mirror";
+    pub const ONLINE_MIRROR_FEED: &str = "mirror-feed";
 }
+
+/// TX and RX queues of the online host's link to the test server: one per copier worker.
+pub const ONLINE_TO_TARGET_QUEUES: u32 = 2;
 
 /// Addresses (each /24). Fixed: namespaces keep parallel test beds apart.
 pub mod addr {
@@ -67,7 +74,15 @@ pub struct Testbed {
 }
 
 fn link(a: &Netns, a_if: &str, a_ip: Ipv4Addr, b: &Netns, b_if: &str, b_ip: Ipv4Addr) -> anyhow::Result<()> {
-    netns::ip(&["link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()])?;
+    link_with_queues(a, a_if, a_ip, b, b_if, b_ip, 1)
+}
+
+fn link_with_queues(a: &Netns, a_if: &str, a_ip: Ipv4Addr, b: &Netns, b_if: &str, b_ip: Ipv4Addr, queues: u32) -> anyhow::Result<()> {
+    let q = queues.to_string();
+    netns::ip(&[
+        "link", "add", a_if, "netns", a.name(), "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", b_if, "netns",
+        b.name(), "numtxqueues", &q, "numrxqueues", &q,
+    ])?;
     for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
         ns.ip(&["link", "set", ifname, "up"])?;
@@ -91,7 +106,7 @@ impl Testbed {
         };
         use self::{addr as a, iface as i};
         link(&tb.client, i::CLIENT_TO_ONLINE, a::CLIENT, &tb.online, i::ONLINE_TO_CLIENT, a::ONLINE)?;
-        link(&tb.online, i::ONLINE_TO_TARGET, a::ONLINE_TO_TARGET, &tb.target, i::TARGET_TO_ONLINE, a::TARGET)?;
+        link_with_queues(&tb.online, i::ONLINE_TO_TARGET, a::ONLINE_TO_TARGET, &tb.target, i::TARGET_TO_ONLINE, a::TARGET, ONLINE_TO_TARGET_QUEUES)?;
         link(&tb.target, i::TARGET_TO_ASSIST, a::TARGET_TO_ASSIST, &tb.assist, i::ASSIST_TO_TARGET, a::ASSIST)?;
         link(&tb.online, i::ONLINE_TO_ASSIST, a::ONLINE_CONTROL, &tb.assist, i::ASSIST_TO_ONLINE, a::ASSIST_CONTROL)?;
         // The assistant host reaches the test server too (as a real one would).
@@ -103,6 +118,31 @@ impl Testbed {
             tb.target.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
         }
         Ok(tb)
+    }
+
+    /// Mirrors every frame the online host's client link receives or sends onto a second NIC
+    /// of the online host, [`iface::ONLINE_MIRROR`] (tc mirred, like a switch's SPAN port).
+    pub fn mirror_client_link(&self) -> anyhow::Result<()> {
+        use self::iface as i;
+        let ns = &self.online;
+        ns.ip(&["link", "add", i::ONLINE_MIRROR_FEED, "type", "veth", "peer", "name", i::ONLINE_MIRROR])?;
+        for ifname in [i::ONLINE_MIRROR_FEED, i::ONLINE_MIRROR] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        let tc = |args: &[&str]| -> anyhow::Result<()> {
+            let out = ns.exec("tc", args)?;
+            anyhow::ensure!(out.status.success(), "tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        tc(&["qdisc", "add", "dev", i::ONLINE_TO_CLIENT, "clsact"])?;
+        for direction in ["ingress", "egress"] {
+            tc(&[
+                // u32 matching every frame: this kernel has no matchall classifier.
+                "filter", "add", "dev", i::ONLINE_TO_CLIENT, direction, "protocol", "all", "u32", "match", "u32", "0", "0", "action",
+                "mirred", "egress", "mirror", "dev", i::ONLINE_MIRROR_FEED,
+            ])?;
+        }
+        Ok(())
     }
 
     pub fn host(&self, host: Host) -> &Netns {

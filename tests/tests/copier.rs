@@ -165,7 +165,7 @@ fn live_traffic_is_copied_while_production_answers_every_client() {
 }
 
 #[test]
-fn multiply_with_client_ranges_delivers_every_request_three_times() {
+fn two_workers_multiply_with_client_ranges_and_deliver_every_request_three_times() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
     let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
@@ -178,15 +178,56 @@ fn multiply_with_client_ranges_delivers_every_request_three_times() {
         .unwrap();
     let pcap = dump.finish().unwrap();
     // Copies come from 10.100.1.100-10.100.1.110, inside the network the test server routes
-    // through the assistant host.
-    let mut copier = replay(&tb, &pcap, &["-n", "3", "-c", "10.100.1.100-10.100.1.110"]);
+    // through the assistant host. Two workers, each with an AF_XDP socket on a TX queue of its
+    // own; -c crowds many sessions onto few addresses, where the workers' ports must not clash.
+    let mut copier = replay(&tb, &pcap, &["-n", "3", "-c", "10.100.1.100-10.100.1.110", "--workers", "2", "--tx", "xdp"]);
     assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
     let got = target.requests();
     assert_eq!(got.len(), 30, "{}", copier.describe());
     for line in online.requests() {
         assert_eq!(got.iter().filter(|l| **l == line).count(), 3, "{line}");
     }
-    assert_eq!(stats::last(&copier.stdout()).unwrap().get("completed"), 30);
+    for queue in 0..2 {
+        assert!(copier.stderr().contains(&format!("AF_XDP transmit on to-target queue {queue}")), "{}", copier.describe());
+    }
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert_eq!((summary.get("completed"), summary.get("requests"), summary.get("workers")), (30, 30, 2), "{}", copier.describe());
+    assert_eq!((summary.get("unmatched_replies"), summary.get("tx_errors")), (0, 0), "{}", copier.describe());
+}
+
+#[test]
+fn mirror_mode_replays_what_a_span_port_sees_with_two_workers() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online, target, _intercept } = servers(&tb);
+    tb.mirror_client_link().unwrap();
+    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()])
+        .args(["--iface", iface::ONLINE_MIRROR, "--mode", "mirror", "--mirror-other", "drop", "--workers", "2"])
+        .args(["--stats-interval", "0.5"]);
+    let mut copier = tb.start("copier", cmd).unwrap();
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+
+    let statuses = tb
+        .client
+        .run(|| {
+            let mut all: Vec<u16> = (0..30).map(|i| traffic::http_get(online_http(), &format!("/mirror/{i}")).unwrap()).collect();
+            let paths: Vec<String> = (0..5).map(|i| format!("/mirror-keepalive/{i}")).collect();
+            all.extend(traffic::http_keepalive(online_http(), &paths).unwrap());
+            all
+        })
+        .unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "production answered every client: {statuses:?}");
+    let copied = wait_requests(&target, 35, Duration::from_secs(15));
+    assert_eq!(request_set(copied), request_set(online.requests()), "{}", copier.describe());
+    assert_eq!(target.requests().len(), 35, "each request once");
+
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    assert_eq!(tb.online.xdp_program(iface::ONLINE_MIRROR).unwrap(), None, "no XDP program left");
+    let s = stats::last(&copier.stdout()).unwrap();
+    assert!(s.get("redirected") >= 35 * 3 && s.get("redirected") == s.get("matched"), "{}", copier.describe());
+    assert!(s.get("dropped") > 0, "the online server's mirrored answers are dropped: {}", copier.describe());
+    assert_eq!((s.get("copied"), s.get("no_socket"), s.get("queue_full")), (0, 0, 0), "{}", copier.describe());
 }
 
 #[test]

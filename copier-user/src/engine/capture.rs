@@ -29,22 +29,31 @@ pub struct ClientSegment<'a> {
     pub payload: &'a [u8],
 }
 
+/// Parses the link, IP and TCP headers, nothing more.
+fn segment(link: Link, packet: &[u8]) -> Result<Option<TcpSegment>, Malformed> {
+    let (start, end) = (packet.as_ptr() as usize, packet.as_ptr() as usize + packet.len());
+    // SAFETY: start..end is the slice.
+    unsafe {
+        match link {
+            Link::Ethernet => parse_ethernet(start, end),
+            Link::Ip => match packet.first().map(|b| b >> 4) {
+                Some(4) => parse_ipv4(start, end, 0),
+                Some(6) => parse_ipv6(start, end, 0),
+                _ => Err(Malformed::BadIpVersion),
+            },
+        }
+    }
+}
+
+/// The two endpoints of a TCP packet, for sharding; `None` for anything else.
+pub fn endpoints(link: Link, packet: &[u8]) -> Option<(Endpoint, Endpoint)> {
+    segment(link, packet).ok().flatten().map(|s| (s.src, s.dst))
+}
+
 /// Parses a captured packet. `Ok(None)`: not TCP. A capture cut short by the snap length is
 /// `Truncated`: its missing bytes could not be replayed.
 pub fn parse(link: Link, packet: &[u8]) -> Result<Option<ClientSegment<'_>>, Malformed> {
-    let (start, end) = (packet.as_ptr() as usize, packet.as_ptr() as usize + packet.len());
-    // SAFETY: start..end is the slice.
-    let seg: Option<TcpSegment> = unsafe {
-        match link {
-            Link::Ethernet => parse_ethernet(start, end)?,
-            Link::Ip => match packet.first().map(|b| b >> 4) {
-                Some(4) => parse_ipv4(start, end, 0)?,
-                Some(6) => parse_ipv6(start, end, 0)?,
-                _ => return Err(Malformed::BadIpVersion),
-            },
-        }
-    };
-    let Some(seg) = seg else { return Ok(None) };
+    let Some(seg) = segment(link, packet)? else { return Ok(None) };
     if seg.l4_end > packet.len() {
         return Err(Malformed::Truncated);
     }

@@ -24,7 +24,7 @@ use common::{endpoint::Endpoint, facts::ReplyFacts, tcp::flags::SYN};
 
 use self::{
     capture::{ClientSegment, Link},
-    rewrite::{next_port, sampled, shifted_port, ClientAddrs},
+    rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
     session::{Session, SynParams},
 };
 use crate::mapping::Mapping;
@@ -57,6 +57,8 @@ pub struct Config {
     pub response_timeout_us: u64,
     /// MSS of fabricated handshakes (sessions captured mid-stream).
     pub default_mss: u16,
+    /// The replay source ports this engine may use (its worker's share).
+    pub ports: PortClass,
 }
 
 impl Config {
@@ -76,6 +78,7 @@ impl Config {
             response_quiet_us: 50_000,
             response_timeout_us: 2_000_000,
             default_mss: 1460,
+            ports: PortClass::ALL,
         }
     }
 
@@ -104,6 +107,8 @@ pub struct Counters {
     pub port_probes: u64,
     pub packets_sent: u64,
     pub packets_retransmitted: u64,
+    /// Requests sent (client data runs between the online server's answers; every copy counts).
+    pub requests_sent: u64,
     pub payload_bytes_sent: u64,
     /// Captured packets of no mapping, or not TCP.
     pub captured_ignored: u64,
@@ -123,6 +128,7 @@ impl Counters {
             ("gave_up", self.sessions_gave_up),
             ("shed", self.sessions_shed),
             ("skipped", self.sessions_skipped),
+            ("requests", self.requests_sent),
             ("sent", self.packets_sent),
             ("retransmitted", self.packets_retransmitted),
             ("bytes", self.payload_bytes_sent),
@@ -364,14 +370,14 @@ impl Engine {
             Some(addrs) => Endpoint::from(SocketAddr::new(addrs.for_client(&client.addr, copy), 0)).addr,
             None => client.addr,
         };
-        let mut port = shifted_port(client.port, copy, self.config.port_shift);
+        let mut port = self.config.ports.fit(shifted_port(client.port, copy, self.config.port_shift));
         for _ in 0..65536 {
             let candidate = Endpoint::v6(addr, port);
             if !self.by_replay.contains_key(&candidate) {
                 return Some(candidate);
             }
             self.counters.port_probes += 1;
-            port = next_port(port);
+            port = self.config.ports.next(port);
         }
         self.counters.sessions_shed += 1;
         None

@@ -119,6 +119,52 @@ pub fn next_port(port: u16) -> u16 {
     if port == u16::MAX { 1024 } else { port.max(1023) + 1 }
 }
 
+/// The replay source ports one worker of several may use: those ≡ `index` (mod `count`).
+///
+/// Workers own disjoint port classes, so two workers never replay from the same client
+/// endpoint (a clash `-c` or `-n` could otherwise cause), and a reply finds its worker by its
+/// destination port alone: no shared table, no lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortClass {
+    index: u16,
+    count: u16,
+}
+
+impl PortClass {
+    /// The whole port space: one worker.
+    pub const ALL: Self = Self { index: 0, count: 1 };
+
+    /// Class `index` of `count` (`index < count`).
+    pub fn new(index: u16, count: u16) -> Self {
+        assert!(index < count, "port class {index} of {count}");
+        Self { index, count }
+    }
+
+    /// Which class a port belongs to: the worker that owns replies to it.
+    pub fn of(port: u16, count: u16) -> u16 {
+        port % count.max(1)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        Self::of(port, self.count) == self.index
+    }
+
+    /// `port` if it is in the class, else the next port of the class.
+    pub fn fit(&self, port: u16) -> u16 {
+        if self.contains(port) { port } else { self.next(port) }
+    }
+
+    /// The next port of the class after `port` (stays in 1024..=65535, like [`next_port`]).
+    pub fn next(&self, mut port: u16) -> u16 {
+        loop {
+            port = next_port(port);
+            if self.contains(port) {
+                return port;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +232,26 @@ mod tests {
         // The original tool's wrap put low ports of every copy on one port; ours spreads them.
         let low: std::collections::HashSet<_> = (1..1024u16).map(|p| shifted_port(p, 1, 1)).collect();
         assert_eq!(low.len(), 1023);
+    }
+
+    #[test]
+    fn port_classes_partition_the_ports_among_workers() {
+        let classes: Vec<_> = (0..3).map(|i| PortClass::new(i, 3)).collect();
+        for port in [1024u16, 40000, 40001, 40002, 65535, 65534, 80] {
+            let owners: Vec<_> = classes.iter().filter(|c| c.contains(port)).collect();
+            assert_eq!(owners.len(), 1, "port {port}");
+            for c in &classes {
+                let p = c.fit(port);
+                assert!(c.contains(p), "{c:?} fit {port} -> {p}");
+                assert_eq!(PortClass::of(p, 3), c.index, "a reply to {p} finds its worker");
+                let n = c.next(p);
+                assert!(c.contains(n) && n != p && n >= 1024);
+            }
+        }
+        // The owner keeps the client's port; the others move it by less than a class width.
+        assert_eq!(classes[PortClass::of(40000, 3) as usize].fit(40000), 40000);
+        assert!(classes.iter().all(|c| c.fit(40000) - 40000 < 3));
+        assert_eq!(PortClass::ALL.fit(80), 80);
+        assert_eq!(PortClass::ALL.next(65535), 1024);
     }
 }

@@ -214,6 +214,15 @@ impl Session {
         }
     }
 
+    /// How many requests begin in the stream bytes `start..end`: the first at offset 0, the
+    /// others at the marks.
+    fn requests_starting_in(&self, start: u32, end: u32) -> u64 {
+        let first = self.marks.partition_point(|m| m.start < start);
+        let at_marks = self.marks.range(first..).take_while(|m| m.start < end).count() as u64;
+        let at_zero = start == 0 && self.marks.front().is_none_or(|m| m.start != 0);
+        at_marks + at_zero as u64
+    }
+
     /// A reply of the test server.
     pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts) {
         self.last_activity = ctx.now;
@@ -458,8 +467,11 @@ impl Session {
         ctx.counters.payload_bytes_sent += len as u64;
         if retransmission {
             ctx.counters.packets_retransmitted += 1;
-        } else if self.rtt_probe.is_none() {
-            self.rtt_probe = Some((offset + len as u32, ctx.now));
+        } else {
+            ctx.counters.requests_sent += self.requests_starting_in(offset, offset + len as u32);
+            if self.rtt_probe.is_none() {
+                self.rtt_probe = Some((offset + len as u32, ctx.now));
+            }
         }
         self.arm_rto(ctx);
     }

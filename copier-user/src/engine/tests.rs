@@ -192,6 +192,7 @@ fn the_next_request_waits_until_the_target_took_and_answered_the_previous_one() 
     e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"first"));
     e.on_captured(2_000, Link::Ip, &data(40000, 5, 300, b"second")); // after a 300-byte answer
     assert_eq!(payloads(&sent(&mut e)), b"first");
+    assert_eq!(e.counters().requests_sent, 1);
     e.on_reply(3_000, &reply(c, 5, 0, 0, 0)); // took it
     assert!(sent(&mut e).is_empty(), "taken but not answered");
     e.on_reply(3_100, &reply(c, 5, 0, 200, PSH));
@@ -200,6 +201,7 @@ fn the_next_request_waits_until_the_target_took_and_answered_the_previous_one() 
     let s = sent(&mut e);
     assert_eq!(payloads(&s), b"second");
     assert_eq!(s.last().unwrap().ack, SeqNum(TARGET_ISN + 1 + 300), "acknowledges the whole answer");
+    assert_eq!(e.counters().requests_sent, 2);
 }
 
 #[test]
@@ -451,6 +453,22 @@ fn copies_that_would_collide_move_to_a_free_port() {
     let ports: std::collections::HashSet<u16> = sent(&mut e).iter().map(|p| p.src.port).collect();
     assert_eq!(ports.len(), 4);
     assert!(e.counters().port_probes >= 1);
+}
+
+#[test]
+fn a_worker_replays_only_from_its_own_port_class() {
+    let mut cfg = config();
+    cfg.multiply = 3;
+    cfg.ports = super::rewrite::PortClass::new(1, 2);
+    let mut e = Engine::new(cfg);
+    for port in [40000, 40001, 40002] {
+        e.on_captured(0, Link::Ip, &captured(port, SYN, 1, 0, &[], &[]));
+    }
+    let ports: Vec<u16> = sent(&mut e).iter().map(|p| p.src.port).collect();
+    assert_eq!(ports.len(), 9);
+    assert!(ports.iter().all(|p| p % 2 == 1), "odd ports only: {ports:?}");
+    assert_eq!(ports.iter().collect::<std::collections::HashSet<_>>().len(), 9, "all distinct: {ports:?}");
+    assert!(ports.contains(&40001), "a port already in the class is kept");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! client endpoint the sessions replay from, to all of them, again after each reconnect. Each
 //! batch of announcements is followed by a SYNC; the worker holds the batch's packets (its new
 //! SYNs) until every connected intercept answered SYNCED, so no SYN-ACK arrives unowned.
+//! Reply facts go to the worker whose port class holds the reply's destination port.
 
 use std::{
     collections::HashSet,
@@ -25,8 +26,8 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::worker::{Announced, Input};
-use crate::engine::Event;
+use super::worker::{split_token, sync_token, Announced, Input};
+use crate::engine::{rewrite::PortClass, Event};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -45,7 +46,7 @@ pub struct LinkStats {
 enum Control {
     Connected(usize, mpsc::Sender<Vec<u8>>),
     Disconnected(usize),
-    /// Intercept `usize` has every announcement up to batch `u64` in effect.
+    /// Intercept `usize` has every announcement up to SYNC token `u64` in effect.
     Synced(usize, u64),
 }
 
@@ -56,24 +57,30 @@ fn sync_frame(token: u64) -> Vec<u8> {
     buf
 }
 
-/// Announcement batches some intercept has not confirmed yet (SYNC sent, SYNCED not back).
-#[derive(Default)]
+/// Announcement batches some intercept has not confirmed yet (SYNC sent, SYNCED not back), by
+/// SYNC token: ordered by worker, then by the worker's batch number.
 struct Pending {
     batches: std::collections::BTreeMap<u64, HashSet<usize>>,
-    latest: u64,
+    /// Each worker's latest batch.
+    latest: Vec<u64>,
 }
 
 impl Pending {
-    /// Every batch before the oldest unconfirmed one is in effect everywhere.
-    fn confirmed(&self) -> u64 {
-        self.batches.keys().next().map_or(self.latest, |oldest| oldest - 1)
+    fn new(workers: usize) -> Self {
+        Self { batches: Default::default(), latest: vec![0; workers] }
     }
 
-    fn confirm(&mut self, link: usize, batch: u64) {
-        if let Some(links) = self.batches.get_mut(&batch) {
+    /// Every batch of `worker` before its oldest unconfirmed one is in effect everywhere.
+    fn confirmed(&self, worker: u16) -> u64 {
+        let mine = sync_token(worker, 0)..sync_token(worker, u64::MAX);
+        self.batches.range(mine).next().map_or(self.latest[worker as usize], |(&oldest, _)| split_token(oldest).1 - 1)
+    }
+
+    fn confirm(&mut self, link: usize, token: u64) {
+        if let Some(links) = self.batches.get_mut(&token) {
             links.remove(&link);
             if links.is_empty() {
-                self.batches.remove(&batch);
+                self.batches.remove(&token);
             }
         }
     }
@@ -98,26 +105,32 @@ fn endpoint_frames(own: bool, endpoints: &[Endpoint]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Runs the hub and one connection task per intercept until `events` closes.
+/// Runs the hub and one connection task per intercept until `events` closes. `announced` and
+/// `workers` hold one entry per worker, in worker order.
 pub async fn run(
     intercepts: Vec<SocketAddr>,
     secret: Option<Arc<[u8]>>,
     mut events: mpsc::Receiver<(u64, Vec<Event>)>,
-    announced: Arc<Announced>,
-    to_worker: SyncSender<Input>,
+    announced: Vec<Arc<Announced>>,
+    workers: Vec<SyncSender<Input>>,
     stats: Arc<LinkStats>,
 ) {
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     for (i, addr) in intercepts.iter().copied().enumerate() {
-        tokio::spawn(connection(i, addr, secret.clone(), ctl_tx.clone(), to_worker.clone(), Arc::clone(&stats)));
+        tokio::spawn(connection(i, addr, secret.clone(), ctl_tx.clone(), workers.clone(), Arc::clone(&stats)));
     }
     drop(ctl_tx);
     let mut owned: HashSet<Endpoint> = HashSet::new();
     let mut links: Vec<Option<mpsc::Sender<Vec<u8>>>> = vec![None; intercepts.len()];
-    let mut pending = Pending::default();
+    let mut pending = Pending::new(announced.len());
+    let publish = |pending: &Pending| {
+        for (w, a) in announced.iter().enumerate() {
+            a.mark_confirmed(pending.confirmed(w as u16));
+        }
+    };
     loop {
         tokio::select! {
-            Some((batch, evs)) = events.recv() => {
+            Some((token, evs)) = events.recv() => {
                 let (mut own, mut disown) = (Vec::new(), Vec::new());
                 for e in evs {
                     match e {
@@ -129,7 +142,7 @@ pub async fn run(
                 let mut waiting = HashSet::new();
                 for (i, link) in links.iter_mut().enumerate() {
                     let Some(tx) = link else { continue };
-                    if frames.iter().chain([&sync_frame(batch)]).any(|f| tx.try_send(f.clone()).is_err()) {
+                    if frames.iter().chain([&sync_frame(token)]).any(|f| tx.try_send(f.clone()).is_err()) {
                         // It cannot keep up with announcements: reconnecting re-announces all.
                         log::warn!("intercept {} is not reading; dropping the connection", intercepts[i]);
                         *link = None;
@@ -137,11 +150,12 @@ pub async fn run(
                         waiting.insert(i);
                     }
                 }
-                pending.latest = batch;
+                let (worker, batch) = split_token(token);
+                pending.latest[worker as usize] = batch;
                 if !waiting.is_empty() {
-                    pending.batches.insert(batch, waiting);
+                    pending.batches.insert(token, waiting);
                 }
-                announced.mark_confirmed(pending.confirmed());
+                publish(&pending);
             }
             Some(ctl) = ctl_rx.recv() => match ctl {
                 Control::Connected(i, tx) => {
@@ -153,11 +167,11 @@ pub async fn run(
                 Control::Disconnected(i) => {
                     links[i] = None;
                     pending.forget_link(i);
-                    announced.mark_confirmed(pending.confirmed());
+                    publish(&pending);
                 }
-                Control::Synced(i, batch) => {
-                    pending.confirm(i, batch);
-                    announced.mark_confirmed(pending.confirmed());
+                Control::Synced(i, token) => {
+                    pending.confirm(i, token);
+                    publish(&pending);
                 }
             },
             else => break,
@@ -171,7 +185,7 @@ async fn session(
     secret: &[u8],
     i: usize,
     ctl: &mpsc::Sender<Control>,
-    to_worker: &SyncSender<Input>,
+    workers: &[SyncSender<Input>],
     stats: &LinkStats,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -211,15 +225,20 @@ async fn session(
                     ctl.send(Control::Connected(i, out_tx.clone())).await.map_err(|_| "shutting down".to_string())?;
                 }
                 Message::Facts(records) if writer.is_some() => {
-                    let facts: Vec<_> = records.collect();
-                    let n = facts.len() as u64;
-                    stats.facts.fetch_add(n, Relaxed);
-                    match to_worker.try_send(Input::Facts(facts)) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => {
-                            stats.facts_dropped.fetch_add(n, Relaxed);
+                    let mut per_worker: Vec<Vec<_>> = vec![Vec::new(); workers.len()];
+                    for f in records {
+                        per_worker[PortClass::of(f.client.port, workers.len() as u16) as usize].push(f);
+                    }
+                    for (facts, worker) in per_worker.into_iter().zip(workers).filter(|(f, _)| !f.is_empty()) {
+                        let n = facts.len() as u64;
+                        stats.facts.fetch_add(n, Relaxed);
+                        match worker.try_send(Input::Facts(facts)) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(_)) => {
+                                stats.facts_dropped.fetch_add(n, Relaxed);
+                            }
+                            Err(TrySendError::Disconnected(_)) => return Ok(()),
                         }
-                        Err(TrySendError::Disconnected(_)) => return Ok(()),
                     }
                 }
                 Message::Synced(batch) => {
@@ -253,7 +272,7 @@ async fn connection(
     addr: SocketAddr,
     secret: Option<Arc<[u8]>>,
     ctl: mpsc::Sender<Control>,
-    to_worker: SyncSender<Input>,
+    workers: Vec<SyncSender<Input>>,
     stats: Arc<LinkStats>,
 ) {
     let secret = secret.as_deref().unwrap_or_default().to_vec();
@@ -261,7 +280,7 @@ async fn connection(
     let mut last_reason = String::new();
     loop {
         let was_connected = stats.connected.load(Relaxed);
-        let outcome = session(addr, &secret, i, &ctl, &to_worker, &stats).await;
+        let outcome = session(addr, &secret, i, &ctl, &workers, &stats).await;
         if ctl.is_closed() {
             return;
         }
@@ -279,5 +298,29 @@ async fn connection(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_waits_only_for_its_own_unconfirmed_announcements() {
+        let mut p = Pending::new(2);
+        for (worker, batch) in [(0, 1), (0, 2), (1, 1)] {
+            p.latest[worker as usize] = batch;
+            p.batches.insert(sync_token(worker, batch), HashSet::from([0, 1]));
+        }
+        assert_eq!((p.confirmed(0), p.confirmed(1)), (0, 0));
+        p.confirm(0, sync_token(1, 1));
+        p.confirm(1, sync_token(1, 1));
+        assert_eq!((p.confirmed(0), p.confirmed(1)), (0, 1), "worker 1 confirmed by both links");
+        p.confirm(0, sync_token(0, 1));
+        assert_eq!(p.confirmed(0), 0, "link 1 has not confirmed worker 0's batch 1");
+        p.forget_link(1);
+        assert_eq!(p.confirmed(0), 1, "batch 2 still waits for link 0");
+        p.confirm(0, sync_token(0, 2));
+        assert_eq!(p.confirmed(0), 2);
     }
 }

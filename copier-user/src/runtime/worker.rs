@@ -53,15 +53,33 @@ impl Announced {
     }
 }
 
+/// A SYNC token: the worker's index in the top 16 bits, its announcement batch below.
+pub fn sync_token(worker: u16, batch: u64) -> u64 {
+    (worker as u64) << 48 | (batch & TOKEN_BATCH)
+}
+
+/// The worker and batch of a SYNC token.
+pub fn split_token(token: u64) -> (u16, u64) {
+    ((token >> 48) as u16, token & TOKEN_BATCH)
+}
+
+const TOKEN_BATCH: u64 = (1 << 48) - 1;
+
 /// What the stats line reads.
 #[derive(Default)]
 pub struct Shared {
+    /// CPU time of the worker thread, microseconds.
+    pub cpu_us: std::sync::atomic::AtomicU64,
     pub counters: Mutex<Counters>,
     pub active: Mutex<(usize, usize)>,
     pub tx_errors: Mutex<u64>,
 }
 
 pub struct Worker {
+    /// Which of the workers this is (its port class and SYNC tokens).
+    pub index: u16,
+    /// The core it is pinned to, if any.
+    pub core: Option<usize>,
     pub engine: Engine,
     pub tx: Transmit,
     pub inputs: Receiver<Input>,
@@ -73,6 +91,9 @@ pub struct Worker {
     pub grace: Duration,
 }
 
+/// How often the stats the main thread reads are refreshed (locks and a clock syscall: not
+/// once per batch).
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Longest sleep between timer checks.
 const MAX_WAIT: Duration = Duration::from_millis(20);
 /// Longest a batch's packets wait for the intercepts to confirm its announcements (a LAN round
@@ -82,10 +103,14 @@ const ANNOUNCE_WAIT: Duration = Duration::from_millis(10);
 impl Worker {
     /// Runs until stopped, or until the source is done and its sessions finished.
     pub fn run(mut self) {
+        if let Some(core) = self.core {
+            xdp_runtime::pin_to(core);
+        }
         let start = Instant::now();
         let now_us = || start.elapsed().as_micros() as u64;
         let mut source_done: Option<Instant> = None;
         let mut announcements = 0u64;
+        let mut published = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
@@ -123,6 +148,10 @@ impl Worker {
             }
             self.engine.on_timer(now_us());
             self.flush(&mut announcements);
+            if published.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+                published = Instant::now();
+            }
         }
         // Leave nothing half-open on the test server: reset what is still running.
         self.engine.shutdown(now_us());
@@ -135,7 +164,7 @@ impl Worker {
         if !out.events.is_empty() {
             *announcements += 1;
             let events = std::mem::take(&mut out.events);
-            if self.events.blocking_send((*announcements, events)).is_ok() {
+            if self.events.blocking_send((sync_token(self.index, *announcements), events)).is_ok() {
                 self.announced.wait_confirmed(*announcements, ANNOUNCE_WAIT);
             }
         }
@@ -144,12 +173,24 @@ impl Worker {
             self.tx.send(out.packets());
         }
         out.clear();
-        self.publish();
     }
 
     fn publish(&self) {
         *self.shared.counters.lock().expect("not poisoned") = *self.engine.counters();
         *self.shared.active.lock().expect("not poisoned") = (self.engine.active_sessions(), self.engine.buffered_bytes());
         *self.shared.tx_errors.lock().expect("not poisoned") = self.tx.errors();
+        self.shared.cpu_us.store(xdp_runtime::thread_cpu_us(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_tokens_carry_worker_and_batch() {
+        assert_eq!(split_token(sync_token(3, 77)), (3, 77));
+        assert_eq!(split_token(sync_token(0, 1)), (0, 1));
+        assert_ne!(sync_token(1, 5), sync_token(2, 5));
     }
 }

@@ -79,15 +79,20 @@ fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]
 }
 
 impl XdpTx {
-    /// Opens AF_XDP transmit towards `targets` on `iface` (default: the route to the first
-    /// target), resolving every target's next hop before replay starts.
-    pub fn open(iface: Option<&str>, targets: &[IpAddr]) -> anyhow::Result<Self> {
+    /// Opens AF_XDP transmit on TX queue `queue` towards `targets` on `iface` (default: the
+    /// route to the first target), resolving every target's next hop before replay starts.
+    /// One socket per queue: each worker has a queue of its own.
+    pub fn open(iface: Option<&str>, targets: &[IpAddr], queue: u32) -> anyhow::Result<Self> {
         let first = *targets.first().context("no target")?;
         let if_index = match iface {
             Some(name) => if_index(name)?,
             None => netlink::route_to(first).with_context(|| format!("looking up the route to {first}"))?.if_index,
         };
         let iface = if_name(if_index)?;
+        let queues = xdp_runtime::xsk_rx::tx_queue_count(&iface);
+        if queue >= queues {
+            bail!("{iface} has {queues} TX queue(s); worker {queue} needs a queue of its own (fewer --workers, or --tx raw)");
+        }
         let src_mac = netlink::link_address(if_index)?.with_context(|| format!("{iface} has no MAC address (not an Ethernet link?)"))?;
         let mut macs = HashMap::new();
         for &t in targets {
@@ -107,11 +112,11 @@ impl XdpTx {
                 .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | extra)
                 .build();
             // SAFETY: the UMEM outlives the socket: both live in the returned XdpTx.
-            unsafe { Socket::new(config, &umem, &name, 0) }
+            unsafe { Socket::new(config, &umem, &name, queue) }
         };
         let (zero_copy, (tx, rx, rings)) = match bind(BindFlags::XDP_ZEROCOPY) {
             Ok(s) => (true, s),
-            Err(_) => (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} for transmit"))?),
+            Err(_) => (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} queue {queue} for transmit"))?),
         };
         let (fill, completion) = rings.context("the socket came without fill and completion rings")?;
         Ok(Self {
