@@ -194,7 +194,7 @@ impl Args {
     }
 }
 
-/// After the capture file is done, how long open sessions may take to finish.
+/// After the capture file is done, how long the open sessions may go without one finishing.
 const OFFLINE_GRACE: Duration = Duration::from_secs(5);
 /// How long replay waits for the intercepts before it starts.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);

@@ -23,6 +23,14 @@ impl Transmit {
             Self::Xdp(xdp) => xdp.errors,
         }
     }
+
+    /// Why the last packet that could not be sent was not sent, if one was not.
+    pub fn last_error(&self) -> Option<String> {
+        match self {
+            Self::Raw(raw) => raw.last_error.as_ref().map(ToString::to_string),
+            Self::Xdp(xdp) => xdp.last_error.clone(),
+        }
+    }
 }
 
 use std::{io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};

@@ -87,7 +87,8 @@ pub struct Worker {
     pub announced: Arc<Announced>,
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
-    /// After the source is done, how long open sessions may take to finish.
+    /// After the source is done, how long the open sessions may go without one of them
+    /// finishing before the rest are reset (a large replay drains for as long as it drains).
     pub grace: Duration,
 }
 
@@ -108,15 +109,21 @@ impl Worker {
         }
         let start = Instant::now();
         let now_us = || start.elapsed().as_micros() as u64;
+        // When the source ended, or when a session last finished after that.
         let mut source_done: Option<Instant> = None;
+        let mut active = usize::MAX;
         let mut announcements = 0u64;
         let mut published = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            if let Some(at) = source_done {
-                if self.engine.active_sessions() == 0 || at.elapsed() >= self.grace {
+            if let Some(at) = source_done.as_mut() {
+                let now_active = self.engine.active_sessions();
+                if now_active < active {
+                    (active, *at) = (now_active, Instant::now());
+                }
+                if now_active == 0 || at.elapsed() >= self.grace {
                     break;
                 }
             }
@@ -157,6 +164,9 @@ impl Worker {
         self.engine.shutdown(now_us());
         self.flush(&mut announcements);
         self.publish();
+        if let Some(why) = self.tx.last_error() {
+            log::warn!("worker {}: {} packets could not be sent; the last because: {why}", self.index, self.tx.errors());
+        }
     }
 
     fn flush(&mut self, announcements: &mut u64) {

@@ -176,6 +176,12 @@ impl XdpTx {
             if self.free.is_empty() {
                 self.reclaim();
             }
+            if self.free.is_empty() {
+                // A burst larger than the UMEM (thousands of SYNs at once): send what is
+                // written, then reuse the frames the kernel completed.
+                self.submit();
+                self.reclaim();
+            }
             let Some(mut desc) = self.free.pop() else {
                 self.fail("AF_XDP TX ring full".into());
                 continue;
@@ -196,21 +202,48 @@ impl XdpTx {
             }
             self.batch.push(desc);
         }
-        if self.batch.is_empty() {
-            return;
-        }
-        // SAFETY: every descriptor in the batch is a frame we own and just wrote.
-        match unsafe { self.tx.produce_and_wakeup(&self.batch) } {
-            Ok(n) if n == self.batch.len() => {}
-            Ok(n) => {
-                let unsent = self.batch.len() - n;
-                self.free.extend_from_slice(&self.batch[n..]);
-                self.errors += unsent as u64;
-                self.last_error = Some("AF_XDP TX ring full".into());
+        self.submit();
+    }
+
+    /// Puts the batch on the TX ring and has the kernel send it.
+    fn submit(&mut self) {
+        let mut done = 0;
+        // A full ring drains as the kernel sends; a ring that stays full ends it.
+        for _ in 0..4 {
+            if done == self.batch.len() {
+                break;
             }
-            Err(e) => {
-                // The descriptors are in the ring; a failed kick is retried by the next send.
-                self.fail(format!("AF_XDP TX wakeup: {e}"));
+            // SAFETY: every descriptor in the batch is a frame we own and just wrote.
+            match unsafe { self.tx.produce_and_wakeup(&self.batch[done..]) } {
+                Ok(n) => done += n,
+                Err(e) => {
+                    // The descriptors are in the ring; a failed kick is retried by the next send.
+                    self.fail(format!("AF_XDP TX wakeup: {e}"));
+                    done = self.batch.len();
+                }
+            }
+            self.drain();
+        }
+        if done < self.batch.len() {
+            let unsent = self.batch.len() - done;
+            self.free.extend_from_slice(&self.batch[done..]);
+            self.errors += unsent as u64;
+            self.last_error = Some("AF_XDP TX ring full".into());
+        }
+        self.batch.clear();
+    }
+
+    /// Copy mode transmits at most 32 frames per kick (the kernel's TX_BATCH_SIZE) and leaves
+    /// the rest on the ring: kick until the ring is empty, one syscall per 32 frames, so a
+    /// burst (thousands of SYNs at once) leaves now instead of filling the ring. Bounded: a
+    /// device that stops taking frames ends it.
+    fn drain(&mut self) {
+        for _ in 0..RING / 32 + 2 {
+            if self.tx.nb_free_exact() >= RING {
+                return;
+            }
+            if self.tx.wakeup().is_err() {
+                return;
             }
         }
     }
