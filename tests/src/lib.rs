@@ -12,6 +12,7 @@
 pub mod bins;
 pub mod capture;
 pub mod netns;
+pub mod pcapgen;
 pub mod process;
 pub mod proto_client;
 pub mod raw;

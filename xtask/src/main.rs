@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, build, test, demo and run, so a fresh machine needs two commands.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod setup;
@@ -36,6 +37,19 @@ enum Task {
         /// How long the clients send traffic.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+    },
+    /// Measure the replay path (sessions/s, success, CPU per session, RSS), amplification and
+    /// scaling on a namespace test bed; writes target/bench/bench.{json,md} (root).
+    Bench {
+        /// Short sessions (one request each) in the generated capture.
+        #[arg(long, default_value_t = 100_000)]
+        short: u32,
+        /// Keep-alive sessions (ten requests each).
+        #[arg(long, default_value_t = 10_000)]
+        keepalive: u32,
+        /// Run only the scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Run the cargo-fuzz targets (packet parsers, engine, wire protocol) for a while each.
     Fuzz {
@@ -107,6 +121,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::run()?;
             build(true)?;
             demo::run(std::time::Duration::from_secs(seconds))
+        }
+        Task::Bench { short, keepalive, only } => {
+            require_root("cargo xtask bench")?;
+            setup::run()?;
+            build(true)?;
+            bench::run_all(&workspace_root(), short, keepalive, only.as_deref()).map(|_| ())
         }
         Task::Fuzz { seconds } => {
             setup::run()?;

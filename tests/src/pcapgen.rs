@@ -1,0 +1,79 @@
+//! Generated captures for the bench: many HTTP client sessions, client side only (what a
+//! capture on the production host's client link holds), as a classic pcap of raw IP packets.
+
+use std::{io::Write as _, net::Ipv4Addr, path::Path};
+
+use anyhow::Context as _;
+use common::tcp::flags::{ACK, FIN, PSH, SYN};
+
+use crate::raw::{ipv4_tcp, linux_syn_options};
+
+/// pcap LINKTYPE_RAW: packets start with the IP header.
+const LINKTYPE_RAW: u32 = 101;
+/// The online server's ISN the generated clients acknowledge.
+const ONLINE_ISN: u32 = 1_000_000;
+/// Response bytes each generated request acknowledges: the engine paces the next request on
+/// the test server's answer, and any answer is at least this long.
+const RESPONSE: u32 = 1;
+
+/// What to generate.
+#[derive(Clone, Copy, Debug)]
+pub struct Sessions {
+    pub count: u32,
+    pub requests_per_session: u32,
+    /// Between session starts in the capture.
+    pub gap_us: u64,
+}
+
+impl Sessions {
+    pub fn requests(&self) -> u64 {
+        self.count as u64 * self.requests_per_session as u64
+    }
+}
+
+/// Client endpoint of session `i`: 10.100.1.10 and up, 50 000 ports each (in the client network
+/// the test bed's test server routes through the assistant host).
+pub fn client(i: u32) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::new(10, 100, 1, 10 + (i / 50_000) as u8), 10_000 + (i % 50_000) as u16)
+}
+
+/// Writes the sessions to `path`: handshake, `GET /bench/SESSION/REQUEST` requests each after
+/// the previous answer, then the client's FIN.
+pub fn write_http_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
+    assert!(spec.count <= 50_000 * 200, "client addresses run out");
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut header = Vec::with_capacity(24);
+    header.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // microsecond timestamps
+    header.extend_from_slice(&2u16.to_le_bytes());
+    header.extend_from_slice(&4u16.to_le_bytes());
+    for word in [0u32, 0, 65535, LINKTYPE_RAW] {
+        header.extend_from_slice(&word.to_le_bytes());
+    }
+    out.write_all(&header)?;
+    let mut record = |ts_us: u64, packet: &[u8]| -> std::io::Result<()> {
+        for word in [(ts_us / 1_000_000) as u32, (ts_us % 1_000_000) as u32, packet.len() as u32, packet.len() as u32] {
+            out.write_all(&word.to_le_bytes())?;
+        }
+        out.write_all(packet)
+    };
+    let syn_options = linux_syn_options(1460, 1, 7);
+    for s in 0..spec.count {
+        let src = client(s);
+        let ts = s as u64 * spec.gap_us;
+        let isn = s.wrapping_mul(2_654_435_761);
+        record(ts, &ipv4_tcp(src, server, isn, 0, SYN, syn_options.as_bytes(), &[]))?;
+        record(ts, &ipv4_tcp(src, server, isn.wrapping_add(1), ONLINE_ISN + 1, ACK, &[], &[]))?;
+        let mut offset = 1u32;
+        for r in 0..spec.requests_per_session {
+            let request = format!("GET /bench/{s}/{r} HTTP/1.1\r\nHost: bench\r\n\r\n");
+            let ack = ONLINE_ISN + 1 + r * RESPONSE;
+            record(ts, &ipv4_tcp(src, server, isn.wrapping_add(offset), ack, ACK | PSH, &[], request.as_bytes()))?;
+            offset += request.len() as u32;
+        }
+        let ack = ONLINE_ISN + 1 + spec.requests_per_session * RESPONSE;
+        record(ts, &ipv4_tcp(src, server, isn.wrapping_add(offset), ack, FIN | ACK, &[], &[]))?;
+    }
+    out.flush()?;
+    Ok(())
+}
