@@ -1,15 +1,18 @@
 //! Generated captures for the bench: many HTTP client sessions, client side only (what a
-//! capture on the production host's client link holds), as a classic pcap of raw IP packets.
+//! capture on the production host's client link holds), as a classic pcap of raw IP packets
+//! (written with the same pcap crate the copier reads with).
 
-use std::{io::Write as _, net::Ipv4Addr, path::Path};
+use std::{io::Write as _, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use common::tcp::flags::{ACK, FIN, PSH, SYN};
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    DataLink,
+};
 
 use crate::raw::{ipv4_tcp, linux_syn_options};
 
-/// pcap LINKTYPE_RAW: packets start with the IP header.
-const LINKTYPE_RAW: u32 = 101;
 /// The online server's ISN the generated clients acknowledge.
 const ONLINE_ISN: u32 = 1_000_000;
 /// Response bytes each generated request acknowledges: the engine paces the next request on
@@ -42,20 +45,10 @@ pub fn client(i: u32) -> (Ipv4Addr, u16) {
 pub fn write_http_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
     assert!(spec.count <= 50_000 * 200, "client addresses run out");
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    let mut header = Vec::with_capacity(24);
-    header.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // microsecond timestamps
-    header.extend_from_slice(&2u16.to_le_bytes());
-    header.extend_from_slice(&4u16.to_le_bytes());
-    for word in [0u32, 0, 65535, LINKTYPE_RAW] {
-        header.extend_from_slice(&word.to_le_bytes());
-    }
-    out.write_all(&header)?;
-    let mut record = |ts_us: u64, packet: &[u8]| -> std::io::Result<()> {
-        for word in [(ts_us / 1_000_000) as u32, (ts_us % 1_000_000) as u32, packet.len() as u32, packet.len() as u32] {
-            out.write_all(&word.to_le_bytes())?;
-        }
-        out.write_all(packet)
+    let header = PcapHeader { datalink: DataLink::RAW, ..PcapHeader::default() };
+    let mut out = PcapWriter::with_header(std::io::BufWriter::new(file), header)?;
+    let mut record = |ts_us: u64, packet: &[u8]| {
+        out.write_packet(&PcapPacket::new(Duration::from_micros(ts_us), packet.len() as u32, packet)).map(|_| ())
     };
     let syn_options = linux_syn_options(1460, 1, 7);
     for s in 0..spec.count {
@@ -74,6 +67,7 @@ pub fn write_http_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions)
         let ack = ONLINE_ISN + 1 + spec.requests_per_session * RESPONSE;
         record(ts, &ipv4_tcp(src, server, isn.wrapping_add(offset), ack, FIN | ACK, &[], &[]))?;
     }
-    out.flush()?;
+    drop(record);
+    out.into_writer().flush()?;
     Ok(())
 }

@@ -111,9 +111,14 @@ fn a_captured_pcap_replays_every_request_to_the_target_through_raw_sockets() {
 }
 
 fn start_online_copier(tb: &Testbed, extra: &[&str]) -> Process {
+    start_copier_on(tb, iface::ONLINE_TO_CLIENT, extra)
+}
+
+/// A copier reading interface `on` of the online host.
+fn start_copier_on(tb: &Testbed, on: &str, extra: &[&str]) -> Process {
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
     cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()])
-        .args(["--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "0.5"])
+        .args(["--iface", on, "--stats-interval", "0.5"])
         .args(extra);
     let mut p = tb.start("copier", cmd).unwrap();
     p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
@@ -200,11 +205,7 @@ fn mirror_mode_replays_what_a_span_port_sees_with_two_workers() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
     tb.mirror_client_link().unwrap();
-    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()])
-        .args(["--iface", iface::ONLINE_MIRROR, "--mode", "mirror", "--mirror-other", "drop", "--workers", "2"])
-        .args(["--stats-interval", "0.5"]);
-    let mut copier = tb.start("copier", cmd).unwrap();
+    let mut copier = start_copier_on(&tb, iface::ONLINE_MIRROR, &["--mode", "mirror", "--mirror-other", "drop", "--workers", "2"]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
     let statuses = tb
