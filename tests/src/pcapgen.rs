@@ -67,7 +67,6 @@ pub fn write_http_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions)
         let ack = ONLINE_ISN + 1 + spec.requests_per_session * RESPONSE;
         record(ts, &ipv4_tcp(src, server, isn.wrapping_add(offset), ack, FIN | ACK, &[], &[]))?;
     }
-    drop(record);
     out.into_writer().flush()?;
     Ok(())
 }
