@@ -6,6 +6,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 use xdpcopy_testbed::{
     bins,
     capture::Tcpdump,
+    pcapgen,
     servers::Nginx,
     stats,
     topology::{addr, iface},
@@ -333,4 +334,24 @@ fn af_xdp_transmit_replays_every_request_like_raw_sockets() {
     assert_eq!(target.requests().len(), 20);
     let summary = stats::last(&copier.stdout()).unwrap();
     assert_eq!((summary.get("completed"), summary.get("tx_errors")), (16, 0), "{}", copier.describe());
+}
+
+#[test]
+fn a_burst_larger_than_the_af_xdp_ring_waits_for_the_device_and_loses_nothing() {
+    let tb = Testbed::new().unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let _intercept = start_intercept(&tb, "intercept");
+    // 5 000 sessions 10 µs apart, replayed at maximum speed: every SYN is due at once, more
+    // frames than the TX ring (2 048) and the UMEM (4 096) hold, and more than the test
+    // server's SYN queue takes (it answers with SYN cookies).
+    let sessions = pcapgen::Sessions { count: 5_000, requests_per_session: 1, gap_us: 10 };
+    let pcap = tb.dir().join("burst.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let mut copier = replay(&tb, &pcap, &["--tx", "xdp", "-a", "1000000"]);
+    assert!(copier.wait_timeout(Duration::from_secs(120)).unwrap().success(), "{}", copier.describe());
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert_eq!(summary.get("tx_errors"), 0, "{}", copier.describe());
+    let received = target.requests().iter().filter(|r| r.starts_with("GET /bench/")).count();
+    assert_eq!(received, 5_000, "{}", copier.describe());
+    assert_eq!(summary.get("completed"), 5_000, "{}", copier.describe());
 }

@@ -27,6 +27,8 @@ use xsk_rs::{
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
 const ETH_HLEN: usize = 14;
+/// How long a device may take no frames before packets are dropped rather than waited for.
+const STALL_LIMIT: Duration = Duration::from_millis(200);
 /// How long start-up waits for ARP/ND to resolve a next hop.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
@@ -173,17 +175,14 @@ impl XdpTx {
                     }
                 },
             };
-            if self.free.is_empty() {
-                self.reclaim();
-            }
-            if self.free.is_empty() {
-                // A burst larger than the UMEM (thousands of SYNs at once): send what is
-                // written, then reuse the frames the kernel completed.
+            if self.batch.len() == RING as usize || self.free.is_empty() {
+                // A burst larger than the ring or the UMEM (thousands of SYNs at once): send
+                // what is written, then reuse the frames the kernel completed.
                 self.submit();
-                self.reclaim();
+                self.await_frames();
             }
             let Some(mut desc) = self.free.pop() else {
-                self.fail("AF_XDP TX ring full".into());
+                self.fail(format!("AF_XDP TX: no frame completed within {STALL_LIMIT:?} (the device takes none)"));
                 continue;
             };
             let ethertype: u16 = if dst.is_ipv4() { 0x0800 } else { 0x86dd };
@@ -205,32 +204,55 @@ impl XdpTx {
         self.submit();
     }
 
-    /// Puts the batch on the TX ring and has the kernel send it.
+    /// Puts the batch on the TX ring and has the kernel send it. A full ring is waited for
+    /// (the device is momentarily busy: a veth peer's backlog, a NIC's queue), not dropped;
+    /// only a device that takes nothing for [`STALL_LIMIT`] costs packets.
     fn submit(&mut self) {
         let mut done = 0;
-        // A full ring drains as the kernel sends; a ring that stays full ends it.
-        for _ in 0..4 {
-            if done == self.batch.len() {
+        let mut stalled_since = None;
+        while done < self.batch.len() {
+            // The ring takes a batch whole or not at all: offer what fits.
+            let room = (self.tx.nb_free_exact() as usize).min(self.batch.len() - done);
+            // SAFETY: every descriptor in the batch is a frame we own and just wrote.
+            let n = unsafe { self.tx.produce(&self.batch[done..done + room]) };
+            done += n;
+            self.drain();
+            if n > 0 {
+                stalled_since = None;
+                continue;
+            }
+            let since = *stalled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STALL_LIMIT {
                 break;
             }
-            // SAFETY: every descriptor in the batch is a frame we own and just wrote.
-            match unsafe { self.tx.produce_and_wakeup(&self.batch[done..]) } {
-                Ok(n) => done += n,
-                Err(e) => {
-                    // The descriptors are in the ring; a failed kick is retried by the next send.
-                    self.fail(format!("AF_XDP TX wakeup: {e}"));
-                    done = self.batch.len();
-                }
-            }
-            self.drain();
+            self.wait_writable();
         }
         if done < self.batch.len() {
             let unsent = self.batch.len() - done;
             self.free.extend_from_slice(&self.batch[done..]);
             self.errors += unsent as u64;
-            self.last_error = Some("AF_XDP TX ring full".into());
+            self.last_error = Some(format!("AF_XDP TX ring stayed full for {STALL_LIMIT:?} (the device takes no frames)"));
         }
         self.batch.clear();
+    }
+
+    /// With every frame in flight, waits (bounded) for the kernel to complete some.
+    fn await_frames(&mut self) {
+        self.reclaim();
+        let start = Instant::now();
+        while self.free.is_empty() && start.elapsed() < STALL_LIMIT {
+            self.drain();
+            self.wait_writable();
+            self.reclaim();
+        }
+    }
+
+    /// Sleeps until the TX ring has room (poll also kicks copy-mode transmit), at most 1 ms.
+    fn wait_writable(&mut self) {
+        if let Err(e) = self.tx.poll(1) {
+            self.fail(format!("polling the AF_XDP socket: {e}"));
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Copy mode transmits at most 32 frames per kick (the kernel's TX_BATCH_SIZE) and leaves
