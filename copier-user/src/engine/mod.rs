@@ -20,7 +20,11 @@ use std::{
     ops::Range,
 };
 
-use common::{endpoint::Endpoint, facts::ReplyFacts, tcp::flags::SYN};
+use common::{
+    endpoint::Endpoint,
+    facts::ReplyFacts,
+    tcp::flags::{RST, SYN},
+};
 
 use self::{
     capture::{ClientSegment, Link},
@@ -110,7 +114,9 @@ pub struct Counters {
     /// Requests sent (client data runs between the online server's answers; every copy counts).
     pub requests_sent: u64,
     pub payload_bytes_sent: u64,
-    /// Captured packets of no mapping, or not TCP.
+    /// Captured frames the engine was shown (every one, whatever became of it).
+    pub captured: u64,
+    /// Captured packets of no mapping, not TCP, or a reset of no live session.
     pub captured_ignored: u64,
     pub captured_malformed: u64,
     /// Reply facts of no live session.
@@ -132,6 +138,7 @@ impl Counters {
             ("sent", self.packets_sent),
             ("retransmitted", self.packets_retransmitted),
             ("bytes", self.payload_bytes_sent),
+            ("captured", self.captured),
             ("unmapped", self.captured_ignored),
             ("unparsed", self.captured_malformed),
             ("unmatched_replies", self.replies_unmatched),
@@ -265,6 +272,7 @@ impl Engine {
 
     /// A captured packet (client to online server).
     pub fn on_captured(&mut self, now: u64, link: Link, packet: &[u8]) {
+        self.counters.captured += 1;
         let seg = match capture::parse(link, packet) {
             Ok(Some(seg)) => seg,
             Ok(None) => return self.counters.captured_ignored += 1,
@@ -289,6 +297,13 @@ impl Engine {
                     self.start(now, key, target, &seg)
                 }
                 Some(id) => Some(id),
+                // A reset ends a session; it never starts one (there is nothing to replay).
+                None if seg.flags & RST != 0 => {
+                    if copy == 0 {
+                        self.counters.captured_ignored += 1;
+                    }
+                    None
+                }
                 None => self.start(now, key, target, &seg),
             };
             if let Some(id) = id {

@@ -297,6 +297,21 @@ fn sessions_captured_mid_stream_get_a_fabricated_handshake_unless_only_complete_
 }
 
 #[test]
+fn a_reset_of_no_live_session_starts_nothing() {
+    let mut e = Engine::new(config());
+    for port in 40000..40100 {
+        e.on_captured(0, Link::Ip, &captured(port, RST | ACK, 5, 6, &[], &[]));
+    }
+    assert!(sent(&mut e).is_empty());
+    assert_eq!(e.active_sessions(), 0);
+    let c = e.counters();
+    assert_eq!((c.captured, c.captured_ignored, c.sessions_started), (100, 100, 0));
+    // The 4-tuple is not remembered as declined: its next connection replays.
+    handshake(&mut e, 1, 40000);
+    assert_eq!(sent(&mut e)[0].flags, SYN);
+}
+
+#[test]
 fn client_fin_is_replayed_after_the_data_and_the_session_completes() {
     let mut e = established(config(), 1460, 65535);
     let c = ep(CLIENT, 40000);
