@@ -340,6 +340,7 @@ fn cost_pairs(pairs: &[(&'static str, u64)], p: &Pipeline) -> Vec<(&'static str,
         ("pps", (get("sent") as f64 / seconds) as u64),
         ("workers", p.shared.len() as u64),
         ("worker_cpu_us", worker_cpu),
+        ("cpu_user_us", xdp_runtime::cpu::process_user_cpu_us()),
         ("peak_rss_kib", xdp_runtime::cpu::peak_rss_kib()),
     ]
 }

@@ -9,8 +9,10 @@
 //! addresses are fixed because namespaces keep them apart. Everything is torn down in `Drop`,
 //! which also runs when a test panics.
 
+pub mod bare_xdp;
 pub mod bins;
 pub mod capture;
+pub mod flood;
 pub mod netns;
 pub mod pcapgen;
 pub mod process;

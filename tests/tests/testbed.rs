@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use xdpcopy_testbed::{
+    bare_xdp::{Action, BareXdp},
     servers::{LineServer, Nginx, Redis},
-    topology::addr,
+    topology::{addr, iface},
     traffic, Host, Testbed,
 };
 
@@ -64,4 +65,24 @@ fn namespaces_are_deleted_on_drop_and_on_panic() {
     assert!(panicked.is_err());
     let name = rx.recv().unwrap();
     assert!(!namespaces().contains(&name), "{name} survived the panic");
+}
+
+#[test]
+fn a_bare_xdp_program_passes_or_drops_everything_until_it_is_dropped() {
+    let tb = Testbed::new().unwrap();
+    let http = SocketAddr::new(addr::TARGET.into(), 8080);
+    let nginx = Nginx::start(&tb, Host::Target, "nginx", http).unwrap();
+    let get = |path: &'static str| tb.online.run(move || traffic::http_get(http, path)).unwrap();
+
+    let pass = BareXdp::attach(&tb.target, iface::TARGET_TO_ONLINE, Action::Pass).unwrap();
+    assert!(tb.target.xdp_program(iface::TARGET_TO_ONLINE).unwrap().is_some());
+    assert_eq!(get("/through-pass").unwrap(), 200);
+    drop(pass);
+    assert_eq!(tb.target.xdp_program(iface::TARGET_TO_ONLINE).unwrap(), None, "detached with its link");
+
+    let drop_all = BareXdp::attach(&tb.target, iface::TARGET_TO_ONLINE, Action::Drop).unwrap();
+    assert!(get("/through-drop").is_err(), "nothing reaches the server");
+    drop(drop_all);
+    assert_eq!(get("/after").unwrap(), 200);
+    assert_eq!(nginx.requests(), ["GET /through-pass HTTP/1.1", "GET /after HTTP/1.1"]);
 }

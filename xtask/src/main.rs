@@ -38,8 +38,9 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Measure the replay path (sessions/s, success, CPU per session, RSS), amplification and
-    /// scaling on a namespace test bed; writes target/bench/bench.{json,md} (root).
+    /// Measure the capture path (stepped flood rates, copy and mirror mode, transmit paths) and
+    /// the replay path (sessions/s, success, CPU per session, RSS), amplification and scaling on
+    /// a namespace test bed; writes target/bench/bench.{json,md} and capture.svg (root).
     Bench {
         /// Short sessions (one request each) in the generated capture.
         #[arg(long, default_value_t = 100_000)]
@@ -47,9 +48,13 @@ enum Task {
         /// Keep-alive sessions (ten requests each).
         #[arg(long, default_value_t = 10_000)]
         keepalive: u32,
-        /// Run only the scenarios whose name contains this.
+        /// Run only the scenario of this name ("capture" is the capture path), or those whose
+        /// name contains it.
         #[arg(long)]
         only: Option<String>,
+        /// Seconds each capture-path step floods for.
+        #[arg(long, default_value_t = 1.0)]
+        step_seconds: f64,
     },
     /// Run the cargo-fuzz targets (packet parsers, engine, wire protocol) for a while each.
     Fuzz {
@@ -122,11 +127,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(true)?;
             demo::run(std::time::Duration::from_secs(seconds))
         }
-        Task::Bench { short, keepalive, only } => {
+        Task::Bench { short, keepalive, only, step_seconds } => {
             require_root("cargo xtask bench")?;
             setup::run()?;
             build(true)?;
-            bench::run_all(&workspace_root(), short, keepalive, only.as_deref()).map(|_| ())
+            bench::run_all(&workspace_root(), &bench::Plan { short, keepalive, only, step_seconds }).map(|_| ())
         }
         Task::Fuzz { seconds } => {
             setup::run()?;

@@ -1,7 +1,3 @@
-//! `cargo xtask bench`: what the copier and the intercept carry, and at what cost, measured on
-//! the namespace test bed. Figures are reported (JSON and Markdown under `target/bench/`),
-//! never asserted.
-//!
 //! Replay path: generated captures of short and keep-alive HTTP sessions are replayed at
 //! maximum speed into the test server's nginx; success is what nginx logged. Amplification
 //! (`-n 10`, `-n 100` with `-c` ranges) and scaling (`--workers 1` vs `2`, AF_XDP vs raw-socket
@@ -10,7 +6,6 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -32,17 +27,17 @@ const MAX_SPEED: &str = "1000000";
 
 /// One replay run.
 #[derive(Clone, Debug)]
-struct Scenario {
-    name: String,
-    sessions: Sessions,
-    multiply: u16,
-    workers: u16,
-    tx: &'static str,
+pub struct Scenario {
+    pub name: String,
+    pub sessions: Sessions,
+    pub multiply: u16,
+    pub workers: u16,
+    pub tx: &'static str,
 }
 
 /// What one run measured.
 #[derive(Clone, Debug)]
-struct Outcome {
+pub struct Outcome {
     scenario: Scenario,
     /// Sessions replayed (copies included).
     sessions: u64,
@@ -50,10 +45,19 @@ struct Outcome {
     requests_received: u64,
     seconds: f64,
     target_pps: u64,
-    /// The whole copier process, start-up included.
+    /// The whole copier process, start-up included: user + system, and user alone.
     copier_cpu_us: u64,
-    /// The intercept while the copier ran.
+    copier_user_us: u64,
+    /// The copier's worker threads (session engine and transmit).
+    worker_cpu_us: u64,
+    /// Packets the copier sent to the test server.
+    sent: u64,
+    /// The intercept while the copier ran: user + system, and user alone.
     intercept_cpu_us: u64,
+    intercept_user_us: u64,
+    /// SYN cookies the test server sent: its SYN queue overflowed (sessions then recover by
+    /// retransmission, as real clients' would).
+    target_syn_cookies: u64,
     copier_peak_rss_kib: u64,
     retransmitted: u64,
     gave_up: u64,
@@ -62,6 +66,19 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// One line for the progress log.
+    pub fn brief(&self) -> String {
+        format!(
+            "{:.2} % success, {:.0} sessions/s, copier {:.1} µs/session ({:.1} user), intercept {:.1} µs/session ({:.1} user)",
+            self.success_pct(),
+            self.sessions_per_s(),
+            self.copier_us_per_session(),
+            self.copier_user_us_per_session(),
+            self.intercept_us_per_session(),
+            self.intercept_user_us_per_session()
+        )
+    }
+
     fn success_pct(&self) -> f64 {
         100.0 * self.requests_received as f64 / self.requests_expected.max(1) as f64
     }
@@ -77,18 +94,37 @@ impl Outcome {
     fn intercept_us_per_session(&self) -> f64 {
         self.intercept_cpu_us as f64 / self.sessions.max(1) as f64
     }
+    fn copier_user_us_per_session(&self) -> f64 {
+        self.copier_user_us as f64 / self.sessions.max(1) as f64
+    }
+    fn intercept_user_us_per_session(&self) -> f64 {
+        self.intercept_user_us as f64 / self.sessions.max(1) as f64
+    }
+    /// Rewrite and forward: packets sent per second of worker CPU (one pinned core each).
+    pub fn pps_per_worker_core(&self) -> f64 {
+        self.sent as f64 / (self.worker_cpu_us.max(1) as f64 / 1e6)
+    }
 }
 
-/// User + system CPU time of a live process, from /proc/PID/stat.
-fn process_cpu_us(pid: u32) -> anyhow::Result<u64> {
+/// CPU time of a live process, from /proc/PID/stat: (user + system, user), microseconds.
+fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let (user, system): (u64, u64) = (fields[11].parse()?, fields[12].parse()?);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(ticks * 1_000_000 / hz)
+    Ok(((user + system) * 1_000_000 / hz, user * 1_000_000 / hz))
+}
+
+/// SYN cookies the test server's kernel has sent (nstat's TcpExtSyncookiesSent).
+fn syn_cookies(tb: &Testbed) -> anyhow::Result<u64> {
+    let out = tb.command(Host::Target, "nstat").args(["-az", "TcpExtSyncookiesSent"]).output().context("running nstat")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("TcpExtSyncookiesSent").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .with_context(|| format!("no TcpExtSyncookiesSent in nstat's output: {text}"))
 }
 
 fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> {
@@ -99,13 +135,14 @@ fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> 
     Ok(p)
 }
 
-fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
+pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     let tb = Testbed::new()?;
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
     let nginx = Nginx::start(&tb, Host::Target, "target-nginx", target)?;
     let intercept = start_intercept(&tb, target)?;
     // Its start-up (loading and verifying the XDP program) is not a cost of the sessions.
-    let intercept_idle_cpu_us = process_cpu_us(intercept.pid())?;
+    let intercept_idle = process_cpu_us(intercept.pid())?;
+    let cookies_before = syn_cookies(&tb)?;
     let pcap = tb.dir().join("sessions.pcap");
     pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sc.sessions)?;
 
@@ -122,7 +159,8 @@ fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     if !status.success() {
         bail!("{}: the copier failed ({status})\n{}", sc.name, copier.describe());
     }
-    let intercept_cpu_us = process_cpu_us(intercept.pid())?.saturating_sub(intercept_idle_cpu_us);
+    let intercept_cpu = process_cpu_us(intercept.pid())?;
+    let target_syn_cookies = syn_cookies(&tb)? - cookies_before;
     for warning in copier.stderr().lines().filter(|l| l.contains("WARN")) {
         println!("xtask bench:   copier: {warning}");
     }
@@ -136,7 +174,12 @@ fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
         seconds: s.get("elapsed_ms") as f64 / 1e3,
         target_pps: s.get("pps"),
         copier_cpu_us: s.get("cpu_us"),
-        intercept_cpu_us,
+        copier_user_us: s.get("cpu_user_us"),
+        worker_cpu_us: s.get("worker_cpu_us"),
+        sent: s.get("sent"),
+        intercept_cpu_us: intercept_cpu.0.saturating_sub(intercept_idle.0),
+        intercept_user_us: intercept_cpu.1.saturating_sub(intercept_idle.1),
+        target_syn_cookies,
         copier_peak_rss_kib: s.get("peak_rss_kib"),
         retransmitted: s.get("retransmitted"),
         gave_up: s.get("gave_up"),
@@ -144,7 +187,7 @@ fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     })
 }
 
-fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
+pub fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
     let sessions = |count, requests_per_session| Sessions { count, requests_per_session, gap_us: 10 };
     let sc = |name: &str, sessions, multiply, workers, tx| Scenario { name: name.into(), sessions, multiply, workers, tx };
     vec![
@@ -157,27 +200,14 @@ fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
     ]
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{} × {cpu}, Linux {}", xdp_cores(), kernel.trim())
-}
-
-fn xdp_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn markdown(outcomes: &[Outcome], machine: &str) -> String {
-    let mut md = format!("Replay path, `cargo xtask bench` on {machine}; maximum replay speed, veth test bed.\n\n");
-    md += "| scenario | sessions | requests received / sent | success | sessions/s | requests/s | target pps | copier CPU µs/session | intercept CPU µs/session | copier peak RSS |\n";
-    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+pub fn markdown(outcomes: &[Outcome]) -> String {
+    let mut md = String::from("### Replay path (maximum replay speed)\n\n");
+    md += "| scenario | sessions | requests received / sent | success | sessions/s | requests/s | target pps | copier CPU µs/session (user) | intercept CPU µs/session (user) | rewrite+forward pps per worker core | copier peak RSS | test server SYN cookies |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for o in outcomes {
         let _ = writeln!(
             md,
-            "| {} | {} | {} / {} | {:.2} % | {:.0} | {:.0} | {} | {:.1} | {:.1} | {:.0} MiB |",
+            "| {} | {} | {} / {} | {:.2} % | {:.0} | {:.0} | {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.0} | {:.0} MiB | {} |",
             o.scenario.name,
             o.sessions,
             o.requests_received,
@@ -187,8 +217,12 @@ fn markdown(outcomes: &[Outcome], machine: &str) -> String {
             o.requests_per_s(),
             o.target_pps,
             o.copier_us_per_session(),
+            o.copier_user_us_per_session(),
             o.intercept_us_per_session(),
-            o.copier_peak_rss_kib as f64 / 1024.0
+            o.intercept_user_us_per_session(),
+            o.pps_per_worker_core(),
+            o.copier_peak_rss_kib as f64 / 1024.0,
+            o.target_syn_cookies,
         );
     }
     let find = |name: &str| outcomes.iter().find(|o| o.scenario.name == name);
@@ -205,61 +239,39 @@ fn markdown(outcomes: &[Outcome], machine: &str) -> String {
     md
 }
 
-fn json(outcomes: &[Outcome], machine: &str) -> String {
-    let mut runs = Vec::new();
-    for o in outcomes {
-        runs.push(format!(
-            "{{\"scenario\":\"{}\",\"sessions\":{},\"requests_per_session\":{},\"multiply\":{},\"workers\":{},\"tx\":\"{}\",\
-             \"requests_expected\":{},\"requests_received\":{},\"success_pct\":{:.3},\"seconds\":{:.3},\"sessions_per_s\":{:.1},\
-             \"requests_per_s\":{:.1},\"target_pps\":{},\"copier_cpu_us\":{},\"intercept_cpu_us\":{},\
-             \"copier_us_per_session\":{:.2},\"intercept_us_per_session\":{:.2},\"copier_peak_rss_kib\":{},\"retransmitted\":{},\"gave_up\":{},\"copier_summary\":\"{}\"}}",
-            o.scenario.name,
-            o.sessions,
-            o.scenario.sessions.requests_per_session,
-            o.scenario.multiply,
-            o.scenario.workers,
-            o.scenario.tx,
-            o.requests_expected,
-            o.requests_received,
-            o.success_pct(),
-            o.seconds,
-            o.sessions_per_s(),
-            o.requests_per_s(),
-            o.target_pps,
-            o.copier_cpu_us,
-            o.intercept_cpu_us,
-            o.copier_us_per_session(),
-            o.intercept_us_per_session(),
-            o.copier_peak_rss_kib,
-            o.retransmitted,
-            o.gave_up,
-            o.summary.replace(['"', '\\'], "")
-        ));
-    }
-    format!("{{\"machine\":\"{machine}\",\"replay\":[\n{}\n]}}\n", runs.join(",\n"))
-}
-
-/// Runs every scenario and writes `target/bench/bench.{json,md}`.
-pub fn run_all(root: &Path, short: u32, keepalive: u32, only: Option<&str>) -> anyhow::Result<PathBuf> {
-    let out = root.join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    let machine = machine();
-    let mut outcomes = Vec::new();
-    for sc in scenarios(short, keepalive).into_iter().filter(|sc| only.is_none_or(|o| sc.name.contains(o))) {
-        println!("xtask bench: {} ({} sessions x {} requests, -n {}, {} worker(s), --tx {})", sc.name, sc.sessions.count, sc.sessions.requests_per_session, sc.multiply, sc.workers, sc.tx);
-        let o = run(&sc)?;
-        println!(
-            "xtask bench:   {:.2} % success, {:.0} sessions/s, copier {:.1} µs/session, intercept {:.1} µs/session",
-            o.success_pct(),
-            o.sessions_per_s(),
-            o.copier_us_per_session(),
-            o.intercept_us_per_session()
-        );
-        outcomes.push(o);
-    }
-    std::fs::write(out.join("bench.json"), json(&outcomes, &machine))?;
-    let md = markdown(&outcomes, &machine);
-    std::fs::write(out.join("bench.md"), &md)?;
-    println!("\n{md}");
-    Ok(out)
+pub fn json(outcomes: &[Outcome]) -> serde_json::Value {
+    outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "scenario": o.scenario.name,
+                "sessions": o.sessions,
+                "requests_per_session": o.scenario.sessions.requests_per_session,
+                "multiply": o.scenario.multiply,
+                "workers": o.scenario.workers,
+                "tx": o.scenario.tx,
+                "requests_expected": o.requests_expected,
+                "requests_received": o.requests_received,
+                "success_pct": o.success_pct(),
+                "seconds": o.seconds,
+                "sessions_per_s": o.sessions_per_s(),
+                "requests_per_s": o.requests_per_s(),
+                "target_pps": o.target_pps,
+                "copier_cpu_us": o.copier_cpu_us,
+                "copier_user_us": o.copier_user_us,
+                "intercept_cpu_us": o.intercept_cpu_us,
+                "intercept_user_us": o.intercept_user_us,
+                "copier_us_per_session": o.copier_us_per_session(),
+                "intercept_us_per_session": o.intercept_us_per_session(),
+                "worker_cpu_us": o.worker_cpu_us,
+                "sent": o.sent,
+                "pps_per_worker_core": o.pps_per_worker_core(),
+                "target_syn_cookies": o.target_syn_cookies,
+                "copier_peak_rss_kib": o.copier_peak_rss_kib,
+                "retransmitted": o.retransmitted,
+                "gave_up": o.gave_up,
+                "copier_summary": o.summary,
+            })
+        })
+        .collect()
 }

@@ -1,0 +1,343 @@
+//! Capture path: the generator floods the online host's client-facing interface with minimal
+//! online-port TCP frames at stepped rates. Each step runs twice on a fresh test bed: once with
+//! a bare `XDP_PASS` program (the most a production interface carries with any XDP program),
+//! once under the copier in copy mode. Production keeps being probed with real HTTP requests
+//! throughout. At the fastest step the copier also runs in mirror mode (AF_XDP receive), and
+//! the generator's two transmit paths, AF_XDP and raw IP sockets, race into a bare `XDP_DROP`.
+
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context as _};
+
+use super::svg;
+use xdpcopy_testbed::{
+    bare_xdp::{Action, BareXdp},
+    bins,
+    flood::{self, Flooded, Path},
+    servers::Nginx,
+    stats::{self, Stats},
+    topology::{addr, iface},
+    traffic, Host, Process, Testbed,
+};
+
+const STARTUP: Duration = Duration::from_secs(20);
+/// Production probes per step (one HTTP GET each, on its own connection).
+const PROBES: u32 = 10;
+
+/// The offered rates, frames per second; `None` is as fast as the generator goes.
+pub const RATES: [Option<u64>; 7] = [Some(50_000), Some(100_000), Some(200_000), Some(300_000), Some(500_000), Some(700_000), None];
+
+/// One rate step.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub requested: Option<u64>,
+    /// Bare `XDP_PASS`: what the generator sent, and what reached the kernel's IP layer.
+    pub baseline: Flooded,
+    pub baseline_ip_received: u64,
+    /// Under the copier (copy mode).
+    pub copier: Flooded,
+    pub copier_ip_received: u64,
+    /// The copier's summary: XDP counters and what its workers were shown.
+    pub copier_stats: Stats,
+    /// Production probes answered (of [`PROBES`]) while the copier ran.
+    pub probes_answered: u32,
+}
+
+impl Step {
+    pub fn baseline_pps(&self) -> f64 {
+        self.baseline_ip_received as f64 / self.baseline.seconds.max(1e-9)
+    }
+    /// Records the copier's workers processed per second.
+    pub fn processed_pps(&self) -> f64 {
+        self.copier_stats.get("captured") as f64 / self.copier.seconds.max(1e-9)
+    }
+    /// Frames offered to the copier that its workers never saw (before XDP, ring full, queue full).
+    pub fn lost(&self) -> u64 {
+        self.copier.sent.saturating_sub(self.copier_stats.get("captured"))
+    }
+    /// Of those, lost before any XDP program ran: the interface's receive path fell behind
+    /// (the bare program's run loses frames the same way).
+    pub fn lost_before_xdp(&self) -> u64 {
+        self.copier.sent.saturating_sub(self.copier_stats.get("seen"))
+    }
+    /// Of those, dropped by the copier itself: its ring or its worker queues were full.
+    pub fn copier_dropped(&self) -> u64 {
+        self.copier_stats.get("ring_full") + self.copier_stats.get("queue_full")
+    }
+    pub fn loss_pct(&self) -> f64 {
+        pct(self.lost(), self.copier.sent)
+    }
+    pub fn baseline_loss_pct(&self) -> f64 {
+        pct(self.baseline.sent.saturating_sub(self.baseline_ip_received), self.baseline.sent)
+    }
+}
+
+/// The fastest step's extras.
+#[derive(Clone, Debug)]
+pub struct Extras {
+    /// Mirror mode: offered, and the copier's summary (redirected, captured).
+    pub mirror: Flooded,
+    pub mirror_stats: Stats,
+    /// Unpaced transmit into a bare `XDP_DROP`, per path.
+    pub tx_af_xdp: Flooded,
+    pub tx_raw: Flooded,
+}
+
+impl Extras {
+    pub fn mirror_pps(&self) -> f64 {
+        self.mirror_stats.get("captured") as f64 / self.mirror.seconds.max(1e-9)
+    }
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    100.0 * part as f64 / whole.max(1) as f64
+}
+
+fn online_http() -> SocketAddr {
+    SocketAddr::new(addr::ONLINE.into(), 80)
+}
+
+/// The online host's IP layer: datagrams received (nstat's IpInReceives).
+fn ip_received(tb: &Testbed) -> anyhow::Result<u64> {
+    let out = tb.command(Host::Online, "nstat").args(["-az", "IpInReceives"]).output().context("running nstat")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("IpInReceives").and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .with_context(|| format!("no IpInReceives in nstat's output: {text}"))
+}
+
+/// Floods from the client host, probing production alongside; returns the flood and the
+/// probes answered.
+fn flood_with_probes(tb: &Testbed, path: Path, rate: Option<u64>, seconds: f64) -> anyhow::Result<(Flooded, u32)> {
+    let duration = Duration::from_secs_f64(seconds);
+    tb.client.run(move || -> anyhow::Result<(Flooded, u32)> {
+        // Spawned from a thread inside the namespace, so inside it too.
+        let probes = std::thread::spawn(move || {
+            let gap = duration / PROBES;
+            (0..PROBES)
+                .filter(|i| {
+                    std::thread::sleep(gap / 2);
+                    let ok = traffic::http_get(online_http(), &format!("/probe/{i}")).is_ok_and(|s| s == 200);
+                    std::thread::sleep(gap / 2);
+                    ok
+                })
+                .count() as u32
+        });
+        let frames = flood::resets(addr::CLIENT, (addr::ONLINE, 80));
+        let flooded = flood::flood(path, iface::CLIENT_TO_ONLINE, &frames, rate, duration)?;
+        let answered = probes.join().map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
+        Ok((flooded, answered))
+    })?
+}
+
+fn start_copier(tb: &Testbed, mode: &str) -> anyhow::Result<Process> {
+    let target = SocketAddr::new(addr::TARGET.into(), 8080);
+    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{target}"), "-s", &addr::ASSIST_CONTROL.to_string(), "--iface", iface::ONLINE_TO_CLIENT])
+        .args(["--mode", mode, "--stats-interval", "60"]);
+    let mut copier = tb.start("copier", cmd)?;
+    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+    Ok(copier)
+}
+
+/// Lets the copier drain its ring and queues, stops it, and returns its summary.
+fn stop_copier(mut copier: Process) -> anyhow::Result<Stats> {
+    std::thread::sleep(Duration::from_millis(500));
+    copier.signal(libc::SIGINT)?;
+    let status = copier.wait_timeout(Duration::from_secs(30))?;
+    if !status.success() {
+        bail!("the copier failed ({status})\n{}", copier.describe());
+    }
+    stats::last(&copier.stdout()).filter(|s| s.summary).with_context(|| format!("no copier summary\n{}", copier.describe()))
+}
+
+/// Production, the test server and the intercept, running while this lives.
+struct Servers {
+    _online: Nginx,
+    _test: Nginx,
+    _intercept: Process,
+}
+
+/// A test bed with production, the test server and the intercept running.
+fn testbed() -> anyhow::Result<(Testbed, Servers)> {
+    let tb = Testbed::new()?;
+    let target = SocketAddr::new(addr::TARGET.into(), 8080);
+    let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http())?;
+    let test = Nginx::start(&tb, Host::Target, "target-nginx", target)?;
+    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string(), "--stats-interval", "60"]);
+    let mut intercept = tb.start("intercept", cmd)?;
+    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+    Ok((tb, Servers { _online: online, _test: test, _intercept: intercept }))
+}
+
+/// Runs one rate step.
+pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
+    let (tb, _servers) = testbed()?;
+    let before = ip_received(&tb)?;
+    let bare = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Pass)?;
+    let (baseline, _) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
+    // What the stack still had queued arrives within a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline_ip_received = ip_received(&tb)? - before;
+    drop(bare);
+
+    let copier = start_copier(&tb, "copy")?;
+    let before = ip_received(&tb)?;
+    let (flooded, probes_answered) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
+    let copier_stats = stop_copier(copier)?;
+    let copier_ip_received = ip_received(&tb)? - before;
+    Ok(Step { requested: rate, baseline, baseline_ip_received, copier: flooded, copier_ip_received, copier_stats, probes_answered })
+}
+
+/// Mirror-mode receive and the two transmit paths, unpaced.
+pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
+    let (tb, _servers) = testbed()?;
+    let copier = start_copier(&tb, "mirror")?;
+    let (mirror, _) = flood_with_probes(&tb, Path::AfXdp, None, seconds)?;
+    let mirror_stats = stop_copier(copier)?;
+    let _drop = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Drop)?;
+    let tx = |path| {
+        let duration = Duration::from_secs_f64(seconds);
+        tb.client.run(move || flood::flood(path, iface::CLIENT_TO_ONLINE, &flood::resets(addr::CLIENT, (addr::ONLINE, 80)), None, duration))?
+    };
+    Ok(Extras { mirror, mirror_stats, tx_af_xdp: tx(Path::AfXdp)?, tx_raw: tx(Path::Raw)? })
+}
+
+fn rate_label(rate: Option<u64>) -> String {
+    rate.map_or_else(|| "unpaced".to_owned(), |r| format!("{} k/s", r / 1000))
+}
+
+pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String {
+    let mut md = format!(
+        "### Capture path (copy mode; 54-byte TCP frames from an AF_XDP generator, {seconds} s per step)\n\n\
+         | step | bare XDP_PASS: offered → reached IP (pps) | copier: offered (pps) | XDP saw | lost before XDP | ring full | \
+         queue full | truncated | workers processed | processed pps | production stack received | production probes answered |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for s in steps {
+        let c = &s.copier_stats;
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} → {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {}/{} |",
+            rate_label(s.requested),
+            s.baseline.pps(),
+            s.baseline_pps(),
+            s.copier.pps(),
+            c.get("seen"),
+            s.lost_before_xdp(),
+            c.get("ring_full"),
+            c.get("queue_full"),
+            c.get("truncated"),
+            c.get("captured"),
+            s.processed_pps(),
+            s.copier_ip_received,
+            s.probes_answered,
+            PROBES,
+        );
+    }
+    let peak = |f: &dyn Fn(&Step) -> f64| steps.iter().map(f).fold(0.0, f64::max);
+    let (processed, baseline) = (peak(&|s| s.processed_pps()), peak(&|s| s.baseline_pps()));
+    let _ = writeln!(
+        md,
+        "\nPeaks over the steps: the copier's workers processed {processed:.0} pps; the bare XDP_PASS program let {baseline:.0} pps \
+         through to the stack on the same interface: {:.0} %.",
+        100.0 * processed / baseline.max(1.0)
+    );
+    let lossless = steps.iter().filter(|s| s.copier_dropped() == 0 && s.lost() == 0).map(|s| s.copier.pps()).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
+    let _ = writeln!(
+        md,
+        "Highest offered rate with zero loss: {}. Production: every frame the program saw was passed on ({}).",
+        lossless.map_or_else(|| "none".to_owned(), |p| format!("{p:.0} pps")),
+        if steps.iter().all(|s| s.copier_stats.get("passed") == s.copier_stats.get("seen")) { "passed = seen in every step" } else { "NOT in every step: see the JSON" }
+    );
+    if let Some(e) = extras {
+        let _ = writeln!(
+            md,
+            "\nMirror mode (AF_XDP receive, unpaced): offered {:.0} pps, redirected {}, workers processed {:.0} pps.\n\
+             Transmit into a bare XDP_DROP, unpaced, 54-byte frames: AF_XDP {:.0} pps, raw IP socket {:.0} pps: {:.1}×.",
+            e.mirror.pps(),
+            e.mirror_stats.get("redirected"),
+            e.mirror_pps(),
+            e.tx_af_xdp.pps(),
+            e.tx_raw.pps(),
+            e.tx_af_xdp.pps() / e.tx_raw.pps().max(1.0)
+        );
+    }
+    md
+}
+
+fn flooded_json(f: &Flooded) -> serde_json::Value {
+    serde_json::json!({ "sent": f.sent, "errors": f.errors, "seconds": f.seconds, "pps": f.pps() })
+}
+
+pub fn json(steps: &[Step], extras: Option<&Extras>) -> serde_json::Value {
+    let steps: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "requested_pps": s.requested,
+                "baseline": flooded_json(&s.baseline),
+                "baseline_ip_received": s.baseline_ip_received,
+                "baseline_pps": s.baseline_pps(),
+                "copier": flooded_json(&s.copier),
+                "copier_ip_received": s.copier_ip_received,
+                "copier_counters": s.copier_stats.totals,
+                "processed_pps": s.processed_pps(),
+                "lost": s.lost(),
+                "lost_before_xdp": s.lost_before_xdp(),
+                "copier_dropped": s.copier_dropped(),
+                "loss_pct": s.loss_pct(),
+                "probes_answered": s.probes_answered,
+                "probes": PROBES,
+            })
+        })
+        .collect();
+    let extras = extras.map(|e| {
+        serde_json::json!({
+            "mirror": flooded_json(&e.mirror),
+            "mirror_counters": e.mirror_stats.totals,
+            "mirror_processed_pps": e.mirror_pps(),
+            "tx_af_xdp": flooded_json(&e.tx_af_xdp),
+            "tx_raw": flooded_json(&e.tx_raw),
+        })
+    });
+    serde_json::json!({ "steps": steps, "fastest": extras })
+}
+
+/// Offered vs processed, and loss, as SVG.
+pub fn plot(steps: &[Step]) -> String {
+    let points = |f: &dyn Fn(&Step) -> (f64, f64)| steps.iter().map(f).collect::<Vec<_>>();
+    svg::document(&[
+        svg::Chart {
+            title: "Capture path: offered vs processed (copy mode)".into(),
+            x_label: "offered, frames/s".into(),
+            y_label: "frames/s".into(),
+            series: vec![
+                svg::Series { label: "bare XDP_PASS → IP".into(), color: "#888", points: points(&|s| (s.baseline.pps(), s.baseline_pps())) },
+                svg::Series { label: "copier → workers".into(), color: "#d62728", points: points(&|s| (s.copier.pps(), s.processed_pps())) },
+                svg::Series {
+                    label: "copier → production IP".into(),
+                    color: "#1f77b4",
+                    points: points(&|s| (s.copier.pps(), s.copier_ip_received as f64 / s.copier.seconds.max(1e-9))),
+                },
+            ],
+            diagonal: true,
+        },
+        svg::Chart {
+            title: "Capture path: loss".into(),
+            x_label: "offered, frames/s".into(),
+            y_label: "loss, % of offered".into(),
+            series: vec![
+                svg::Series { label: "bare XDP_PASS: not at IP".into(), color: "#888", points: points(&|s| (s.baseline.pps(), s.baseline_loss_pct())) },
+                svg::Series { label: "copier: not processed".into(), color: "#d62728", points: points(&|s| (s.copier.pps(), s.loss_pct())) },
+                svg::Series {
+                    label: "copier: its own drops".into(),
+                    color: "#ff7f0e",
+                    points: points(&|s| (s.copier.pps(), pct(s.copier_dropped(), s.copier.sent))),
+                },
+            ],
+            diagonal: false,
+        },
+    ])
+}

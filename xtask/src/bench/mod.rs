@@ -1,0 +1,96 @@
+//! `cargo xtask bench`: what the copier and the intercept carry, and at what cost, measured on
+//! the namespace test bed, every figure from one invocation so ratios compare like with like.
+//! Figures are reported (JSON, Markdown and an SVG plot under `target/bench/`), never asserted.
+
+mod capture;
+mod replay;
+mod svg;
+
+use std::path::{Path, PathBuf};
+
+/// What to run.
+pub struct Plan {
+    pub short: u32,
+    pub keepalive: u32,
+    /// A scenario's whole name picks it ("capture" is the capture path); a part of one picks
+    /// every scenario containing it.
+    pub only: Option<String>,
+    /// Seconds each capture-path step floods for.
+    pub step_seconds: f64,
+}
+
+const CAPTURE: &str = "capture";
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} × {cpu}, Linux {}", kernel.trim())
+}
+
+/// Runs the plan and writes `target/bench/bench.{json,md}` (and `capture.svg`).
+pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let machine = machine();
+    let scenarios = replay::scenarios(plan.short, plan.keepalive);
+    let only = plan.only.as_deref();
+    let exact = only.is_some_and(|o| o == CAPTURE || scenarios.iter().any(|sc| sc.name == o));
+    let picked = |name: &str| only.is_none_or(|o| if exact { name == o } else { name.contains(o) });
+
+    let mut steps = Vec::new();
+    let mut extras = None;
+    if picked(CAPTURE) {
+        for rate in capture::RATES {
+            println!("xtask bench: capture path, {}", rate.map_or_else(|| "unpaced".to_owned(), |r| format!("{r} frames/s")));
+            let step = capture::step(rate, plan.step_seconds)?;
+            println!(
+                "xtask bench:   bare XDP_PASS {:.0} → {:.0} pps; copier {:.0} offered, {:.0} processed, {} lost ({} before XDP, {} by the copier); probes {}",
+                step.baseline.pps(),
+                step.baseline_pps(),
+                step.copier.pps(),
+                step.processed_pps(),
+                step.lost(),
+                step.lost_before_xdp(),
+                step.copier_dropped(),
+                step.probes_answered
+            );
+            steps.push(step);
+        }
+        println!("xtask bench: capture path, mirror mode and transmit paths, unpaced");
+        extras = Some(capture::extras(plan.step_seconds)?);
+    }
+
+    let mut outcomes = Vec::new();
+    for sc in scenarios.into_iter().filter(|sc| picked(&sc.name)) {
+        println!(
+            "xtask bench: {} ({} sessions x {} requests, -n {}, {} worker(s), --tx {})",
+            sc.name, sc.sessions.count, sc.sessions.requests_per_session, sc.multiply, sc.workers, sc.tx
+        );
+        let o = replay::run(&sc)?;
+        println!("xtask bench:   {}", o.brief());
+        outcomes.push(o);
+    }
+
+    let mut md = format!("Measured by `cargo xtask bench` on {machine}, veth test bed in network namespaces.\n\n");
+    if !steps.is_empty() {
+        md += &capture::markdown(&steps, extras.as_ref(), plan.step_seconds);
+        md += "\n![offered vs processed](capture.svg)\n\n";
+        std::fs::write(out.join("capture.svg"), capture::plot(&steps))?;
+    }
+    if !outcomes.is_empty() {
+        md += &replay::markdown(&outcomes);
+    }
+    let json = serde_json::json!({
+        "machine": machine,
+        "capture": (!steps.is_empty()).then(|| capture::json(&steps, extras.as_ref())),
+        "replay": replay::json(&outcomes),
+    });
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    std::fs::write(out.join("bench.md"), &md)?;
+    println!("\n{md}");
+    Ok(out)
+}
