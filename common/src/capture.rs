@@ -4,23 +4,35 @@
 /// record is 2 KiB.
 pub const CAPTURE_BYTES: usize = 2048 - 8;
 
-/// One copied frame in the capture ring.
+/// Frame bytes a small record holds: any frame without payload (ACKs, SYNs, FINs, resets) and
+/// short requests. Most of what a copier sees is that small; a 256-byte record instead of a
+/// 2 KiB one lets the same ring absorb eight times as many of them while userspace is away.
+pub const SMALL_CAPTURE_BYTES: usize = 256 - 8;
+
+/// One copied frame in the capture ring, in a record of `N` frame bytes (the ring holds both
+/// sizes; the header says how many bytes are valid).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CaptureRecord {
+pub struct CaptureRecordOf<const N: usize> {
     /// Bytes of `data` that are valid.
     pub len: u16,
     /// The frame's real length (larger than `len` when it was truncated).
     pub frame_len: u16,
     pub _pad: u32,
-    pub data: [u8; CAPTURE_BYTES],
+    pub data: [u8; N],
 }
+
+/// A record for any frame (truncated past [`CAPTURE_BYTES`]).
+pub type CaptureRecord = CaptureRecordOf<CAPTURE_BYTES>;
+/// A record for frames of at most [`SMALL_CAPTURE_BYTES`].
+pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CAPTURE_BYTES>;
 
 /// Header bytes before `data`.
 pub const RECORD_HEADER: usize = 8;
 
 impl CaptureRecord {
-    /// Reads a record from ring buffer bytes: the copied frame, or `None` if malformed.
+    /// Reads a record of either size from ring buffer bytes: the copied frame, or `None` if
+    /// malformed (a length past the record's end).
     pub fn frame(bytes: &[u8]) -> Option<&[u8]> {
         let len = u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]) as usize;
         bytes.get(RECORD_HEADER..RECORD_HEADER + len.min(CAPTURE_BYTES))
@@ -40,5 +52,16 @@ mod tests {
         bytes[0..2].copy_from_slice(&u16::MAX.to_ne_bytes());
         assert_eq!(CaptureRecord::frame(&bytes).unwrap().len(), CAPTURE_BYTES, "a corrupt length is bounded");
         assert_eq!(CaptureRecord::frame(&bytes[..1]), None);
+    }
+
+    #[test]
+    fn small_records_are_256_bytes_and_read_alike() {
+        assert_eq!(core::mem::size_of::<SmallCaptureRecord>(), 256);
+        let mut bytes = vec![0u8; 256];
+        bytes[0..2].copy_from_slice(&54u16.to_ne_bytes());
+        bytes[8] = 0xaa;
+        assert_eq!(CaptureRecord::frame(&bytes).unwrap(), &bytes[8..62]);
+        bytes[0..2].copy_from_slice(&300u16.to_ne_bytes());
+        assert_eq!(CaptureRecord::frame(&bytes), None, "a length past the record is malformed");
     }
 }

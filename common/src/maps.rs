@@ -9,9 +9,11 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const ONLINE_ENDPOINTS: &str = "ONLINE_ENDPOINTS";
 /// Hash map `Endpoint -> u8`: the intercept's test-server endpoints (wildcard address allowed).
 pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
-/// Ring buffer of [`crate::capture::CaptureRecord`]s: the copier's copy-mode capture.
+/// Ring buffer of [`crate::capture::CaptureRecordOf`]s (two sizes): the copier's copy-mode capture.
 pub const CAPTURE: &str = "CAPTURE";
-/// Its size: 8192 records, a few milliseconds of line rate for a poller that wakes every 50 µs.
+/// Its size: 8 192 full records or about 63 000 small ones (each with the ring's 8-byte
+/// header): tens of milliseconds of small-frame line rate for a reader that wakes every 50 µs
+/// to 1 ms.
 pub const CAPTURE_RING_BYTES: u32 = 16 << 20;
 /// `XskMap` of the intercept and of the copier in mirror mode: RX queue index -> AF_XDP socket.
 pub const XSKS: &str = "XSKS";

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use common::{
-    capture::{CaptureRecord, CAPTURE_BYTES},
+    capture::{CaptureRecordOf, CAPTURE_BYTES, SMALL_CAPTURE_BYTES},
     counters::{CopierCounter, Counter},
     endpoint::Endpoint,
     maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS, MAX_QUEUES},
@@ -107,7 +107,8 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Copies the frame (up to a record's worth) into the capture ring.
+/// Copies the frame into the capture ring: in a small record when it fits one, else in a full
+/// one (truncated past its size).
 #[inline(always)]
 fn copy(ctx: &XdpContext) {
     let frame_len = ctx.data_end() - ctx.data();
@@ -115,11 +116,23 @@ fn copy(ctx: &XdpContext) {
     // packet pointers (which is what LLVM turns `len > 0` into otherwise).
     // SAFETY: reading a local.
     let frame_len = unsafe { core::ptr::read_volatile(&frame_len) };
-    let len = if frame_len > CAPTURE_BYTES { CAPTURE_BYTES } else { frame_len };
+    if frame_len == 0 {
+        return;
+    }
+    if frame_len <= SMALL_CAPTURE_BYTES {
+        copy_into::<SMALL_CAPTURE_BYTES>(ctx, frame_len);
+    } else {
+        copy_into::<CAPTURE_BYTES>(ctx, frame_len);
+    }
+}
+
+#[inline(always)]
+fn copy_into<const N: usize>(ctx: &XdpContext, frame_len: usize) {
+    let len = if frame_len > N { N } else { frame_len };
     if len == 0 {
         return;
     }
-    let Some(mut entry) = CAPTURE.reserve::<CaptureRecord>(0) else {
+    let Some(mut entry) = CAPTURE.reserve::<CaptureRecordOf<N>>(0) else {
         count(CopierCounter::RingFull);
         return;
     };
@@ -138,7 +151,7 @@ fn copy(ctx: &XdpContext) {
     }
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     count(CopierCounter::Copied);
-    if frame_len > CAPTURE_BYTES {
+    if frame_len > N {
         count(CopierCounter::Truncated);
     }
 }

@@ -2,8 +2,9 @@
 //! workers.
 //!
 //! Copy mode: the program copies matching frames into a ring buffer and passes every frame on;
-//! one reader drains the ring about every 50 µs. Mirror mode: the program redirects matching
-//! frames into one AF_XDP socket per RX queue, each drained by a reader of its own.
+//! one reader drains the ring every 50 µs while traffic flows (1 ms while idle). Mirror mode:
+//! the program redirects matching frames into one AF_XDP socket per RX queue, each drained by a
+//! reader of its own.
 
 use std::{
     sync::{
@@ -40,8 +41,13 @@ use xdp_runtime::{counters::Counters, xsk_rx::RxSocket, Attached};
 /// The eBPF object built from `copier-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/copier"));
 
-/// How long the ring reader sleeps on an empty ring (never a busy spin: DESIGN.md §4).
+/// How long the ring reader sleeps on an empty ring while traffic flows (never a busy spin:
+/// DESIGN.md §4) ...
 const POLL: Duration = Duration::from_micros(50);
+/// ... and at most, once the ring has stayed empty: an idle copier then wakes 1 000 times a
+/// second, not 20 000 (the demo's copier spent most of its CPU polling an empty ring). The
+/// ring holds tens of milliseconds of traffic, so the longer first wait loses nothing.
+const POLL_IDLE: Duration = Duration::from_millis(1);
 /// How long an AF_XDP reader waits in poll(2) before it looks at the stop flag.
 const XSK_POLL_MS: i32 = 100;
 
@@ -142,7 +148,23 @@ impl Drop for Capture {
     }
 }
 
+/// The ring reader's sleep: [`POLL`] after a pass that found records, doubling with every
+/// empty pass up to [`POLL_IDLE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn after(self, took: usize) -> Self {
+        if took > 0 {
+            Self(POLL)
+        } else {
+            Self((self.0 * 2).min(POLL_IDLE))
+        }
+    }
+}
+
 fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, stop: Arc<AtomicBool>) {
+    let mut sleep = Backoff(POLL);
     while !stop.load(Ordering::Relaxed) {
         let mut taken = 0;
         while taken < copier_user::pcap::BATCH {
@@ -159,8 +181,9 @@ fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, stop: Arc<Atomi
             return;
         }
         if taken == 0 {
-            std::thread::sleep(POLL);
+            std::thread::sleep(sleep.0);
         }
+        sleep = sleep.after(taken);
     }
 }
 
@@ -175,5 +198,24 @@ fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, stop: Arc<AtomicBool>)
         if gone || dispatch.flush().is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_reader_backs_off_while_idle_and_snaps_back_on_traffic() {
+        let mut b = Backoff(POLL);
+        let waits: Vec<_> = (0..7)
+            .map(|_| {
+                let wait = b.0.as_micros();
+                b = b.after(0);
+                wait
+            })
+            .collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.after(3), Backoff(POLL));
     }
 }
