@@ -23,7 +23,7 @@ use copier_user::{
         dispatch::{Dispatch, WhenFull},
         intercepts::{self, LinkStats},
         tx::{RawTx, Transmit},
-        worker::{Announced, Input, Shared, Worker},
+        worker::{facts_queue, Announced, Input, Shared, Worker},
         xdp_tx::XdpTx,
     },
 };
@@ -196,6 +196,10 @@ impl Args {
 
 /// After the capture file is done, how long the open sessions may go without one finishing.
 const OFFLINE_GRACE: Duration = Duration::from_secs(5);
+/// Batches of captured frames queued per worker.
+const INPUT_QUEUE: usize = 4096;
+/// Batches of reply facts queued per worker (a queue of their own: see `facts_queue`).
+const FACTS_QUEUE: usize = 4096;
 /// How long replay waits for the intercepts before it starts.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
@@ -265,15 +269,17 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipe
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let links = Arc::new(LinkStats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut inputs, mut announced, mut shared, mut workers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut inputs, mut facts, mut announced, mut shared, mut workers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (index, tx) in (0..args.workers).zip(transmit) {
-        let (inputs_tx, inputs_rx) = sync_channel(4096);
+        let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
+        let (facts_tx, facts_rx) = facts_queue(inputs_tx.clone(), FACTS_QUEUE);
         let worker = Worker {
             index,
             core: Some(cores[index as usize % cores.len()]),
             engine: Engine::new(args.worker_config(index)),
             tx,
             inputs: inputs_rx,
+            facts: facts_rx,
             events: events_tx.clone(),
             announced: Arc::new(Announced::default()),
             shared: Arc::new(Shared::default()),
@@ -281,11 +287,12 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipe
             grace: OFFLINE_GRACE,
         };
         inputs.push(inputs_tx);
+        facts.push(facts_tx);
         announced.push(Arc::clone(&worker.announced));
         shared.push(Arc::clone(&worker.shared));
         workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run())?);
     }
-    tokio::spawn(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced, inputs.clone(), Arc::clone(&links)));
+    tokio::spawn(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced, facts, Arc::clone(&links)));
     Ok(Pipeline { inputs, stop, shared, links, workers, started: Instant::now() })
 }
 

@@ -265,6 +265,12 @@ impl Engine {
         self.sessions.len()
     }
 
+    /// Sessions still retransmitting (see [`Session::awaiting_ack`]). A scan of every
+    /// session: for the end of a replay, not for every packet.
+    pub fn sessions_awaiting_ack(&self) -> usize {
+        self.sessions.values().filter(|s| s.awaiting_ack()).count()
+    }
+
     /// Captured payload bytes held now.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered

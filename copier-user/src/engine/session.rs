@@ -154,6 +154,12 @@ impl Session {
         self.stream.buffered()
     }
 
+    /// Something it sent (SYN, data, FIN) is not acknowledged yet: it is retransmitting, and
+    /// ends by delivering or by giving up, never by idling.
+    pub fn awaiting_ack(&self) -> bool {
+        self.end.is_none() && self.rto_at.is_some()
+    }
+
     pub fn client_isn(&self) -> SeqNum {
         self.syn.isn
     }

@@ -297,6 +297,20 @@ fn sessions_captured_mid_stream_get_a_fabricated_handshake_unless_only_complete_
 }
 
 #[test]
+fn a_session_awaits_an_ack_while_anything_it_sent_is_unacknowledged() {
+    let mut e = Engine::new(config());
+    handshake(&mut e, 0, 40000);
+    let syn = sent(&mut e).remove(0);
+    assert_eq!((e.active_sessions(), e.sessions_awaiting_ack()), (1, 1), "the SYN is in flight");
+    e.on_reply(10, &syn_ack(syn.src, 1460, 64240, 1));
+    sent(&mut e);
+    assert_eq!((e.active_sessions(), e.sessions_awaiting_ack()), (1, 0), "established, nothing in flight: it only idles");
+    e.on_captured(20, Link::Ip, &data(40000, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
+    sent(&mut e);
+    assert_eq!(e.sessions_awaiting_ack(), 1, "the request is in flight");
+}
+
+#[test]
 fn a_reset_of_no_live_session_starts_nothing() {
     let mut e = Engine::new(config());
     for port in 40000..40100 {

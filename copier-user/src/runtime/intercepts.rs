@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc::{SyncSender, TrySendError},
+        mpsc::TrySendError,
         Arc,
     },
     time::Duration,
@@ -26,12 +26,14 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::worker::{split_token, sync_token, Announced, Input};
+use super::worker::{split_token, sync_token, Announced, FactsBatch, FactsSender};
 use crate::engine::{rewrite::PortClass, Event};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest a link waits for a worker's full facts queue before it drops the batch.
+const FACTS_WAIT: Duration = Duration::from_secs(1);
 
 /// Counters of the intercept links.
 #[derive(Default)]
@@ -112,7 +114,7 @@ pub async fn run(
     secret: Option<Arc<[u8]>>,
     mut events: mpsc::Receiver<(u64, Vec<Event>)>,
     announced: Vec<Arc<Announced>>,
-    workers: Vec<SyncSender<Input>>,
+    workers: Vec<FactsSender>,
     stats: Arc<LinkStats>,
 ) {
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
@@ -179,13 +181,30 @@ pub async fn run(
     }
 }
 
+/// Hands facts to a worker, waiting (without reading more from the intercept, so TCP pushes
+/// back on it) while the worker's queue is full; false if it stayed full for [`FACTS_WAIT`]
+/// or the worker is gone.
+async fn deliver(worker: &FactsSender, mut facts: FactsBatch) -> bool {
+    let deadline = tokio::time::Instant::now() + FACTS_WAIT;
+    loop {
+        match worker.try_send(facts) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) if tokio::time::Instant::now() < deadline => {
+                facts = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Why a connection attempt or a connection ended.
 async fn session(
     addr: SocketAddr,
     secret: &[u8],
     i: usize,
     ctl: &mpsc::Sender<Control>,
-    workers: &[SyncSender<Input>],
+    workers: &[FactsSender],
     stats: &LinkStats,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -232,12 +251,8 @@ async fn session(
                     for (facts, worker) in per_worker.into_iter().zip(workers).filter(|(f, _)| !f.is_empty()) {
                         let n = facts.len() as u64;
                         stats.facts.fetch_add(n, Relaxed);
-                        match worker.try_send(Input::Facts(facts)) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(_)) => {
-                                stats.facts_dropped.fetch_add(n, Relaxed);
-                            }
-                            Err(TrySendError::Disconnected(_)) => return Ok(()),
+                        if !deliver(worker, facts).await {
+                            stats.facts_dropped.fetch_add(n, Relaxed);
                         }
                     }
                 }
@@ -272,7 +287,7 @@ async fn connection(
     addr: SocketAddr,
     secret: Option<Arc<[u8]>>,
     ctl: mpsc::Sender<Control>,
-    workers: Vec<SyncSender<Input>>,
+    workers: Vec<FactsSender>,
     stats: Arc<LinkStats>,
 ) {
     let secret = secret.as_deref().unwrap_or_default().to_vec();
