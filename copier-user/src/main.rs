@@ -144,6 +144,10 @@ struct Args {
     /// Replay only sessions whose SYN was captured.
     #[arg(short = 'O', long = "only-complete")]
     only_complete: bool,
+    /// Sessions per worker opening at once (SYN or first request unacknowledged by the test
+    /// server); more wait their turn, so bursts do not overrun its SYN and accept queues.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_opening: u32,
     /// Worker threads, each pinned to a core, owning the sessions of its share of the flows.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
@@ -176,6 +180,7 @@ impl Args {
         c.only_complete = self.only_complete;
         c.idle_timeout_us = self.timeout * 1_000_000;
         c.max_buffered_bytes = (self.memory_mb as usize) << 20;
+        c.max_opening = self.max_opening as usize;
         c
     }
 
@@ -512,12 +517,13 @@ mod tests {
     fn tcpcopy_flags_reach_the_engine() {
         let args = Args::try_parse_from([
             "copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3", "-i", "x.pcap", "-c", "10.9.0.1-10.9.0.4", "-n", "3", "-f", "7",
-            "-r", "40", "-t", "9", "-m", "2", "-W", "-O",
+            "-r", "40", "-t", "9", "-m", "2", "-W", "-O", "--max-opening", "64",
         ])
         .unwrap();
         let c = args.engine_config();
         assert_eq!((c.multiply, c.port_shift, c.sample_percent, c.idle_timeout_us), (3, 7, 40, 9_000_000));
         assert_eq!((c.wait_for_response, c.only_complete, c.max_buffered_bytes), (false, true, 2 << 20));
+        assert_eq!(c.max_opening, 64);
         assert_eq!(c.client_addrs.unwrap().len(), 4);
     }
 

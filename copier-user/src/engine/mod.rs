@@ -15,7 +15,7 @@ mod stream;
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet},
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
     ops::Range,
 };
@@ -52,6 +52,10 @@ pub struct Config {
     /// `-t`: a session with no activity this long ends.
     pub idle_timeout_us: u64,
     pub max_sessions: usize,
+    /// `--max-opening`: sessions opening at once (SYN or first bytes unacknowledged); more wait
+    /// their turn, so a burst cannot overrun the test server's SYN and accept queues (it reset
+    /// a tenth of 100 000 sessions replayed at maximum speed without this).
+    pub max_opening: usize,
     /// `-m`: bytes of captured payload held at most.
     pub max_buffered_bytes: usize,
     pub max_retransmits: u32,
@@ -77,6 +81,7 @@ impl Config {
             only_complete: false,
             idle_timeout_us: 120_000_000,
             max_sessions: 1 << 20,
+            max_opening: 1024,
             max_buffered_bytes: 512 << 20,
             max_retransmits: 8,
             response_quiet_us: 50_000,
@@ -107,6 +112,8 @@ pub struct Counters {
     pub sessions_shed: u64,
     /// Sessions left out by `-r` or `-O`.
     pub sessions_skipped: u64,
+    /// Sessions that waited for their turn to open (`--max-opening`).
+    pub sessions_queued: u64,
     /// Sessions whose source port clashed with a live one and moved to the next free port.
     pub port_probes: u64,
     pub packets_sent: u64,
@@ -134,6 +141,7 @@ impl Counters {
             ("gave_up", self.sessions_gave_up),
             ("shed", self.sessions_shed),
             ("skipped", self.sessions_skipped),
+            ("queued", self.sessions_queued),
             ("requests", self.requests_sent),
             ("sent", self.packets_sent),
             ("retransmitted", self.packets_retransmitted),
@@ -232,6 +240,11 @@ pub struct Engine {
     declined: HashSet<CaptureKey>,
     next_id: SessionId,
     buffered: usize,
+    /// Live sessions for which [`Session::is_opening`] holds, kept by [`Self::with_session`]
+    /// and [`Self::remove`], the only places sessions change.
+    opening: usize,
+    /// Sessions waiting for their turn to open, oldest first.
+    held: VecDeque<SessionId>,
 }
 
 impl Engine {
@@ -250,6 +263,8 @@ impl Engine {
             declined: HashSet::new(),
             next_id: 1,
             buffered: 0,
+            opening: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -317,6 +332,23 @@ impl Engine {
             }
         }
         self.enforce_memory_bound();
+        self.release_held(now);
+    }
+
+    /// Lets held sessions open, oldest first, while fewer than `--max-opening` are opening.
+    fn release_held(&mut self, now: u64) {
+        while self.opening < self.config.max_opening.max(1) {
+            let Some(id) = self.held.pop_front() else { break };
+            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            session.held = false;
+            self.opening += usize::from(session.is_opening());
+            self.with_session(now, id, |s, ctx| s.transmit(ctx));
+        }
+    }
+
+    /// Sessions waiting for their turn to open.
+    pub fn held_sessions(&self) -> usize {
+        self.held.len()
     }
 
     /// A SYN with another ISN on a known 4-tuple is a new connection.
@@ -370,7 +402,14 @@ impl Engine {
         self.by_replay.insert(replay_client, id);
         self.counters.sessions_started += 1;
         self.out.events.push(Event::Own(replay_client));
-        self.with_session(now, id, |s, ctx| s.transmit(ctx));
+        if self.opening >= self.config.max_opening.max(1) {
+            self.sessions.get_mut(&id).expect("just inserted").held = true;
+            self.held.push_back(id);
+            self.counters.sessions_queued += 1;
+        } else {
+            self.opening += 1;
+            self.with_session(now, id, |s, ctx| s.transmit(ctx));
+        }
         Some(id)
     }
 
@@ -409,6 +448,7 @@ impl Engine {
         match self.by_replay.get(&facts.client).copied() {
             Some(id) if self.sessions.get(&id).is_some_and(|s| s.target == facts.target) => {
                 self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
+                self.release_held(now);
             }
             _ => self.counters.replies_unmatched += 1,
         }
@@ -432,6 +472,7 @@ impl Engine {
                 self.with_session(now, id, |s, ctx| s.on_timer(ctx));
             }
         }
+        self.release_held(now);
     }
 
     /// When [`Self::on_timer`] should run next (possibly early: a superseded entry).
@@ -443,8 +484,10 @@ impl Engine {
     fn with_session(&mut self, now: u64, id: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let before = session.buffered();
+        let was_opening = session.is_opening();
         let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: std::mem::take(&mut self.scratch) };
         f(session, &mut ctx);
+        self.opening = self.opening + usize::from(session.is_opening()) - usize::from(was_opening);
         let deadline = session.deadline(&ctx);
         self.scratch = ctx.scratch;
         self.buffered = self.buffered + session.buffered() - before;
@@ -465,6 +508,7 @@ impl Engine {
 
     fn remove(&mut self, id: SessionId) {
         if let Some(s) = self.sessions.remove(&id) {
+            self.opening -= usize::from(s.is_opening());
             self.buffered -= s.buffered();
             self.by_replay.remove(&s.replay_client);
             if let Some(key) = self.capture_keys.remove(&id) {

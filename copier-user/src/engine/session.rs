@@ -99,6 +99,9 @@ pub struct Session {
     /// The time of this session's live entry in the engine's timer heap.
     pub timer_at: Option<u64>,
     counted_complete: bool,
+    /// Waiting for its turn to open (too many sessions were opening): sends nothing yet, buffers
+    /// what is captured.
+    pub held: bool,
 }
 
 /// The longest a closed session lingers, however often the test server retransmits its FIN.
@@ -135,6 +138,7 @@ impl Session {
             fin_sent: false,
             rto: Rto::default(),
             rto_at: None,
+            held: false,
             retries: 0,
             rtt_probe: None,
             response_base: 0,
@@ -152,6 +156,12 @@ impl Session {
 
     pub fn buffered(&self) -> usize {
         self.stream.buffered()
+    }
+
+    /// Opening: sent its SYN and not yet had its SYN, or its first captured bytes, acknowledged:
+    /// it occupies the test server's SYN or accept queue.
+    pub fn is_opening(&self) -> bool {
+        self.end.is_none() && !self.held && (!self.syn_acked || (self.snd_una == 0 && self.stream.end() > 0))
     }
 
     /// Something it sent (SYN, data, FIN) is not acknowledged yet: it is retransmitting, and
@@ -378,7 +388,7 @@ impl Session {
     /// Sends whatever is allowed now: the SYN, data within the window and the pacing gate, the
     /// FIN, a replayed RST.
     pub fn transmit(&mut self, ctx: &mut Ctx<'_>) {
-        if self.end.is_some() {
+        if self.end.is_some() || self.held {
             return;
         }
         if !self.syn_acked {

@@ -311,6 +311,32 @@ fn a_session_awaits_an_ack_while_anything_it_sent_is_unacknowledged() {
 }
 
 #[test]
+fn sessions_beyond_the_opening_limit_wait_their_turn_in_order() {
+    let mut c = config();
+    c.max_opening = 2;
+    let mut e = Engine::new(c);
+    for port in [40000, 40001, 40002, 40003] {
+        handshake(&mut e, 0, port);
+        e.on_captured(0, Link::Ip, &data(port, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
+    }
+    let syns: Vec<_> = sent(&mut e).into_iter().filter(|p| p.flags == SYN).collect();
+    assert_eq!(syns.iter().map(|p| p.src.port).collect::<Vec<_>>(), [40000, 40001], "two open, two wait");
+    assert_eq!((e.held_sessions(), e.counters().sessions_queued), (2, 2));
+
+    // The first is answered: its request goes, but until the request is acknowledged the
+    // session still occupies the test server's queues.
+    e.on_reply(10, &syn_ack(syns[0].src, 1460, 64240, 1));
+    assert!(sent(&mut e).iter().all(|p| p.flags != SYN));
+    e.on_reply(20, &reply(syns[0].src, 18, 0, 0, 0));
+    assert_eq!(sent(&mut e).iter().filter(|p| p.flags == SYN).map(|p| p.src.port).collect::<Vec<_>>(), [40002]);
+
+    // A session that ends (given up, reset) frees its place too.
+    e.on_reply(30, &ReplyFacts { flags: RST, ..syn_ack(syns[1].src, 1460, 64240, 1) });
+    assert_eq!(sent(&mut e).iter().filter(|p| p.flags == SYN).map(|p| p.src.port).collect::<Vec<_>>(), [40003]);
+    assert_eq!(e.held_sessions(), 0);
+}
+
+#[test]
 fn a_reset_of_no_live_session_starts_nothing() {
     let mut e = Engine::new(config());
     for port in 40000..40100 {
