@@ -94,7 +94,10 @@ impl Chart {
             );
         }
         for (i, s) in self.series.iter().enumerate() {
-            let points: Vec<String> = s.points.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+            // A line left to right, whatever order the measurements came in.
+            let mut sorted = s.points.clone();
+            sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let points: Vec<String> = sorted.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
             let _ = writeln!(g, "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>", points.join(" "), s.color);
             for (x, y) in &s.points {
                 let _ = writeln!(g, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>", sx(*x), sy(*y), s.color);
@@ -138,11 +141,12 @@ mod tests {
             title: "t".into(),
             x_label: "offered".into(),
             y_label: "processed".into(),
-            series: vec![Series { label: "a<b".into(), color: "red", points: vec![(0.0, 0.0), (10.0, 5.0)] }],
+            series: vec![Series { label: "a<b".into(), color: "red", points: vec![(10.0, 5.0), (0.0, 0.0)] }],
             diagonal: true,
         };
         let svg = document(&[chart]);
         assert_eq!(svg.matches("<polyline").count(), 1);
+        assert!(svg.contains("points=\"80.0,270.0 500.0,155.0\""), "sorted by x, scaled into the plot: {svg}");
         assert!(svg.contains("a&lt;b") && svg.contains("stroke-dasharray"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
     }
