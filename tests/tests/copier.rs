@@ -357,3 +357,20 @@ fn a_burst_larger_than_the_af_xdp_ring_and_the_opening_limit_waits_and_loses_not
     assert_eq!(received, 5_000, "{}", copier.describe());
     assert_eq!(summary.get("completed"), 5_000, "{}", copier.describe());
 }
+
+#[test]
+fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retransmission() {
+    let tb = Testbed::new().unwrap();
+    // No intercept: the test server's answers never reach the copier, as if it were down.
+    let _target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let sessions = pcapgen::Sessions { count: 20, requests_per_session: 1, gap_us: 1_000 };
+    let pcap = tb.dir().join("silent.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let mut copier = replay(&tb, &pcap, &["--tx", "raw"]);
+    // Connect wait (10 s) + the grace (5 s), far below the SYN give-up limit (minutes).
+    let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{}", copier.describe());
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert_eq!((summary.get("sessions"), summary.get("timed_out"), summary.get("facts")), (20, 20, 0), "{}", copier.describe());
+    assert!(summary.get("retransmitted") > 0, "sessions were still retransmitting: {}", copier.describe());
+}

@@ -119,8 +119,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub stop: Arc<AtomicBool>,
     /// After the source is done, how long the open sessions may go without one of them
-    /// finishing before the rest are reset, unless some are still retransmitting (a large
-    /// replay drains for as long as it drains).
+    /// finishing before the rest are reset, unless some are still retransmitting and the test
+    /// server still answers (a large replay drains for as long as it drains).
     pub grace: Duration,
 }
 
@@ -148,6 +148,7 @@ impl Worker {
         let mut active = usize::MAX;
         let mut announcements = 0u64;
         let mut published = Instant::now();
+        let mut last_reply = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
@@ -161,9 +162,10 @@ impl Worker {
                     break;
                 }
                 if at.elapsed() >= self.grace {
-                    // Sessions still retransmitting end by delivering or by their give-up
-                    // limit, as a real client's would; only idle ones are cut here.
-                    if self.engine.sessions_awaiting_ack() == 0 {
+                    // Sessions still retransmitting to a test server that still answers end by
+                    // delivering or by their give-up limit, as a real client's would; idle
+                    // ones, or a silent test server, end the replay here.
+                    if last_reply.elapsed() >= self.grace || self.engine.sessions_awaiting_ack() == 0 {
                         break;
                     }
                     *at = Instant::now();
@@ -171,6 +173,9 @@ impl Worker {
             }
             // Replies first: they complete handshakes and open pacing gates.
             let replied = self.take_facts(now_us());
+            if replied > 0 {
+                last_reply = Instant::now();
+            }
             let wait = if replied > 0 {
                 Duration::ZERO
             } else {
