@@ -58,8 +58,8 @@ pub fn flood(path: Path, iface: &str, frames: &[Vec<u8>], rate: Option<u64>, dur
         Path::AfXdp => Transmit::Xdp(Box::new(XdpTx::open(Some(iface), &[dst], 0)?)),
         Path::Raw => Transmit::Raw(RawTx::open()?),
     };
-    // The generator and the receive path it drives (veth delivers inside the sender's
-    // transmit call) keep to the last core; the copier's first worker is pinned to the first.
+    // The generator keeps to the last core (with the receive path, when veth runs that inside
+    // the sender's transmit call); the copier's first worker is pinned to the first.
     if let Some(&last) = xdp_runtime::cpu::allowed_cores().last() {
         xdp_runtime::cpu::pin_to(last);
     }

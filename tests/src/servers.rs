@@ -51,7 +51,8 @@ master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 40000;
+events {{ worker_connections 20000; }}
 http {{
     log_format xdpcopy '"$request" $status $request_length';
     access_log {log} xdpcopy;

@@ -1,7 +1,7 @@
 //! Capture path: the generator floods the online host's client-facing interface with minimal
 //! online-port TCP frames at stepped rates. Each step runs twice on a fresh test bed: once with
 //! a bare `XDP_PASS` program (the most a production interface carries with any XDP program),
-//! once under the copier in copy mode. Production keeps being probed with real HTTP requests
+//! once under the copier in copy mode; the interface receives in a NAPI thread of its own. Production keeps being probed with real HTTP requests
 //! throughout. At the fastest step the copier also runs in mirror mode (AF_XDP receive), and
 //! the generator's two transmit paths, AF_XDP and raw IP sockets, race into a bare `XDP_DROP`.
 
@@ -151,6 +151,19 @@ fn stop_copier(mut copier: Process) -> anyhow::Result<Stats> {
     stats::last(&copier.stdout()).filter(|s| s.summary).with_context(|| format!("no copier summary\n{}", copier.describe()))
 }
 
+/// Moves the online interface's receive path (the XDP program, the stack) into a NAPI thread of
+/// its own, as a NIC's runs on its own core: left inline, veth runs it inside the generator's
+/// transmit calls on the generator's core, and the generator's speed caps the receiver's.
+/// Only possible while an XDP program is attached (veth has no NAPI instance before).
+fn receive_in_napi_thread(tb: &Testbed) -> anyhow::Result<()> {
+    let path = format!("/sys/class/net/{}/threaded", iface::ONLINE_TO_CLIENT);
+    let out = tb.command(Host::Online, "sh").args(["-c", &format!("echo 1 > {path}")]).output().context("running sh")?;
+    if !out.status.success() {
+        bail!("cannot enable threaded NAPI ({path}): {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Production, the test server and the intercept, running while this lives.
 struct Servers {
     _online: Nginx,
@@ -176,6 +189,7 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
     let (tb, _servers) = testbed()?;
     let before = ip_received(&tb)?;
     let bare = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Pass)?;
+    receive_in_napi_thread(&tb)?;
     let (baseline, _) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
     // What the stack still had queued arrives within a moment.
     std::thread::sleep(Duration::from_millis(300));
@@ -183,6 +197,7 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
     drop(bare);
 
     let copier = start_copier(&tb, "copy")?;
+    receive_in_napi_thread(&tb)?;
     let before = ip_received(&tb)?;
     let (flooded, probes_answered) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
     let copier_stats = stop_copier(copier)?;
@@ -194,9 +209,11 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
 pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     let (tb, _servers) = testbed()?;
     let copier = start_copier(&tb, "mirror")?;
+    receive_in_napi_thread(&tb)?;
     let (mirror, _) = flood_with_probes(&tb, Path::AfXdp, None, seconds)?;
     let mirror_stats = stop_copier(copier)?;
     let _drop = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Drop)?;
+    receive_in_napi_thread(&tb)?;
     let tx = |path| {
         let duration = Duration::from_secs_f64(seconds);
         tb.client.run(move || flood::flood(path, iface::CLIENT_TO_ONLINE, &flood::resets(addr::CLIENT, (addr::ONLINE, 80)), None, duration))?
@@ -210,7 +227,8 @@ fn rate_label(rate: Option<u64>) -> String {
 
 pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String {
     let mut md = format!(
-        "### Capture path (copy mode; 54-byte TCP frames from an AF_XDP generator, {seconds} s per step)\n\n\
+        "### Capture path (copy mode; 54-byte TCP frames from an AF_XDP generator, {seconds} s per step; the interface \
+         receives in a NAPI thread)\n\n\
          | step | bare XDP_PASS: offered → reached IP (pps) | copier: offered (pps) | XDP saw | lost before XDP | ring full | \
          queue full | truncated | workers processed | processed pps | production stack received | production probes answered |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
