@@ -33,27 +33,54 @@ pub type FactsBatch = Vec<ReplyFacts>;
 /// Where the intercept links put a worker's reply facts: a queue of its own, drained before
 /// captured input, so a capture file that keeps the input queue full (maximum speed) cannot
 /// crowd out the replies its sessions wait for (it did: a third of 760 000 facts dropped at
-/// 100 000 sessions); and a doorbell on the input queue that wakes an idle worker.
+/// 100 000 sessions); and a doorbell on the input queue that wakes an idle worker, rung once
+/// per drain.
 #[derive(Clone)]
 pub struct FactsSender {
     facts: SyncSender<FactsBatch>,
     doorbell: SyncSender<Input>,
+    /// Set while a wake-up is on its way: one doorbell per drain, not one per batch.
+    rung: Arc<AtomicBool>,
 }
 
 impl FactsSender {
     /// Queues a batch; a full queue hands it back (the caller waits and retries).
     pub fn try_send(&self, facts: FactsBatch) -> Result<(), TrySendError<FactsBatch>> {
         self.facts.try_send(facts)?;
-        // A full input queue means the worker is busy: it looks at the facts every pass.
-        let _ = self.doorbell.try_send(Input::Wake);
+        if !self.rung.swap(true, Ordering::AcqRel) && self.doorbell.try_send(Input::Wake).is_err() {
+            // The input queue is full: the worker is busy and drains the facts every pass.
+            self.rung.store(false, Ordering::Release);
+        }
         Ok(())
     }
 }
 
+/// The worker's end of its facts queue.
+pub struct FactsReceiver {
+    facts: Receiver<FactsBatch>,
+    rung: Arc<AtomicBool>,
+}
+
+impl FactsReceiver {
+    /// Hands up to `max` queued batches to `f`; returns how many there were.
+    fn drain(&self, max: usize, mut f: impl FnMut(FactsBatch)) -> usize {
+        // Cleared before draining: a batch queued from here on rings again. Acquire: every
+        // batch queued before the doorbell that set it is visible to the drain.
+        self.rung.swap(false, Ordering::AcqRel);
+        let mut batches = 0;
+        while let Some(facts) = (batches < max).then(|| self.facts.try_recv().ok()).flatten() {
+            f(facts);
+            batches += 1;
+        }
+        batches
+    }
+}
+
 /// A worker's facts queue of `capacity` batches, ringing `doorbell` (its input queue).
-pub fn facts_queue(doorbell: SyncSender<Input>, capacity: usize) -> (FactsSender, Receiver<FactsBatch>) {
+pub fn facts_queue(doorbell: SyncSender<Input>, capacity: usize) -> (FactsSender, FactsReceiver) {
     let (facts, rx) = std::sync::mpsc::sync_channel(capacity);
-    (FactsSender { facts, doorbell }, rx)
+    let rung = Arc::new(AtomicBool::new(false));
+    (FactsSender { facts, doorbell, rung: Arc::clone(&rung) }, FactsReceiver { facts: rx, rung })
 }
 
 /// Announcement batches handed to the hub, numbered; the hub says up to which batch every
@@ -113,7 +140,7 @@ pub struct Worker {
     pub engine: Engine,
     pub tx: Transmit,
     pub inputs: Receiver<Input>,
-    pub facts: Receiver<FactsBatch>,
+    pub facts: FactsReceiver,
     pub events: tokio::sync::mpsc::Sender<(u64, Vec<Event>)>,
     pub announced: Arc<Announced>,
     pub shared: Arc<Shared>,
@@ -223,15 +250,11 @@ impl Worker {
         }
     }
 
-    /// Hands every queued reply fact to the engine; returns how many batches there were.
+    /// Hands queued reply facts to the engine (bounded, so a flood of replies cannot starve
+    /// captured input); returns how many batches there were.
     fn take_facts(&mut self, now: u64) -> usize {
-        let mut batches = 0;
-        // Bounded, so a flood of replies cannot starve captured input.
-        while let Some(facts) = (batches < FACTS_PER_PASS).then(|| self.facts.try_recv().ok()).flatten() {
-            facts.iter().for_each(|f| self.engine.on_reply(now, f));
-            batches += 1;
-        }
-        batches
+        let engine = &mut self.engine;
+        self.facts.drain(FACTS_PER_PASS, |facts| facts.iter().for_each(|f| engine.on_reply(now, f)))
     }
 
     fn flush(&mut self, announcements: &mut u64) {
@@ -261,6 +284,35 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_facts_doorbell_rings_once_per_drain_however_many_batches_wait() {
+        let (inputs_tx, inputs_rx) = std::sync::mpsc::sync_channel(16);
+        let (tx, rx) = facts_queue(inputs_tx, 16);
+        for _ in 0..5 {
+            tx.try_send(vec![ReplyFacts::default()]).unwrap();
+        }
+        assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)));
+        assert!(inputs_rx.try_recv().is_err(), "one wake-up for five batches");
+        let mut seen = 0;
+        assert_eq!(rx.drain(3, |b| seen += b.len()), 3, "bounded");
+        assert_eq!(rx.drain(16, |b| seen += b.len()), 2);
+        assert_eq!(seen, 5);
+        tx.try_send(vec![]).unwrap();
+        assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)), "after a drain the next batch rings again");
+    }
+
+    #[test]
+    fn a_full_input_queue_leaves_the_doorbell_unrung_not_stuck() {
+        let (inputs_tx, inputs_rx) = std::sync::mpsc::sync_channel(1);
+        inputs_tx.send(Input::SourceDone).unwrap();
+        let (tx, rx) = facts_queue(inputs_tx, 4);
+        tx.try_send(vec![]).unwrap(); // the doorbell does not fit
+        assert!(matches!(inputs_rx.try_recv(), Ok(Input::SourceDone)));
+        tx.try_send(vec![]).unwrap(); // so this one rings
+        assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)));
+        assert_eq!(rx.drain(8, drop), 2);
+    }
 
     #[test]
     fn sync_tokens_carry_worker_and_batch() {
