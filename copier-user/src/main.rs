@@ -15,7 +15,7 @@ use common::proto::DEFAULT_PORT;
 use copier_user::{
     engine::{
         rewrite::{ClientAddrs, PortClass},
-        Config, Counters, Engine,
+        Config, Counters, Engine, DEFAULT_MAX_OPENING,
     },
     mapping::Mappings,
     pcap::{Batch, PcapSource},
@@ -146,7 +146,7 @@ struct Args {
     only_complete: bool,
     /// Sessions per worker opening at once (SYN or first request unacknowledged by the test
     /// server); more wait their turn, so bursts do not overrun its SYN and accept queues.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_MAX_OPENING as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_opening: u32,
     /// Worker threads, each pinned to a core, owning the sessions of its share of the flows.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -33,6 +33,11 @@ use self::{
 };
 use crate::mapping::Mapping;
 
+/// Sessions opening at once per engine unless told otherwise: far above what a LAN test
+/// server sees in normal replay (a handshake and a first request take a round trip or two),
+/// below the listen queues a burst would overrun.
+pub const DEFAULT_MAX_OPENING: usize = 1024;
+
 /// What the engine is told by the command line.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -81,7 +86,7 @@ impl Config {
             only_complete: false,
             idle_timeout_us: 120_000_000,
             max_sessions: 1 << 20,
-            max_opening: 1024,
+            max_opening: DEFAULT_MAX_OPENING,
             max_buffered_bytes: 512 << 20,
             max_retransmits: 8,
             response_quiet_us: 50_000,
