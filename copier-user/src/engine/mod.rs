@@ -33,9 +33,9 @@ use self::{
 };
 use crate::mapping::Mapping;
 
-/// Sessions opening at once per engine unless told otherwise: far above what a LAN test
-/// server sees in normal replay (a handshake and a first request take a round trip or two),
-/// below the listen queues a burst would overrun.
+/// Sessions opening at once per engine unless told otherwise: far above what normal replay to
+/// a LAN test server needs (a handshake and a first request take a round trip or two), and a
+/// bound on what a burst puts on the test server's listen queues at once.
 pub const DEFAULT_MAX_OPENING: usize = 1024;
 
 /// What the engine is told by the command line.
