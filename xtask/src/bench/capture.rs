@@ -78,14 +78,23 @@ pub struct Extras {
     /// Mirror mode: offered, and the copier's summary (redirected, captured).
     pub mirror: Flooded,
     pub mirror_stats: Stats,
-    /// Unpaced transmit into a bare `XDP_DROP`, per path.
+    /// Unpaced transmit into a bare `XDP_DROP`, per path: what the generator handed over, and
+    /// what arrived (the drop program's count: a path's "sent" includes what veth dropped).
     pub tx_af_xdp: Flooded,
+    pub tx_af_xdp_arrived: u64,
     pub tx_raw: Flooded,
+    pub tx_raw_arrived: u64,
 }
 
 impl Extras {
     pub fn mirror_pps(&self) -> f64 {
         self.mirror_stats.get("captured") as f64 / self.mirror.seconds.max(1e-9)
+    }
+    pub fn af_xdp_arrived_pps(&self) -> f64 {
+        self.tx_af_xdp_arrived as f64 / self.tx_af_xdp.seconds.max(1e-9)
+    }
+    pub fn raw_arrived_pps(&self) -> f64 {
+        self.tx_raw_arrived as f64 / self.tx_raw.seconds.max(1e-9)
     }
 }
 
@@ -205,6 +214,19 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
     Ok(Step { requested: rate, baseline, baseline_ip_received, copier: flooded, copier_ip_received, copier_stats, probes_answered })
 }
 
+/// Frames XDP programs dropped on the online host's client-facing interface (veth's
+/// `rx_queue_N_xdp_drops`, summed).
+fn xdp_drops(tb: &Testbed) -> anyhow::Result<u64> {
+    let out = tb.command(Host::Online, "ethtool").args(["-S", iface::ONLINE_TO_CLIENT]).output().context("running ethtool")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(": ").filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with("_xdp_drops")).and_then(|(_, v)| v.parse().ok()))
+        .collect();
+    anyhow::ensure!(!counts.is_empty(), "no rx_queue_*_xdp_drops in ethtool's statistics: {text}");
+    Ok(counts.iter().sum())
+}
+
 /// Mirror-mode receive and the two transmit paths, unpaced.
 pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     let (tb, _servers) = testbed()?;
@@ -214,11 +236,15 @@ pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     let mirror_stats = stop_copier(copier)?;
     let _drop = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Drop)?;
     receive_in_napi_thread(&tb)?;
-    let tx = |path| {
+    let tx = |path| -> anyhow::Result<(Flooded, u64)> {
         let duration = Duration::from_secs_f64(seconds);
-        tb.client.run(move || flood::flood(path, iface::CLIENT_TO_ONLINE, &flood::resets(addr::CLIENT, (addr::ONLINE, 80)), None, duration))?
+        let before = xdp_drops(&tb)?;
+        let flooded = tb.client.run(move || flood::flood(path, iface::CLIENT_TO_ONLINE, &flood::resets(addr::CLIENT, (addr::ONLINE, 80)), None, duration))??;
+        Ok((flooded, xdp_drops(&tb)? - before))
     };
-    Ok(Extras { mirror, mirror_stats, tx_af_xdp: tx(Path::AfXdp)?, tx_raw: tx(Path::Raw)? })
+    let (tx_af_xdp, tx_af_xdp_arrived) = tx(Path::AfXdp)?;
+    let (tx_raw, tx_raw_arrived) = tx(Path::Raw)?;
+    Ok(Extras { mirror, mirror_stats, tx_af_xdp, tx_af_xdp_arrived, tx_raw, tx_raw_arrived })
 }
 
 fn rate_label(rate: Option<u64>) -> String {
@@ -273,13 +299,16 @@ pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String
         let _ = writeln!(
             md,
             "\nMirror mode (AF_XDP receive, unpaced): offered {:.0} pps, redirected {}, workers processed {:.0} pps.\n\
-             Transmit into a bare XDP_DROP, unpaced, 54-byte frames: AF_XDP {:.0} pps, raw IP socket {:.0} pps: {:.1}×.",
+             Transmit into a bare XDP_DROP, unpaced, 54-byte frames, arrived (handed over): AF_XDP {:.0} pps ({:.0}), \
+             raw IP socket {:.0} pps ({:.0}): {:.1}×.",
             e.mirror.pps(),
             e.mirror_stats.get("redirected"),
             e.mirror_pps(),
+            e.af_xdp_arrived_pps(),
             e.tx_af_xdp.pps(),
+            e.raw_arrived_pps(),
             e.tx_raw.pps(),
-            e.tx_af_xdp.pps() / e.tx_raw.pps().max(1.0)
+            e.af_xdp_arrived_pps() / e.raw_arrived_pps().max(1.0)
         );
     }
     md
@@ -317,7 +346,11 @@ pub fn json(steps: &[Step], extras: Option<&Extras>) -> serde_json::Value {
             "mirror_counters": e.mirror_stats.totals,
             "mirror_processed_pps": e.mirror_pps(),
             "tx_af_xdp": flooded_json(&e.tx_af_xdp),
+            "tx_af_xdp_arrived": e.tx_af_xdp_arrived,
+            "tx_af_xdp_arrived_pps": e.af_xdp_arrived_pps(),
             "tx_raw": flooded_json(&e.tx_raw),
+            "tx_raw_arrived": e.tx_raw_arrived,
+            "tx_raw_arrived_pps": e.raw_arrived_pps(),
         })
     });
     serde_json::json!({ "steps": steps, "fastest": extras })
