@@ -33,6 +33,14 @@ pub fn ip(args: &[&str]) -> anyhow::Result<Output> {
     run(Command::new("ip").args(args))
 }
 
+/// The value of `counter` in `nstat` output (`NAME  VALUE  RATE` lines).
+fn nstat_value(text: &str, counter: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        (fields.next()? == counter).then(|| fields.next()?.parse().ok()).flatten()
+    })
+}
+
 /// Deletes namespaces left by test processes that no longer exist (killed before their
 /// `Drop` could run). Namespaces of live processes are left alone.
 pub fn sweep_stale() {
@@ -85,6 +93,14 @@ impl Netns {
         run(self.command(program).args(args))
     }
 
+    /// A kernel network counter of this namespace (`nstat -az NAME`: absolute, not since the
+    /// last call).
+    pub fn nstat(&self, counter: &str) -> anyhow::Result<u64> {
+        let out = self.exec("nstat", &["-az", counter])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        nstat_value(&text, counter).with_context(|| format!("no {counter} in nstat's output: {text}"))
+    }
+
     /// Sets a sysctl inside this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
@@ -122,5 +138,18 @@ impl Drop for Netns {
         if let Err(err) = ip(&["netns", "delete", &self.name]) {
             eprintln!("test bed: could not delete namespace {}: {err:#}", self.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod nstat_tests {
+    use super::nstat_value;
+
+    #[test]
+    fn nstat_values_are_read_by_exact_name() {
+        let text = "#kernel\nIpInReceives                    862986             0.0\nIpInReceivesX 5 0.0\n";
+        assert_eq!(nstat_value(text, "IpInReceives"), Some(862_986));
+        assert_eq!(nstat_value(text, "IpInDelivers"), None);
+        assert_eq!(nstat_value("IpInReceives garbage 0.0", "IpInReceives"), None);
     }
 }

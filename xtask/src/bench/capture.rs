@@ -8,8 +8,6 @@
 use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
-
-use super::svg;
 use xdpcopy_testbed::{
     bare_xdp::{Action, BareXdp},
     bins,
@@ -20,7 +18,8 @@ use xdpcopy_testbed::{
     traffic, Host, Process, Testbed,
 };
 
-const STARTUP: Duration = Duration::from_secs(20);
+use super::{start_intercept, svg, STARTUP};
+
 /// Production probes per step (one HTTP GET each, on its own connection).
 const PROBES: u32 = 10;
 
@@ -106,14 +105,8 @@ fn online_http() -> SocketAddr {
     SocketAddr::new(addr::ONLINE.into(), 80)
 }
 
-/// The online host's IP layer: datagrams received (nstat's IpInReceives).
-fn ip_received(tb: &Testbed) -> anyhow::Result<u64> {
-    let out = tb.command(Host::Online, "nstat").args(["-az", "IpInReceives"]).output().context("running nstat")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("IpInReceives").and_then(|v| v.split_whitespace().next()?.parse().ok()))
-        .with_context(|| format!("no IpInReceives in nstat's output: {text}"))
-}
+/// The online host's IP layer: datagrams received.
+const IP_RECEIVED: &str = "IpInReceives";
 
 /// Floods from the client host, probing production alongside; returns the flood and the
 /// probes answered.
@@ -186,31 +179,28 @@ fn testbed() -> anyhow::Result<(Testbed, Servers)> {
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
     let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http())?;
     let test = Nginx::start(&tb, Host::Target, "target-nginx", target)?;
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string(), "--stats-interval", "60"]);
-    let mut intercept = tb.start("intercept", cmd)?;
-    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+    let intercept = start_intercept(&tb, target)?;
     Ok((tb, Servers { _online: online, _test: test, _intercept: intercept }))
 }
 
 /// Runs one rate step.
 pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
     let (tb, _servers) = testbed()?;
-    let before = ip_received(&tb)?;
+    let before = tb.online.nstat(IP_RECEIVED)?;
     let bare = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Pass)?;
     receive_in_napi_thread(&tb)?;
     let (baseline, _) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
     // What the stack still had queued arrives within a moment.
     std::thread::sleep(Duration::from_millis(300));
-    let baseline_ip_received = ip_received(&tb)? - before;
+    let baseline_ip_received = tb.online.nstat(IP_RECEIVED)? - before;
     drop(bare);
 
     let copier = start_copier(&tb, "copy")?;
     receive_in_napi_thread(&tb)?;
-    let before = ip_received(&tb)?;
+    let before = tb.online.nstat(IP_RECEIVED)?;
     let (flooded, probes_answered) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
     let copier_stats = stop_copier(copier)?;
-    let copier_ip_received = ip_received(&tb)? - before;
+    let copier_ip_received = tb.online.nstat(IP_RECEIVED)? - before;
     Ok(Step { requested: rate, baseline, baseline_ip_received, copier: flooded, copier_ip_received, copier_stats, probes_answered })
 }
 
@@ -247,7 +237,7 @@ pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     Ok(Extras { mirror, mirror_stats, tx_af_xdp, tx_af_xdp_arrived, tx_raw, tx_raw_arrived })
 }
 
-fn rate_label(rate: Option<u64>) -> String {
+pub fn rate_label(rate: Option<u64>) -> String {
     rate.map_or_else(|| "unpaced".to_owned(), |r| format!("{} k/s", r / 1000))
 }
 

@@ -6,7 +6,13 @@ mod capture;
 mod replay;
 mod svg;
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use xdpcopy_testbed::{bins, topology::iface, Host, Process, Testbed};
 
 /// What to run.
 pub struct Plan {
@@ -20,6 +26,17 @@ pub struct Plan {
 }
 
 const CAPTURE: &str = "capture";
+/// Longest a binary may take to load and attach its XDP program.
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// Starts the intercept on the assistant host for `target`, attached.
+fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> {
+    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string(), "--stats-interval", "60"]);
+    let mut intercept = tb.start("intercept", cmd)?;
+    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
+    Ok(intercept)
+}
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -45,7 +62,7 @@ pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
     let mut extras = None;
     if picked(CAPTURE) {
         for rate in capture::RATES {
-            println!("xtask bench: capture path, {}", rate.map_or_else(|| "unpaced".to_owned(), |r| format!("{r} frames/s")));
+            println!("xtask bench: capture path, {}", capture::rate_label(rate));
             let step = capture::step(rate, plan.step_seconds)?;
             println!(
                 "xtask bench:   bare XDP_PASS {:.0} → {:.0} pps; copier {:.0} offered, {:.0} processed, {} lost ({} before XDP, {} by the copier); probes {}",

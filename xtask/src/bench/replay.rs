@@ -15,15 +15,18 @@ use xdpcopy_testbed::{
     pcapgen::{self, Sessions},
     servers::Nginx,
     stats,
-    topology::{addr, iface},
-    Host, Process, Testbed,
+    topology::addr,
+    Host, Testbed,
 };
 
-const STARTUP: Duration = Duration::from_secs(20);
+use super::start_intercept;
+
 /// Longest a replay may take before the bench gives up on it.
 const REPLAY_LIMIT: Duration = Duration::from_secs(900);
 /// "Maximum speed": the capture's timing divided by this.
 const MAX_SPEED: &str = "1000000";
+/// The test server's SYN cookies sent: its SYN queue overflowed.
+const SYN_COOKIES: &str = "TcpExtSyncookiesSent";
 
 /// One replay run.
 #[derive(Clone, Debug)]
@@ -118,23 +121,6 @@ fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok(((user + system) * 1_000_000 / hz, user * 1_000_000 / hz))
 }
 
-/// SYN cookies the test server's kernel has sent (nstat's TcpExtSyncookiesSent).
-fn syn_cookies(tb: &Testbed) -> anyhow::Result<u64> {
-    let out = tb.command(Host::Target, "nstat").args(["-az", "TcpExtSyncookiesSent"]).output().context("running nstat")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("TcpExtSyncookiesSent").and_then(|v| v.split_whitespace().next()?.parse().ok()))
-        .with_context(|| format!("no TcpExtSyncookiesSent in nstat's output: {text}"))
-}
-
-fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> {
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string(), "--stats-interval", "60"]);
-    let mut p = tb.start("intercept", cmd)?;
-    p.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
-    Ok(p)
-}
-
 pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     let tb = Testbed::new()?;
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
@@ -142,7 +128,7 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     let intercept = start_intercept(&tb, target)?;
     // Its start-up (loading and verifying the XDP program) is not a cost of the sessions.
     let intercept_idle = process_cpu_us(intercept.pid())?;
-    let cookies_before = syn_cookies(&tb)?;
+    let cookies_before = tb.target.nstat(SYN_COOKIES)?;
     let pcap = tb.dir().join("sessions.pcap");
     pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sc.sessions)?;
 
@@ -160,7 +146,7 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
         bail!("{}: the copier failed ({status})\n{}", sc.name, copier.describe());
     }
     let intercept_cpu = process_cpu_us(intercept.pid())?;
-    let target_syn_cookies = syn_cookies(&tb)? - cookies_before;
+    let target_syn_cookies = tb.target.nstat(SYN_COOKIES)? - cookies_before;
     for warning in copier.stderr().lines().filter(|l| l.contains("WARN")) {
         println!("xtask bench:   copier: {warning}");
     }
