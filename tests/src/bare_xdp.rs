@@ -20,14 +20,14 @@ pub enum Action {
     Pass = 2,
 }
 
-const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_LINK_CREATE: libc::c_int = 28;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 /// Native (driver) mode, as the copier attaches.
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
-/// `union bpf_attr` for BPF_PROG_LOAD, up to the fields used here (the kernel zero-checks the rest).
+/// `union bpf_attr` for BPF_PROG_LOAD, up to the fields used here (the rest stays zero).
 #[repr(C)]
 #[derive(Default)]
 struct ProgLoad {
@@ -47,21 +47,20 @@ struct ProgLoad {
 
 /// `union bpf_attr` for BPF_LINK_CREATE.
 #[repr(C)]
-#[derive(Default)]
 struct LinkCreate {
     prog_fd: u32,
     target_ifindex: u32,
     attach_type: u32,
     flags: u32,
-    _pad: [u64; 4],
 }
 
-fn bpf<T>(cmd: libc::c_int, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a properly laid out bpf_attr of the size passed.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// bpf(2) with `attr` laid into the zeroed `union bpf_attr` the kernel expects.
+fn bpf<T>(cmd: libc::c_long, attr: T) -> io::Result<OwnedFd> {
+    const { assert!(std::mem::size_of::<T>() <= std::mem::size_of::<xdp_runtime::bpf::Attr>()) };
+    let mut raw: xdp_runtime::bpf::Attr = [0; 16];
+    // SAFETY: `T` is a plain #[repr(C)] struct no larger than `raw` (checked above).
+    unsafe { std::ptr::write_unaligned(raw.as_mut_ptr().cast::<T>(), attr) };
+    let fd = xdp_runtime::bpf::call(cmd, &mut raw)?;
     // SAFETY: a fresh descriptor the kernel gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -90,14 +89,14 @@ impl BareXdp {
             expected_attach_type: BPF_XDP,
             ..ProgLoad::default()
         };
-        let prog = bpf(BPF_PROG_LOAD, &attr).context("loading a bare XDP program")?;
+        let prog = bpf(BPF_PROG_LOAD, attr).context("loading a bare XDP program")?;
         let iface = iface.to_owned();
         let prog_fd = prog.as_raw_fd() as u32;
         // Interface indexes are per namespace: look it up and attach from inside.
         let link = ns.run(move || -> anyhow::Result<OwnedFd> {
             let index = xdp_runtime::iface::index(&iface)?;
-            let attr = LinkCreate { prog_fd, target_ifindex: index, attach_type: BPF_XDP, flags: XDP_FLAGS_DRV_MODE, ..LinkCreate::default() };
-            bpf(BPF_LINK_CREATE, &attr).with_context(|| format!("attaching a bare XDP program to {iface}"))
+            let attr = LinkCreate { prog_fd, target_ifindex: index, attach_type: BPF_XDP, flags: XDP_FLAGS_DRV_MODE };
+            bpf(BPF_LINK_CREATE, attr).with_context(|| format!("attaching a bare XDP program to {iface}"))
         })??;
         Ok(Self { _link: link, _prog: prog })
     }

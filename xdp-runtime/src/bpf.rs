@@ -1,4 +1,5 @@
-//! Detaching an XDP bpf_link that another process holds, for `--force`.
+//! The raw bpf(2) system call, for what aya does not expose; and with it, detaching an XDP
+//! bpf_link that another process holds, for `--force`.
 //!
 //! aya can list links but does not expose a link's interface, so we ask the kernel directly:
 //! walk link ids, keep the XDP link on our interface running the program netlink reported, and
@@ -13,9 +14,10 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 
 /// `union bpf_attr` is large; the kernel requires unused bytes to be zero.
-type Attr = [u64; 16];
+pub type Attr = [u64; 16];
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
+/// bpf(2) with command `cmd`; the kernel's return value (often a new descriptor).
+pub fn call(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
     // SAFETY: attr is a zeroed, sufficiently large bpf_attr for every command used here.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<Attr>()) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
@@ -24,7 +26,7 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
 fn next_link_id(start: u32) -> io::Result<Option<u32>> {
     let mut attr: Attr = [0; 16];
     attr[0] = start as u64; // start_id
-    match bpf(BPF_LINK_GET_NEXT_ID, &mut attr) {
+    match call(BPF_LINK_GET_NEXT_ID, &mut attr) {
         Ok(_) => Ok(Some((attr[0] >> 32) as u32)), // next_id follows start_id
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(err) => Err(err),
@@ -34,7 +36,7 @@ fn next_link_id(start: u32) -> io::Result<Option<u32>> {
 fn link_fd(id: u32) -> io::Result<OwnedFd> {
     let mut attr: Attr = [0; 16];
     attr[0] = id as u64;
-    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    let fd = call(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
     // SAFETY: the kernel returned a fresh descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -56,7 +58,7 @@ fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
     let mut attr: Attr = [0; 16];
     attr[0] = fd.as_raw_fd() as u64 | ((size_of::<LinkInfo>() as u64) << 32); // bpf_fd, info_len
     attr[1] = (&mut info as *mut LinkInfo) as u64;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    call(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info)
 }
 
@@ -77,7 +79,7 @@ pub fn detach_xdp_link(if_index: u32, prog_id: u32) -> io::Result<bool> {
         if info.kind == BPF_LINK_TYPE_XDP && info.xdp_ifindex == if_index && info.prog_id == prog_id {
             let mut attr: Attr = [0; 16];
             attr[0] = fd.as_raw_fd() as u64;
-            bpf(BPF_LINK_DETACH, &mut attr)?;
+            call(BPF_LINK_DETACH, &mut attr)?;
             return Ok(true);
         }
     }

@@ -3,7 +3,7 @@
 //! program, print counters, and detach on SIGINT/SIGTERM (the bpf_link covers SIGKILL).
 
 pub mod attach;
-mod bpf;
+pub mod bpf;
 pub mod counters;
 pub mod cpu;
 pub mod iface;
