@@ -20,7 +20,7 @@ use copier_user::{
     mapping::Mappings,
     pcap::{Batch, PcapSource},
     runtime::{
-        dispatch::{Dispatch, WhenFull},
+        dispatch::{Backpressure, Dispatch, WhenFull},
         intercepts::{self, LinkStats},
         tx::{RawTx, Transmit},
         worker::{facts_queue, Announced, Input, Shared, Worker},
@@ -435,7 +435,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // A file's first sessions would lose their replies to an intercept not yet connected;
             // live traffic does not wait (SYN retransmission covers a late intercept).
             wait_for_intercepts(&pipeline, args.intercepts.0.len()).await;
-            let (dispatch, stop) = (Dispatch::new(pipeline.inputs.clone(), WhenFull::Wait), Arc::clone(&pipeline.stop));
+            let backpressure = Backpressure {
+                backlogs: pipeline.shared.iter().map(|s| Arc::clone(&s.backlog)).collect(),
+                limit: args.max_opening as usize,
+                stop: Arc::clone(&pipeline.stop),
+            };
+            let dispatch = Dispatch::new(pipeline.inputs.clone(), WhenFull::Wait).with_backpressure(backpressure);
+            let stop = Arc::clone(&pipeline.stop);
             let (speed, gap) = (args.speed, args.skip_gaps_ms.map(|ms| ms * 1000));
             Some(std::thread::Builder::new().name("copier-pcap".into()).spawn(move || feed(source, dispatch, speed, gap, stop))?)
         }

@@ -353,6 +353,8 @@ fn a_burst_larger_than_the_af_xdp_ring_and_the_opening_limit_waits_and_loses_not
     let summary = stats::last(&copier.stdout()).unwrap();
     assert_eq!(summary.get("tx_errors"), 0, "{}", copier.describe());
     assert!(summary.get("queued") > 0, "the limit held sessions back: {}", copier.describe());
+    // Without backpressure the whole file would be read at once and nearly all 5 000 wait.
+    assert!(summary.get("queued_peak") <= 256 + 256, "the file was read no faster than sessions opened (one 256-frame batch over): {}", copier.describe());
     let received = target.requests().iter().filter(|r| r.starts_with("GET /bench/")).count();
     assert_eq!(received, 5_000, "{}", copier.describe());
     assert_eq!(summary.get("completed"), 5_000, "{}", copier.describe());

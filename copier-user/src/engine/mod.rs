@@ -119,6 +119,9 @@ pub struct Counters {
     pub sessions_skipped: u64,
     /// Sessions that waited for their turn to open (`--max-opening`).
     pub sessions_queued: u64,
+    /// Most sessions waiting at once (summed over workers: each worker's own peak). A capture
+    /// file is read no faster than sessions open, so this stays near `--max-opening`.
+    pub queued_peak: u64,
     /// Sessions whose source port clashed with a live one and moved to the next free port.
     pub port_probes: u64,
     pub packets_sent: u64,
@@ -147,6 +150,7 @@ impl Counters {
             ("shed", self.sessions_shed),
             ("skipped", self.sessions_skipped),
             ("queued", self.sessions_queued),
+            ("queued_peak", self.queued_peak),
             ("requests", self.requests_sent),
             ("sent", self.packets_sent),
             ("retransmitted", self.packets_retransmitted),
@@ -411,6 +415,7 @@ impl Engine {
             self.sessions.get_mut(&id).expect("just inserted").held = true;
             self.held.push_back(id);
             self.counters.sessions_queued += 1;
+            self.counters.queued_peak = self.counters.queued_peak.max(self.held.len() as u64);
         } else {
             self.opening += 1;
             self.with_session(now, id, |s, ctx| s.transmit(ctx));

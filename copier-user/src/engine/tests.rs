@@ -321,7 +321,7 @@ fn sessions_beyond_the_opening_limit_wait_their_turn_in_order() {
     }
     let syns: Vec<_> = sent(&mut e).into_iter().filter(|p| p.flags == SYN).collect();
     assert_eq!(syns.iter().map(|p| p.src.port).collect::<Vec<_>>(), [40000, 40001], "two open, two wait");
-    assert_eq!((e.held_sessions(), e.counters().sessions_queued), (2, 2));
+    assert_eq!((e.held_sessions(), e.counters().sessions_queued, e.counters().queued_peak), (2, 2, 2));
 
     // The first is answered: its request goes, but until the request is acknowledged the
     // session still occupies the test server's queues.

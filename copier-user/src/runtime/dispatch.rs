@@ -2,10 +2,13 @@
 //! hash so both directions of a session meet on one worker. Frames travel in batches: one
 //! channel send per batch and worker, never one per packet.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    mpsc::{SyncSender, TrySendError},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc::{SyncSender, TrySendError},
+        Arc,
+    },
+    time::Duration,
 };
 
 use super::worker::Input;
@@ -31,10 +34,59 @@ pub enum WhenFull {
     Drop,
 }
 
+/// What a worker has not got to yet: the dispatcher's view of it, for [`Backpressure`].
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Sessions waiting for their turn to open; the worker publishes it after each pass.
+    pub held: AtomicUsize,
+    /// Captured frames handed to the worker (the dispatcher counts them).
+    pub frames_sent: AtomicU64,
+    /// Captured frames the worker has taken (it counts them).
+    pub frames_taken: AtomicU64,
+}
+
+impl Backlog {
+    fn frames_queued(&self) -> u64 {
+        self.frames_sent.load(Ordering::Relaxed).saturating_sub(self.frames_taken.load(Ordering::Relaxed))
+    }
+}
+
+/// A capture file is read no faster than its sessions open: a worker that holds `limit`
+/// sessions waiting for their turn (`--max-opening`), or has [`Backpressure::AHEAD`] frames
+/// not yet taken, gets its next batch when it is below both. Unbounded read-ahead would start
+/// every session of the file at once: memory grows with the file (until `-m` sheds sessions)
+/// and the session tables outgrow the caches.
+pub struct Backpressure {
+    /// One per worker.
+    pub backlogs: Vec<Arc<Backlog>>,
+    pub limit: usize,
+    /// Set when the copier stops: waiting ends.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Backpressure {
+    /// Frames a worker may have queued: enough to keep it busy between looks.
+    pub const AHEAD: u64 = 4 * BATCH as u64;
+    /// How often a waiting reader looks again: sessions open in round trips, so finer
+    /// polling would only cost wake-ups.
+    const POLL: Duration = Duration::from_millis(1);
+
+    /// Waits until worker `w` is below the limits, or the copier stops.
+    fn wait_for(&self, w: usize) {
+        let backlog = &self.backlogs[w];
+        while (backlog.held.load(Ordering::Relaxed) >= self.limit || backlog.frames_queued() >= Self::AHEAD)
+            && !self.stop.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Self::POLL);
+        }
+    }
+}
+
 pub struct Dispatch {
     workers: Vec<SyncSender<Input>>,
     pending: Vec<Batch>,
     when_full: WhenFull,
+    backpressure: Option<Backpressure>,
     /// Frames dropped at full worker queues.
     pub dropped: Arc<AtomicU64>,
 }
@@ -48,7 +100,14 @@ impl Dispatch {
     pub fn counting_into(workers: Vec<SyncSender<Input>>, when_full: WhenFull, dropped: Arc<AtomicU64>) -> Self {
         assert!(!workers.is_empty(), "at least one worker");
         let pending = workers.iter().map(|_| Batch::default()).collect();
-        Self { workers, pending, when_full, dropped }
+        Self { workers, pending, when_full, dropped, backpressure: None }
+    }
+
+    /// Batches for a worker that holds too many sessions wait (a capture file).
+    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
+        assert_eq!(backpressure.backlogs.len(), self.workers.len(), "one backlog per worker");
+        self.backpressure = Some(backpressure);
+        self
     }
 
     /// The worker owning the session of `frame` (worker 0 for what is not TCP: its engine
@@ -94,6 +153,10 @@ impl Dispatch {
 
     fn send(&mut self, w: usize) -> Result<(), WorkersGone> {
         let batch = std::mem::take(&mut self.pending[w]);
+        if let Some(bp) = &self.backpressure {
+            bp.wait_for(w);
+            bp.backlogs[w].frames_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         match self.when_full {
             WhenFull::Wait => self.workers[w].send(Input::Captured(batch)).map_err(|_| WorkersGone),
             WhenFull::Drop => match self.workers[w].try_send(Input::Captured(batch)) {
@@ -170,5 +233,67 @@ mod tests {
         drop(rx);
         d.push(0, Link::Ip, &p).unwrap();
         assert!(d.flush().is_err(), "a gone worker is an error, not a silent loss");
+    }
+
+    fn backpressured(limit: usize) -> (Dispatch, Receiver<Input>, Arc<Backlog>, Arc<AtomicBool>) {
+        let (tx, rx) = sync_channel(64);
+        let (backlog, stop) = (Arc::new(Backlog::default()), Arc::new(AtomicBool::new(false)));
+        let bp = Backpressure { backlogs: vec![Arc::clone(&backlog)], limit, stop: Arc::clone(&stop) };
+        (Dispatch::new(vec![tx], WhenFull::Wait).with_backpressure(bp), rx, backlog, stop)
+    }
+
+    fn one_frame() -> Vec<u8> {
+        packet(Endpoint::v4([10, 0, 0, 2], 1), Endpoint::v4([10, 0, 0, 1], 80))
+    }
+
+    /// Pushes one frame and flushes it from another thread; returns when it was sent.
+    fn send_one(mut d: Dispatch) -> std::thread::JoinHandle<Dispatch> {
+        std::thread::spawn(move || {
+            d.push(0, Link::Ip, &one_frame()).unwrap();
+            d.flush().unwrap();
+            d
+        })
+    }
+
+    #[test]
+    fn a_file_is_read_no_faster_than_the_worker_opens_sessions() {
+        let (d, rx, backlog, _stop) = backpressured(4);
+        let d = send_one(d).join().unwrap();
+        assert_eq!(received(&rx).len(), 1, "below the limits batches go at once");
+        backlog.frames_taken.store(1, Ordering::Relaxed);
+        backlog.held.store(4, Ordering::Relaxed);
+        let reader = send_one(d);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(received(&rx).is_empty(), "a worker holding the limit gets nothing more");
+        backlog.held.store(3, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(received(&rx).len(), 1, "one session opened: the batch goes");
+    }
+
+    #[test]
+    fn a_worker_gets_only_a_few_batches_ahead_of_what_it_took() {
+        let (mut d, rx, backlog, _stop) = backpressured(usize::MAX);
+        let p = one_frame();
+        for _ in 0..Backpressure::AHEAD {
+            d.push(0, Link::Ip, &p).unwrap();
+        }
+        assert_eq!(backlog.frames_sent.load(Ordering::Relaxed), Backpressure::AHEAD);
+        let reader = send_one(d);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(received(&rx).len() as u64, Backpressure::AHEAD, "nothing beyond the read-ahead");
+        backlog.frames_taken.store(BATCH as u64, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(received(&rx).len(), 1);
+    }
+
+    #[test]
+    fn stopping_ends_the_wait() {
+        let (d, rx, backlog, stop) = backpressured(1);
+        backlog.held.store(1, Ordering::Relaxed);
+        let reader = send_one(d);
+        std::thread::sleep(Duration::from_millis(20));
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert_eq!(received(&rx).len(), 1);
     }
 }

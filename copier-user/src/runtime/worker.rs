@@ -12,7 +12,7 @@ use std::{
 
 use common::facts::ReplyFacts;
 
-use super::tx::Transmit;
+use super::{dispatch::Backlog, tx::Transmit};
 use crate::{
     engine::{Counters, Engine, Event},
     pcap::Batch,
@@ -130,6 +130,8 @@ pub struct Shared {
     pub counters: Mutex<Counters>,
     pub active: Mutex<(usize, usize)>,
     pub tx_errors: Mutex<u64>,
+    /// What the capture file's reader waits on (see [`super::dispatch::Backpressure`]).
+    pub backlog: Arc<Backlog>,
 }
 
 pub struct Worker {
@@ -176,6 +178,7 @@ impl Worker {
         let mut announcements = 0u64;
         let mut published = Instant::now();
         let mut last_reply = Instant::now();
+        let mut frames_taken = 0u64;
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 break;
@@ -225,6 +228,7 @@ impl Worker {
             for input in first.into_iter().chain(std::iter::from_fn(|| self.inputs.try_recv().ok()).take(64)) {
                 match input {
                     Input::Captured(batch) => {
+                        frames_taken += batch.len() as u64;
                         let now = now_us();
                         batch.iter().for_each(|(_, link, p)| self.engine.on_captured(now, link, p));
                     }
@@ -236,6 +240,8 @@ impl Worker {
             }
             self.engine.on_timer(now_us());
             self.flush(&mut announcements);
+            self.shared.backlog.held.store(self.engine.held_sessions(), Ordering::Relaxed);
+            self.shared.backlog.frames_taken.store(frames_taken, Ordering::Relaxed);
             if published.elapsed() >= PUBLISH_EVERY {
                 self.publish();
                 published = Instant::now();
