@@ -268,7 +268,10 @@ impl Worker {
         if !out.events.is_empty() {
             *announcements += 1;
             let events = std::mem::take(&mut out.events);
-            if self.events.blocking_send((sync_token(self.index, *announcements), events)).is_ok() {
+            // Only a claim must be in effect before the packets go: their replies need an
+            // owner. A release may land whenever (the session's replies are unmatched anyway).
+            let claims = events.iter().any(|e| matches!(e, Event::Own(_)));
+            if self.events.blocking_send((sync_token(self.index, *announcements), events)).is_ok() && claims {
                 self.announced.wait_confirmed(*announcements, ANNOUNCE_WAIT);
             }
         }
