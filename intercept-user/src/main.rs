@@ -54,6 +54,11 @@ struct Args {
     /// Replace an XDP program this process did not attach.
     #[arg(long)]
     force: bool,
+    /// Microseconds an AF_XDP worker pauses after a batch that did not fill, so replies travel
+    /// to the copiers in fewer, larger messages (a NIC's interrupt moderation); 0: never.
+    /// Each reply may wait this long; a full batch never waits.
+    #[arg(long, default_value_t = xsk::Coalesce::DEFAULT_US, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    coalesce_us: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -138,7 +143,8 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let cores = xdp_runtime::allowed_cores();
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
-        threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], facts_tx.clone(), Arc::clone(&stop), Arc::clone(&stats))?);
+        let coalesce = xsk::Coalesce::from_micros(args.coalesce_us);
+        threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], coalesce, facts_tx.clone(), Arc::clone(&stop), Arc::clone(&stats))?);
     }
 
     let report = xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || stats.snapshot()).await;
