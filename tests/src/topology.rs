@@ -145,6 +145,23 @@ impl Testbed {
         Ok(())
     }
 
+    /// Makes `iface` of `host` receive in a NAPI thread of its own, as a NIC's receive runs in
+    /// the receiving host's softirq. Left alone, veth runs the receiver's whole stack (its XDP
+    /// program, TCP, the application's wake-up) inside the sender's transmit call, billed to
+    /// the sending process: a bench would charge the test server's TCP to the copier. GRO gives
+    /// veth a NAPI instance even without an XDP program; `peer_iface` of `peer`, the sending
+    /// end, loses TSO, without which veth bypasses NAPI for frames it could not aggregate
+    /// (AF_XDP's and TCP's).
+    pub fn receive_in_napi_thread(&self, host: Host, iface: &str, peer: Host, peer_iface: &str) -> anyhow::Result<()> {
+        self.host(peer).exec("ethtool", &["-K", peer_iface, "tso", "off"])?;
+        let ns = self.host(host);
+        ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
+        ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")])?;
+        let threaded = ns.exec("cat", &[&format!("/sys/class/net/{iface}/threaded")])?;
+        anyhow::ensure!(String::from_utf8_lossy(&threaded.stdout).trim() == "1", "{iface}: threaded NAPI did not stick");
+        Ok(())
+    }
+
     pub fn host(&self, host: Host) -> &Netns {
         match host {
             Host::Client => &self.client,

@@ -153,17 +153,11 @@ fn stop_copier(mut copier: Process) -> anyhow::Result<Stats> {
     stats::last(&copier.stdout()).filter(|s| s.summary).with_context(|| format!("no copier summary\n{}", copier.describe()))
 }
 
-/// Moves the online interface's receive path (the XDP program, the stack) into a NAPI thread of
-/// its own, as a NIC's runs on its own core: left inline, veth runs it inside the generator's
-/// transmit calls on the generator's core, and the generator's speed caps the receiver's.
-/// Only possible while an XDP program is attached (veth has no NAPI instance before).
+/// The online interface receives in a NAPI thread of its own, as a NIC's runs on its own core:
+/// left inline, veth runs the receiver inside the generator's transmit calls on the
+/// generator's core, and the generator's speed caps the receiver's.
 fn receive_in_napi_thread(tb: &Testbed) -> anyhow::Result<()> {
-    let path = format!("/sys/class/net/{}/threaded", iface::ONLINE_TO_CLIENT);
-    let out = tb.command(Host::Online, "sh").args(["-c", &format!("echo 1 > {path}")]).output().context("running sh")?;
-    if !out.status.success() {
-        bail!("cannot enable threaded NAPI ({path}): {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+    tb.receive_in_napi_thread(Host::Online, iface::ONLINE_TO_CLIENT, Host::Client, iface::CLIENT_TO_ONLINE)
 }
 
 /// Production, the test server and the intercept, running while this lives.

@@ -15,7 +15,7 @@ use xdpcopy_testbed::{
     pcapgen::{self, Sessions},
     servers::Nginx,
     stats,
-    topology::addr,
+    topology::{addr, iface},
     Host, Testbed,
 };
 
@@ -25,6 +25,8 @@ use super::start_intercept;
 const REPLAY_LIMIT: Duration = Duration::from_secs(900);
 /// "Maximum speed": the capture's timing divided by this.
 const MAX_SPEED: &str = "1000000";
+/// The "short" scenario with every receiver left inline in its sender's transmit call.
+const INLINE: &str = "short, veth receive inline";
 /// The test server's SYN cookies sent: its SYN queue overflowed.
 const SYN_COOKIES: &str = "TcpExtSyncookiesSent";
 
@@ -36,6 +38,10 @@ pub struct Scenario {
     pub multiply: u16,
     pub workers: u16,
     pub tx: &'static str,
+    /// The test server and both ends of the control link receive in NAPI threads of their
+    /// own (see `Testbed::receive_in_napi_thread`), so that each process's CPU figure is its
+    /// own work; otherwise veth bills every receiver's stack to the sender.
+    pub napi_threads: bool,
 }
 
 /// What one run measured.
@@ -124,6 +130,11 @@ fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
 pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     let tb = Testbed::new()?;
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
+    if sc.napi_threads {
+        tb.receive_in_napi_thread(Host::Target, iface::TARGET_TO_ONLINE, Host::Online, iface::ONLINE_TO_TARGET)?;
+        tb.receive_in_napi_thread(Host::Online, iface::ONLINE_TO_ASSIST, Host::Assist, iface::ASSIST_TO_ONLINE)?;
+        tb.receive_in_napi_thread(Host::Assist, iface::ASSIST_TO_ONLINE, Host::Online, iface::ONLINE_TO_ASSIST)?;
+    }
     let nginx = Nginx::start(&tb, Host::Target, "target-nginx", target)?;
     let intercept = start_intercept(&tb, target)?;
     // Its start-up (loading and verifying the XDP program) is not a cost of the sessions.
@@ -175,9 +186,10 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
 
 pub fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
     let sessions = |count, requests_per_session| Sessions { count, requests_per_session, gap_us: 10 };
-    let sc = |name: &str, sessions, multiply, workers, tx| Scenario { name: name.into(), sessions, multiply, workers, tx };
+    let sc = |name: &str, sessions, multiply, workers, tx| Scenario { name: name.into(), sessions, multiply, workers, tx, napi_threads: true };
     vec![
         sc("short", sessions(short, 1), 1, 1, "xdp"),
+        Scenario { napi_threads: false, ..sc(INLINE, sessions(short, 1), 1, 1, "xdp") },
         sc("keep-alive x10", sessions(keepalive, 10), 1, 1, "xdp"),
         sc("short, -n 10", sessions((short / 10).max(1), 1), 10, 1, "xdp"),
         sc("short, -n 100", sessions((short / 100).max(1), 1), 100, 1, "xdp"),
@@ -187,7 +199,10 @@ pub fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
 }
 
 pub fn markdown(outcomes: &[Outcome]) -> String {
-    let mut md = String::from("### Replay path (maximum replay speed)\n\n");
+    let mut md = String::from(
+        "### Replay path (maximum replay speed; the test server and the control link receive in NAPI threads of their own, \
+         except where it says inline)\n\n",
+    );
     md += "| scenario | sessions | requests received / sent | success | sessions/s | requests/s | target pps | copier CPU µs/session (user) | intercept CPU µs/session (user) | rewrite+forward pps per worker core | copier peak RSS | test server SYN cookies |\n";
     md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for o in outcomes {
@@ -222,6 +237,18 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
             raw.copier_us_per_session() / one.copier_us_per_session(),
         );
     }
+    if let (Some(napi), Some(inline)) = (find("short"), find(INLINE)) {
+        let _ = writeln!(
+            md,
+            "\nWith every receiver inline in its sender's transmit call (veth's default), the copier is billed the test \
+             server's receive path and the intercept the copier's: copier {:.1} µs/session there against {:.1}, intercept \
+             {:.1} against {:.1}.",
+            inline.copier_us_per_session(),
+            napi.copier_us_per_session(),
+            inline.intercept_us_per_session(),
+            napi.intercept_us_per_session(),
+        );
+    }
     md
 }
 
@@ -236,6 +263,7 @@ pub fn json(outcomes: &[Outcome]) -> serde_json::Value {
                 "multiply": o.scenario.multiply,
                 "workers": o.scenario.workers,
                 "tx": o.scenario.tx,
+                "napi_threads": o.scenario.napi_threads,
                 "requests_expected": o.requests_expected,
                 "requests_received": o.requests_received,
                 "success_pct": o.success_pct(),
