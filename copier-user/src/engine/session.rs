@@ -282,8 +282,7 @@ impl Session {
             if let Some((val, _)) = f.tcp_options().timestamps {
                 self.ts_recent = val;
             }
-            self.send_ack(ctx);
-            self.transmit(ctx);
+            self.transmit_acking(ctx);
             return;
         }
         let Some(_) = self.target_isn else { return };
@@ -308,14 +307,27 @@ impl Session {
         if f.flags & ACK != 0 {
             self.on_ack(ctx, f.ack, f.window);
         }
-        if must_ack {
-            self.send_ack(ctx);
-        }
         if self.target_fin && !self.fin_sent && self.fin_at.is_none_or(|fin| fin > self.snd_max) {
             // The test server closed first: close our half too, whatever the capture still holds.
             self.fin_at = Some(self.snd_max);
         }
+        if must_ack {
+            self.transmit_acking(ctx);
+        } else {
+            self.transmit(ctx);
+        }
+    }
+
+    /// [`Self::transmit`], and acknowledges the target's latest: every segment it sends carries
+    /// that acknowledgement, so a bare ACK goes only when nothing else does (as a client's
+    /// stack piggybacks its ACK on the request it has ready). One packet fewer per handshake
+    /// and per answer followed at once by the next request or the FIN.
+    fn transmit_acking(&mut self, ctx: &mut Ctx<'_>) {
+        let before = ctx.counters.packets_sent;
         self.transmit(ctx);
+        if ctx.counters.packets_sent == before {
+            self.send_ack(ctx);
+        }
     }
 
     fn on_ack(&mut self, ctx: &mut Ctx<'_>, ack: SeqNum, window: u16) {

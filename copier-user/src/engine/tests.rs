@@ -170,19 +170,36 @@ fn packets_of_no_mapping_are_ignored() {
 }
 
 #[test]
-fn the_syn_ack_is_acknowledged_and_acks_are_mapped_into_the_target_sequence_space() {
+fn the_syn_ack_is_acknowledged_by_the_waiting_request_and_acks_are_mapped_into_the_target_sequence_space() {
     let mut e = Engine::new(config());
     handshake(&mut e, 0, 40000);
     e.on_captured(10, Link::Ip, &data(40000, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
     assert_eq!(sent(&mut e).len(), 1, "only the SYN until the target answers");
     e.on_reply(1_000, &syn_ack(ep(CLIENT, 40000), 1460, 65535, 5000));
     let s = sent(&mut e);
-    assert_eq!(s[0].flags, ACK);
+    assert_eq!(s.len(), 1, "the request carries the acknowledgement: no bare ACK before it");
+    assert_eq!(s[0].flags, ACK | PSH);
+    assert_eq!(s[0].seq, SeqNum(CLIENT_ISN.wrapping_add(1)), "the client's sequence numbers are kept");
     assert_eq!(s[0].ack, SeqNum(TARGET_ISN + 1));
-    assert_eq!(s[1].seq, SeqNum(CLIENT_ISN.wrapping_add(1)), "the client's sequence numbers are kept");
-    assert_eq!(s[1].ack, SeqNum(TARGET_ISN + 1));
-    assert_eq!(s[1].payload, b"GET / HTTP/1.1\r\n\r\n");
-    assert_eq!(s[1].options.timestamps.map(|(_, ecr)| ecr), Some(5000), "echoes the target's TSval");
+    assert_eq!(s[0].payload, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(s[0].options.timestamps.map(|(_, ecr)| ecr), Some(5000), "echoes the target's TSval");
+}
+
+#[test]
+fn with_nothing_to_send_the_syn_ack_and_the_answer_get_bare_acks() {
+    let mut e = Engine::new(config());
+    handshake(&mut e, 0, 40000);
+    sent(&mut e);
+    let c = ep(CLIENT, 40000);
+    e.on_reply(1_000, &syn_ack(c, 1460, 65535, 5000));
+    let s = sent(&mut e);
+    assert_eq!((s.len(), s[0].flags, s[0].ack, s[0].payload.len()), (1, ACK, SeqNum(TARGET_ISN + 1), 0));
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
+    sent(&mut e);
+    // The answer comes; the next request is not captured yet.
+    e.on_reply(3_000, &reply(c, 18, 0, 300, PSH));
+    let s = sent(&mut e);
+    assert_eq!((s.len(), s[0].flags, s[0].ack), (1, ACK, SeqNum(TARGET_ISN + 1 + 300)), "{s:?}");
 }
 
 #[test]
