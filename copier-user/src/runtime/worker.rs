@@ -160,6 +160,43 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 const FACTS_PER_PASS: usize = 256;
 /// Longest sleep between timer checks.
 const MAX_WAIT: Duration = Duration::from_millis(20);
+/// Announcements on their way to the intercepts. Claims go at once (the packets that follow
+/// need their replies routed); releases alone wait up to [`RELEASE_EVERY`] to travel
+/// together, as sessions end one by one: until then the intercepts route a gone session's
+/// stray replies here, where they count as unmatched, as they would anyway.
+#[derive(Default)]
+struct Announcements {
+    /// Not yet sent, in order.
+    pending: Vec<Event>,
+    /// When the oldest pending one was made.
+    since: Option<Instant>,
+    /// Batches sent (the SYNC token's batch number).
+    sent: u64,
+    /// Send whatever is pending at the next flush (the worker stops).
+    release_now: bool,
+}
+
+/// Longest a release waits for company.
+const RELEASE_EVERY: Duration = Duration::from_millis(10);
+
+impl Announcements {
+    /// Moves `fresh` behind what is pending and returns the batch to send now, if one is due.
+    fn take(&mut self, fresh: &mut Vec<Event>) -> Option<Vec<Event>> {
+        // Pending ones are releases only: a claim never waits.
+        let claims = fresh.iter().any(|e| matches!(e, Event::Own(_)));
+        if !fresh.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+            self.pending.append(fresh);
+        }
+        let due = claims || self.release_now || self.since.is_some_and(|t| t.elapsed() >= RELEASE_EVERY);
+        if self.pending.is_empty() || !due {
+            return None;
+        }
+        self.since = None;
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
 /// Longest a batch's packets wait for the intercepts to confirm its announcements (a LAN round
 /// trip is far less; a dead-but-connected intercept must not stall replay).
 const ANNOUNCE_WAIT: Duration = Duration::from_millis(10);
@@ -175,7 +212,7 @@ impl Worker {
         // When the source ended, or when a session last finished after that.
         let mut source_done: Option<Instant> = None;
         let mut active = usize::MAX;
-        let mut announcements = 0u64;
+        let mut announcements = Announcements::default();
         let mut published = Instant::now();
         let mut last_reply = Instant::now();
         let mut frames_taken = 0u64;
@@ -249,6 +286,7 @@ impl Worker {
         }
         // Leave nothing half-open on the test server: reset what is still running.
         self.engine.shutdown(now_us());
+        announcements.release_now = true;
         self.flush(&mut announcements);
         self.publish();
         if let Some(why) = self.tx.last_error() {
@@ -263,16 +301,15 @@ impl Worker {
         self.facts.drain(FACTS_PER_PASS, |facts| facts.iter().for_each(|f| engine.on_reply(now, f)))
     }
 
-    fn flush(&mut self, announcements: &mut u64) {
+    fn flush(&mut self, announcements: &mut Announcements) {
         let out = self.engine.outbox();
-        if !out.events.is_empty() {
-            *announcements += 1;
-            let events = std::mem::take(&mut out.events);
-            // Only a claim must be in effect before the packets go: their replies need an
-            // owner. A release may land whenever (the session's replies are unmatched anyway).
-            let claims = events.iter().any(|e| matches!(e, Event::Own(_)));
-            if self.events.blocking_send((sync_token(self.index, *announcements), events)).is_ok() && claims {
-                self.announced.wait_confirmed(*announcements, ANNOUNCE_WAIT);
+        if let Some(batch) = announcements.take(&mut out.events) {
+            // Only a claim must be in effect before the packets go: their replies need an owner.
+            let claims = batch.iter().any(|e| matches!(e, Event::Own(_)));
+            announcements.sent += 1;
+            let token = sync_token(self.index, announcements.sent);
+            if self.events.blocking_send((token, batch)).is_ok() && claims {
+                self.announced.wait_confirmed(announcements.sent, ANNOUNCE_WAIT);
             }
         }
         let out = self.engine.outbox();
@@ -321,6 +358,31 @@ mod tests {
         tx.try_send(vec![]).unwrap(); // so this one rings
         assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)));
         assert_eq!(rx.drain(8, drop), 2);
+    }
+
+    fn ep(port: u16) -> common::endpoint::Endpoint {
+        common::endpoint::Endpoint::v4([10, 0, 0, 2], port)
+    }
+
+    #[test]
+    fn claims_go_at_once_and_take_the_waiting_releases_along_in_order() {
+        let mut a = Announcements::default();
+        assert_eq!(a.take(&mut vec![Event::Disown(ep(1))]), None, "a release alone waits");
+        assert_eq!(a.take(&mut vec![Event::Disown(ep(2))]), None);
+        let batch = a.take(&mut vec![Event::Own(ep(1)), Event::Disown(ep(3))]);
+        assert_eq!(batch, Some(vec![Event::Disown(ep(1)), Event::Disown(ep(2)), Event::Own(ep(1)), Event::Disown(ep(3))]));
+        assert_eq!(a.take(&mut vec![]), None, "nothing left");
+    }
+
+    #[test]
+    fn releases_wait_at_most_a_while_and_all_go_when_the_worker_stops() {
+        let mut a = Announcements::default();
+        assert_eq!(a.take(&mut vec![Event::Disown(ep(1))]), None);
+        std::thread::sleep(RELEASE_EVERY);
+        assert_eq!(a.take(&mut vec![]), Some(vec![Event::Disown(ep(1))]), "due after RELEASE_EVERY, without new events");
+        assert_eq!(a.take(&mut vec![Event::Disown(ep(2))]), None);
+        a.release_now = true;
+        assert_eq!(a.take(&mut vec![]), Some(vec![Event::Disown(ep(2))]));
     }
 
     #[test]
