@@ -154,8 +154,14 @@ impl Testbed {
     /// (AF_XDP's and TCP's).
     pub fn receive_in_napi_thread(&self, host: Host, iface: &str, peer: Host, peer_iface: &str) -> anyhow::Result<()> {
         self.host(peer).exec("ethtool", &["-K", peer_iface, "tso", "off"])?;
+        self.host(host).exec("ethtool", &["-K", iface, "gro", "on"])?;
+        self.napi_threaded(host, iface)
+    }
+
+    /// Runs the NAPI instances `iface` of `host` has in a kernel thread of their own (veth has
+    /// them while an XDP program is attached or GRO is on).
+    pub fn napi_threaded(&self, host: Host, iface: &str) -> anyhow::Result<()> {
         let ns = self.host(host);
-        ns.exec("ethtool", &["-K", iface, "gro", "on"])?;
         ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")])?;
         let threaded = ns.exec("cat", &[&format!("/sys/class/net/{iface}/threaded")])?;
         anyhow::ensure!(String::from_utf8_lossy(&threaded.stdout).trim() == "1", "{iface}: threaded NAPI did not stick");

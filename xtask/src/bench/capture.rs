@@ -153,11 +153,13 @@ fn stop_copier(mut copier: Process) -> anyhow::Result<Stats> {
     stats::last(&copier.stdout()).filter(|s| s.summary).with_context(|| format!("no copier summary\n{}", copier.describe()))
 }
 
-/// The online interface receives in a NAPI thread of its own, as a NIC's runs on its own core:
-/// left inline, veth runs the receiver inside the generator's transmit calls on the
-/// generator's core, and the generator's speed caps the receiver's.
+/// Moves the online interface's receive path (the XDP program, the stack) into a NAPI thread of
+/// its own, as a NIC's runs on its own core: left inline, veth runs it inside the generator's
+/// transmit calls on the generator's core, and the generator's speed caps the receiver's.
+/// Called once an XDP program is attached, which gives veth its NAPI instance (GRO stays off,
+/// as the step's figures have always been measured).
 fn receive_in_napi_thread(tb: &Testbed) -> anyhow::Result<()> {
-    tb.receive_in_napi_thread(Host::Online, iface::ONLINE_TO_CLIENT, Host::Client, iface::CLIENT_TO_ONLINE)
+    tb.napi_threaded(Host::Online, iface::ONLINE_TO_CLIENT)
 }
 
 /// Production, the test server and the intercept, running while this lives.
