@@ -43,9 +43,22 @@ pub struct Backlog {
     pub frames_sent: AtomicU64,
     /// Captured frames the worker has taken (it counts them).
     pub frames_taken: AtomicU64,
+    /// The worker has ended (or panicked): nothing to wait for; sending finds it gone.
+    pub closed: AtomicBool,
 }
 
 impl Backlog {
+    /// Marks the backlog closed when dropped: the worker holds one for as long as it runs.
+    pub fn close_on_drop(self: &Arc<Self>) -> impl Drop {
+        struct Close(Arc<Backlog>);
+        impl Drop for Close {
+            fn drop(&mut self) {
+                self.0.closed.store(true, Ordering::Relaxed);
+            }
+        }
+        Close(Arc::clone(self))
+    }
+
     fn frames_queued(&self) -> u64 {
         self.frames_sent.load(Ordering::Relaxed).saturating_sub(self.frames_taken.load(Ordering::Relaxed))
     }
@@ -71,11 +84,12 @@ impl Backpressure {
     /// polling would only cost wake-ups.
     const POLL: Duration = Duration::from_millis(1);
 
-    /// Waits until worker `w` is below the limits, or the copier stops.
+    /// Waits until worker `w` is below the limits, or has ended, or the copier stops.
     fn wait_for(&self, w: usize) {
         let backlog = &self.backlogs[w];
         while (backlog.held.load(Ordering::Relaxed) >= self.limit || backlog.frames_queued() >= Self::AHEAD)
             && !self.stop.load(Ordering::Relaxed)
+            && !backlog.closed.load(Ordering::Relaxed)
         {
             std::thread::sleep(Self::POLL);
         }
@@ -284,6 +298,21 @@ mod tests {
         backlog.frames_taken.store(BATCH as u64, Ordering::Relaxed);
         reader.join().unwrap();
         assert_eq!(received(&rx).len(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_ended_is_not_waited_for() {
+        let (d, rx, backlog, _stop) = backpressured(1);
+        backlog.held.store(1, Ordering::Relaxed);
+        let worker = backlog.close_on_drop();
+        let mut d = d;
+        let reader = std::thread::spawn(move || {
+            d.push(0, Link::Ip, &one_frame()).unwrap();
+            d.flush()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        drop((worker, rx));
+        assert!(reader.join().unwrap().is_err(), "the send after the wait finds the worker gone");
     }
 
     #[test]

@@ -207,6 +207,8 @@ impl Worker {
         if let Some(core) = self.core {
             xdp_runtime::pin_to(core);
         }
+        // Even a panic closes it: the capture file's reader must not wait for a dead worker.
+        let _closed = self.shared.backlog.close_on_drop();
         let start = Instant::now();
         let now_us = || start.elapsed().as_micros() as u64;
         // When the source ended, or when a session last finished after that.
