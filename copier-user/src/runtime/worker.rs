@@ -180,8 +180,9 @@ struct Announcements {
 const RELEASE_EVERY: Duration = Duration::from_millis(10);
 
 impl Announcements {
-    /// Moves `fresh` behind what is pending and returns the batch to send now, if one is due.
-    fn take(&mut self, fresh: &mut Vec<Event>) -> Option<Vec<Event>> {
+    /// Moves `fresh` behind what is pending and returns the batch to send now, if one is due,
+    /// and whether it holds a claim (which the packets must wait for).
+    fn take(&mut self, fresh: &mut Vec<Event>) -> Option<(Vec<Event>, bool)> {
         // Pending ones are releases only: a claim never waits.
         let claims = fresh.iter().any(|e| matches!(e, Event::Own(_)));
         if !fresh.is_empty() {
@@ -193,7 +194,7 @@ impl Announcements {
             return None;
         }
         self.since = None;
-        Some(std::mem::take(&mut self.pending))
+        Some((std::mem::take(&mut self.pending), claims))
     }
 }
 
@@ -305,9 +306,7 @@ impl Worker {
 
     fn flush(&mut self, announcements: &mut Announcements) {
         let out = self.engine.outbox();
-        if let Some(batch) = announcements.take(&mut out.events) {
-            // Only a claim must be in effect before the packets go: their replies need an owner.
-            let claims = batch.iter().any(|e| matches!(e, Event::Own(_)));
+        if let Some((batch, claims)) = announcements.take(&mut out.events) {
             announcements.sent += 1;
             let token = sync_token(self.index, announcements.sent);
             if self.events.blocking_send((token, batch)).is_ok() && claims {
@@ -372,7 +371,8 @@ mod tests {
         assert_eq!(a.take(&mut vec![Event::Disown(ep(1))]), None, "a release alone waits");
         assert_eq!(a.take(&mut vec![Event::Disown(ep(2))]), None);
         let batch = a.take(&mut vec![Event::Own(ep(1)), Event::Disown(ep(3))]);
-        assert_eq!(batch, Some(vec![Event::Disown(ep(1)), Event::Disown(ep(2)), Event::Own(ep(1)), Event::Disown(ep(3))]));
+        let expected = vec![Event::Disown(ep(1)), Event::Disown(ep(2)), Event::Own(ep(1)), Event::Disown(ep(3))];
+        assert_eq!(batch, Some((expected, true)), "the claim is waited for");
         assert_eq!(a.take(&mut vec![]), None, "nothing left");
     }
 
@@ -381,10 +381,10 @@ mod tests {
         let mut a = Announcements::default();
         assert_eq!(a.take(&mut vec![Event::Disown(ep(1))]), None);
         std::thread::sleep(RELEASE_EVERY);
-        assert_eq!(a.take(&mut vec![]), Some(vec![Event::Disown(ep(1))]), "due after RELEASE_EVERY, without new events");
+        assert_eq!(a.take(&mut vec![]), Some((vec![Event::Disown(ep(1))], false)), "due after RELEASE_EVERY, without new events");
         assert_eq!(a.take(&mut vec![Event::Disown(ep(2))]), None);
         a.release_now = true;
-        assert_eq!(a.take(&mut vec![]), Some(vec![Event::Disown(ep(2))]));
+        assert_eq!(a.take(&mut vec![]), Some((vec![Event::Disown(ep(2))], false)));
     }
 
     #[test]
