@@ -8,6 +8,7 @@ pub mod counters;
 pub mod cpu;
 pub mod iface;
 pub mod netlink;
+pub mod xsk;
 pub mod xsk_rx;
 
 use std::time::{Duration, Instant};

@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::Context as _;
 use xsk_rs::{
-    config::{BindFlags, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
-    socket::{RxQueue, Socket, TxQueue},
+    config::{QueueSize, UmemConfig},
+    socket::{RxQueue, TxQueue},
     umem::{frame::FrameDesc, CompQueue, FillQueue, Umem},
 };
 
@@ -45,25 +45,8 @@ impl RxSocket {
         let umem_config = UmemConfig::builder().fill_queue_size(fill_size).comp_queue_size(QueueSize::new(64)?).build()?;
         let (umem, frames) =
             Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false).context("creating the UMEM")?;
-        let name: Interface = iface.parse().context("interface name")?;
-        let bind = |extra: BindFlags| {
-            let config = SocketConfig::builder()
-                .rx_queue_size(QueueSize::new(RX_RING).expect("power of two"))
-                .tx_queue_size(QueueSize::new(64).expect("power of two"))
-                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-                .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | extra)
-                .build();
-            // SAFETY: the UMEM outlives the socket: both live in the returned RxSocket.
-            unsafe { Socket::new(config, &umem, &name, queue) }
-        };
-        let (zero_copy, (tx, rx, rings)) = match bind(BindFlags::XDP_ZEROCOPY) {
-            Ok(socket) => (true, socket),
-            Err(zc_err) => {
-                log::debug!("{iface} queue {queue}: zero-copy bind failed ({zc_err}); using copy mode");
-                (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} queue {queue}"))?)
-            }
-        };
-        let (mut fill, completion) = rings.context("the socket came without fill and completion rings")?;
+        // SAFETY: the UMEM outlives the rings: all live in the returned RxSocket.
+        let crate::xsk::Bound { zero_copy, tx, rx, mut fill, completion } = unsafe { crate::xsk::bind(&umem, iface, queue, RX_RING, 64) }?;
         // SAFETY: every frame is ours and none is in any ring yet.
         let filled = unsafe { fill.produce(&frames) };
         anyhow::ensure!(filled == frames.len(), "could only put {filled} of {} frames in the fill ring", frames.len());

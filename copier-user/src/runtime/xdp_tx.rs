@@ -16,11 +16,11 @@ use std::{
 use anyhow::{bail, Context as _};
 use xdp_runtime::{
     iface::{index as if_index, name as if_name},
-    netlink,
+    netlink, xsk,
 };
 use xsk_rs::{
-    config::{BindFlags, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
-    socket::{RxQueue, Socket, TxQueue},
+    config::{QueueSize, UmemConfig},
+    socket::{RxQueue, TxQueue},
     umem::{frame::FrameDesc, CompQueue, FillQueue, Umem},
 };
 
@@ -107,22 +107,9 @@ impl XdpTx {
             .comp_queue_size(QueueSize::new(FRAMES)?)
             .build()?;
         let (umem, frames) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false).context("creating the TX UMEM")?;
-        let name: Interface = iface.parse().context("interface name")?;
-        let bind = |extra: BindFlags| {
-            let config = SocketConfig::builder()
-                .rx_queue_size(QueueSize::new(64).expect("power of two"))
-                .tx_queue_size(QueueSize::new(RING).expect("power of two"))
-                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-                .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | extra)
-                .build();
-            // SAFETY: the UMEM outlives the socket: both live in the returned XdpTx.
-            unsafe { Socket::new(config, &umem, &name, queue) }
-        };
-        let (zero_copy, (tx, rx, rings)) = match bind(BindFlags::XDP_ZEROCOPY) {
-            Ok(s) => (true, s),
-            Err(_) => (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} queue {queue} for transmit"))?),
-        };
-        let (fill, completion) = rings.context("the socket came without fill and completion rings")?;
+        // SAFETY: the UMEM outlives the rings: all live in the returned XdpTx.
+        let xsk::Bound { zero_copy, tx, rx, fill, completion } =
+            unsafe { xsk::bind(&umem, &iface, queue, 64, RING) }.context("opening AF_XDP transmit")?;
         Ok(Self {
             iface,
             if_index,
