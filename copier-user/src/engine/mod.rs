@@ -12,6 +12,7 @@ pub mod rewrite;
 mod rto;
 pub mod session;
 mod stream;
+mod time_wait;
 
 use std::{
     cmp::Reverse,
@@ -30,6 +31,7 @@ use self::{
     capture::{ClientSegment, Link},
     rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
     session::{Session, SynParams},
+    time_wait::TimeWait,
 };
 use crate::mapping::Mapping;
 
@@ -245,6 +247,8 @@ pub struct Engine {
     out: Outbox,
     scratch: Vec<u8>,
     sessions: HashMap<SessionId, Session, Hasher>,
+    /// Sessions that closed cleanly and linger, kept small; their ids stay in the other tables.
+    time_wait: HashMap<SessionId, TimeWait, Hasher>,
     by_capture: HashMap<CaptureKey, SessionId, Hasher>,
     capture_keys: HashMap<SessionId, CaptureKey, Hasher>,
     by_replay: HashMap<Endpoint, SessionId, Hasher>,
@@ -270,6 +274,7 @@ impl Engine {
             out: Outbox::default(),
             scratch: Vec::new(),
             sessions: HashMap::default(),
+            time_wait: HashMap::default(),
             by_capture: HashMap::default(),
             capture_keys: HashMap::default(),
             by_replay: HashMap::default(),
@@ -291,7 +296,7 @@ impl Engine {
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.time_wait.len()
     }
 
     /// Sessions still retransmitting (see [`Session::awaiting_ack`]). A scan of every
@@ -367,7 +372,14 @@ impl Engine {
 
     /// A SYN with another ISN on a known 4-tuple is a new connection.
     fn is_new_incarnation(&self, id: SessionId, seg: &ClientSegment<'_>) -> bool {
-        seg.flags & SYN != 0 && self.sessions.get(&id).is_some_and(|s| s.client_isn() != seg.seq)
+        let isn = match self.sessions.get(&id) {
+            Some(s) => s.client_isn(),
+            None => match self.time_wait.get(&id) {
+                Some(t) => t.client_isn,
+                None => return false,
+            },
+        };
+        seg.flags & SYN != 0 && isn != seg.seq
     }
 
     fn start(&mut self, now: u64, key: CaptureKey, target: Endpoint, seg: &ClientSegment<'_>) -> Option<SessionId> {
@@ -380,7 +392,7 @@ impl Engine {
             self.decline(key);
             return None;
         }
-        if self.sessions.len() >= self.config.max_sessions {
+        if self.active_sessions() >= self.config.max_sessions {
             self.counters.sessions_shed += 1;
             self.decline(key);
             return None;
@@ -460,12 +472,17 @@ impl Engine {
 
     /// A reply fact from an intercept.
     pub fn on_reply(&mut self, now: u64, facts: &ReplyFacts) {
-        match self.by_replay.get(&facts.client).copied() {
-            Some(id) if self.sessions.get(&id).is_some_and(|s| s.target == facts.target) => {
-                self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
-                self.release_held(now);
-            }
-            _ => self.counters.replies_unmatched += 1,
+        let Some(id) = self.by_replay.get(&facts.client).copied() else {
+            return self.counters.replies_unmatched += 1;
+        };
+        if self.sessions.get(&id).is_some_and(|s| s.target == facts.target) {
+            self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
+            self.release_held(now);
+        } else if let Some(tw) = self.time_wait.get_mut(&id).filter(|t| t.target == facts.target) {
+            let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: Vec::new() };
+            tw.on_reply(&mut ctx, facts);
+        } else {
+            self.counters.replies_unmatched += 1;
         }
     }
 
@@ -485,6 +502,14 @@ impl Engine {
             });
             if live {
                 self.with_session(now, id, |s, ctx| s.on_timer(ctx));
+            } else if let Some(tw) = self.time_wait.get_mut(&id).filter(|t| t.timer_at == Some(at)) {
+                tw.timer_at = None;
+                if now >= tw.until() {
+                    self.remove(id);
+                } else {
+                    let until = tw.until();
+                    schedule(&mut self.timers, &mut tw.timer_at, id, until);
+                }
             }
         }
         self.release_held(now);
@@ -506,33 +531,47 @@ impl Engine {
         let deadline = session.deadline(&ctx);
         self.scratch = ctx.scratch;
         self.buffered = self.buffered + session.buffered() - before;
-        if session.is_gone(now) {
-            self.remove(id);
+        if session.end.is_some() {
+            match session.closed() {
+                Some(closed) => {
+                    let mut tw = TimeWait::new(closed, now, session.timer_at);
+                    self.take_session(id);
+                    let until = tw.until();
+                    schedule(&mut self.timers, &mut tw.timer_at, id, until);
+                    self.time_wait.insert(id, tw);
+                }
+                None => self.remove(id),
+            }
         } else if let Some(at) = deadline {
             // The session was just asked at `now`: a deadline not after it would only spin.
-            let at = at.max(now + 1);
-            // One live heap entry per session: push only when the deadline moves earlier. The
-            // superseded entry is skipped when it comes up; a later deadline is found when the
-            // earlier entry fires and the session is asked again.
-            if session.timer_at.is_none_or(|scheduled| at < scheduled) {
-                session.timer_at = Some(at);
-                self.timers.push(Reverse((at, id)));
-            }
+            schedule(&mut self.timers, &mut session.timer_at, id, at.max(now + 1));
         }
     }
 
+    /// Takes a session out of the live table (its ids stay in the others).
+    fn take_session(&mut self, id: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
+        self.opening -= usize::from(s.is_opening());
+        self.buffered -= s.buffered();
+        Some(s)
+    }
+
+    /// Forgets a session, live or lingering, and releases its replay endpoint.
     fn remove(&mut self, id: SessionId) {
-        if let Some(s) = self.sessions.remove(&id) {
-            self.opening -= usize::from(s.is_opening());
-            self.buffered -= s.buffered();
-            self.by_replay.remove(&s.replay_client);
-            if let Some(key) = self.capture_keys.remove(&id) {
-                if self.by_capture.get(&key) == Some(&id) {
-                    self.by_capture.remove(&key);
-                }
+        let replay_client = match self.take_session(id) {
+            Some(s) => s.replay_client,
+            None => match self.time_wait.remove(&id) {
+                Some(t) => t.replay_client,
+                None => return,
+            },
+        };
+        self.by_replay.remove(&replay_client);
+        if let Some(key) = self.capture_keys.remove(&id) {
+            if self.by_capture.get(&key) == Some(&id) {
+                self.by_capture.remove(&key);
             }
-            self.out.events.push(Event::Disown(s.replay_client));
         }
+        self.out.events.push(Event::Disown(replay_client));
     }
 
     /// Ends every session (the copier stops): those still open are reset on the test server so
@@ -541,6 +580,10 @@ impl Engine {
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             self.with_session(now, id, |s, ctx| s.abort(ctx));
+            self.remove(id);
+        }
+        let lingering: Vec<SessionId> = self.time_wait.keys().copied().collect();
+        for id in lingering {
             self.remove(id);
         }
     }
@@ -566,7 +609,18 @@ impl Engine {
     /// Sequence number of a live session's client ISN, for tests.
     #[cfg(test)]
     fn isn_of(&self, replay_client: &Endpoint) -> Option<common::seq::SeqNum> {
-        self.by_replay.get(replay_client).and_then(|id| self.sessions.get(id)).map(|s| s.client_isn())
+        let id = self.by_replay.get(replay_client)?;
+        self.sessions.get(id).map(|s| s.client_isn()).or_else(|| self.time_wait.get(id).map(|t| t.client_isn))
+    }
+}
+
+/// Keeps one live heap entry per session (or time-wait record): pushes only when its deadline
+/// moves earlier. The superseded entry is skipped when it comes up; a later deadline is found
+/// when the earlier entry fires and the session is asked again.
+fn schedule(timers: &mut BinaryHeap<Reverse<(u64, SessionId)>>, timer_at: &mut Option<u64>, id: SessionId, at: u64) {
+    if timer_at.is_none_or(|scheduled| at < scheduled) {
+        *timer_at = Some(at);
+        timers.push(Reverse((at, id)));
     }
 }
 

@@ -14,6 +14,7 @@ use super::{
     emit::{self, Options, TS_OPTION_LEN},
     rto::Rto,
     stream::Stream,
+    time_wait::Closed,
     Ctx,
 };
 
@@ -91,11 +92,10 @@ pub struct Session {
     current_mark: usize,
     last_activity: u64,
     pub end: Option<End>,
-    /// After a clean close, until when the session stays to re-acknowledge a retransmitted FIN
-    /// (our last ACK may be lost), as TIME_WAIT does.
-    pub linger_until: Option<u64>,
-    /// The linger never goes past this (TIME_WAIT's 2 × MSL).
-    linger_cap: u64,
+    /// Closed cleanly (both FINs exchanged, ours acknowledged): it lingers as a [`TimeWait`].
+    ///
+    /// [`TimeWait`]: super::time_wait::TimeWait
+    lingers: bool,
     /// The time of this session's live entry in the engine's timer heap.
     pub timer_at: Option<u64>,
     counted_complete: bool,
@@ -104,13 +104,11 @@ pub struct Session {
     pub held: bool,
 }
 
-/// The longest a closed session lingers, however often the test server retransmits its FIN.
-const LINGER_CAP_US: u64 = 60_000_000;
 /// Default MSS assumed when the test server announces none (RFC 9293).
 const DEFAULT_TARGET_MSS: u16 = 536;
 /// Our receive window: we never read the payload, so any window is fine; scaled by our SYN's
 /// window scale it is large.
-const OUR_WINDOW: u16 = 0xffff;
+pub(super) const OUR_WINDOW: u16 = 0xffff;
 
 impl Session {
     pub fn new(replay_client: Endpoint, target: Endpoint, syn: SynParams, online_base: Option<SeqNum>, now: u64) -> Self {
@@ -147,8 +145,7 @@ impl Session {
             current_mark: 0,
             last_activity: now,
             end: None,
-            linger_until: None,
-            linger_cap: 0,
+            lingers: false,
             timer_at: None,
             counted_complete: false,
         }
@@ -243,13 +240,7 @@ impl Session {
     pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts) {
         self.last_activity = ctx.now;
         if self.end.is_some() {
-            // Lingering after a clean close: the test server did not get our last ACK. Answer,
-            // and stay while it keeps asking.
-            if f.flags & FIN != 0 && f.flags & RST == 0 && self.linger_until.is_some() {
-                self.send_ack(ctx);
-                self.linger_until = Some((ctx.now + self.linger_quiet()).min(self.linger_cap));
-            }
-            return;
+            return; // the engine forgets an ended session (a clean close lingers as a TimeWait)
         }
         if f.flags & RST != 0 {
             self.finish(ctx, End::Reset);
@@ -567,7 +558,7 @@ impl Session {
     /// The earliest time [`Self::on_timer`] has something to do.
     pub fn deadline(&self, ctx: &Ctx<'_>) -> Option<u64> {
         if self.end.is_some() {
-            return self.linger_until;
+            return None;
         }
         let idle = self.last_activity + ctx.config.idle_timeout_us;
         [Some(idle), self.rto_at, self.gate_deadline(ctx)].into_iter().flatten().min()
@@ -623,14 +614,21 @@ impl Session {
     fn close_cleanly(&mut self, ctx: &mut Ctx<'_>) {
         if self.end.is_none() {
             self.finish(ctx, End::Completed);
-            self.linger_cap = ctx.now + LINGER_CAP_US;
-            self.linger_until = Some(ctx.now + self.linger_quiet());
+            self.lingers = true;
         }
     }
 
-    /// Whether the engine can forget the session.
-    pub fn is_gone(&self, now: u64) -> bool {
-        self.end.is_some() && self.linger_until.is_none_or(|t| now >= t)
+    /// What its [`TimeWait`](super::time_wait::TimeWait) needs, if it closed cleanly.
+    pub fn closed(&self) -> Option<Closed> {
+        self.lingers.then(|| Closed {
+            replay_client: self.replay_client,
+            target: self.target,
+            client_isn: self.syn.isn,
+            seq: self.syn.isn + 1 + self.snd_nxt + u32::from(self.fin_sent),
+            ack: self.rcv_nxt,
+            ts_recent: self.timestamps.then_some(self.ts_recent),
+            quiet: self.linger_quiet(),
+        })
     }
 
     pub fn finish(&mut self, ctx: &mut Ctx<'_>, end: End) {

@@ -464,6 +464,33 @@ fn a_reused_four_tuple_starts_a_fresh_session() {
 }
 
 #[test]
+fn a_cleanly_closed_session_lingers_as_time_wait_until_a_new_connection_reuses_its_four_tuple() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, b"GET /"));
+    e.on_captured(2_000, Link::Ip, &captured(40000, FIN | ACK, CLIENT_ISN.wrapping_add(6), ONLINE_ISN + 11, &[], &[]));
+    e.on_reply(3_000, &reply(c, 5, 0, 10, PSH)); // the answer: our FIN goes
+    e.on_reply(3_100, &reply(c, 6, 10, 0, FIN)); // our FIN acknowledged, and theirs
+    let last_ack = sent(&mut e).pop().expect("our last ACK");
+    assert_eq!(last_ack.flags, ACK);
+    assert_eq!((e.counters().sessions_completed, e.active_sessions()), (1, 1), "it lingers");
+    // A late ACK needs no answer; a retransmitted FIN gets the same acknowledgement again, with
+    // our clock's timestamp and the test server's last one (from its SYN-ACK) echoed.
+    e.on_reply(4_000, &reply(c, 6, 11, 0, 0));
+    assert_eq!(sent(&mut e), vec![]);
+    e.on_reply(5_000, &reply(c, 6, 10, 0, FIN));
+    let again = sent(&mut e);
+    assert_eq!(again.iter().map(|p| (p.flags, p.seq, p.ack)).collect::<Vec<_>>(), vec![(ACK, last_ack.seq, last_ack.ack)]);
+    assert_eq!(again[0].options.timestamps, Some((5, 5000)));
+    assert!(!e.outbox().events.contains(&Event::Disown(c)), "its replay endpoint stays taken");
+    // The client connects again from the same port: the linger ends, a fresh session starts.
+    e.on_captured(6_000, Link::Ip, &captured(40000, SYN, 12345, 0, syn_options(900).as_bytes(), &[]));
+    assert!(e.outbox().events.contains(&Event::Disown(c)));
+    assert_eq!(e.isn_of(&c), Some(SeqNum(12345)));
+    assert_eq!((e.counters().sessions_started, e.active_sessions()), (2, 1));
+}
+
+#[test]
 fn session_and_memory_bounds_shed_and_count() {
     let mut cfg = config();
     cfg.max_sessions = 2;
