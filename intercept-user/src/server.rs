@@ -23,7 +23,7 @@ use tokio::{
 };
 
 use crate::{
-    router::{CopierId, Ownership, MAX_OWNED_PER_COPIER},
+    router::{CopierId, Hasher, Ownership, MAX_OWNED_PER_COPIER},
     stats::Stats,
 };
 
@@ -81,8 +81,8 @@ pub async fn serve(listener: TcpListener, secret: Option<Arc<[u8]>>, facts: mpsc
 
 async fn route(mut control: mpsc::Receiver<Control>, mut facts: mpsc::Receiver<Vec<ReplyFacts>>, stats: Arc<Stats>) {
     let mut ownership = Ownership::default();
-    let mut queues: HashMap<CopierId, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    let mut grouped: HashMap<CopierId, Vec<ReplyFacts>> = HashMap::new();
+    let mut queues: HashMap<CopierId, mpsc::Sender<Vec<u8>>, Hasher> = HashMap::default();
+    let mut grouped: HashMap<CopierId, Vec<ReplyFacts>, Hasher> = HashMap::default();
     loop {
         tokio::select! {
             // Announcements first: a reply must not race ahead of the OWN that claims it.

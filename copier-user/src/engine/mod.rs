@@ -33,7 +33,7 @@ use self::{
     session::{Session, SynParams},
     time_wait::TimeWait,
 };
-use crate::mapping::Mapping;
+use crate::{mapping::Mapping, Hasher};
 
 /// Sessions opening at once per engine unless told otherwise: far above what normal replay to
 /// a LAN test server needs (a handshake and a first request take a round trip or two), and a
@@ -233,10 +233,6 @@ impl Ctx<'_> {
 
 type SessionId = u64;
 
-/// The tables' hasher: several lookups per packet, and SipHash took a sixth of the engine's
-/// time in a profile. foldhash is seeded per process, which keeps crafted client endpoints
-/// from choosing collisions.
-type Hasher = foldhash::fast::RandomState;
 
 /// A captured flow and which copy of it.
 type CaptureKey = (Endpoint, Endpoint, u16);

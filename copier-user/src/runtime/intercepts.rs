@@ -122,7 +122,7 @@ pub async fn run(
         tokio::spawn(connection(i, addr, secret.clone(), ctl_tx.clone(), workers.clone(), Arc::clone(&stats)));
     }
     drop(ctl_tx);
-    let mut owned: HashSet<Endpoint> = HashSet::new();
+    let mut owned: HashSet<Endpoint, crate::Hasher> = HashSet::default();
     let mut links: Vec<Option<mpsc::Sender<Vec<u8>>>> = vec![None; intercepts.len()];
     let mut pending = Pending::new(announced.len());
     let publish = |pending: &Pending| {

@@ -43,7 +43,7 @@ pub struct XdpTx {
     free: Vec<FrameDesc>,
     batch: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
-    macs: HashMap<IpAddr, [u8; 6]>,
+    macs: HashMap<IpAddr, [u8; 6], crate::Hasher>,
     tx: TxQueue,
     completion: CompQueue,
     // Kept alive with the socket; this socket never receives.
@@ -98,7 +98,7 @@ impl XdpTx {
             bail!("{iface} has {queues} TX queue(s); worker {queue} needs a queue of its own (fewer --workers, or --tx raw)");
         }
         let src_mac = netlink::link_address(if_index)?.with_context(|| format!("{iface} has no MAC address (not an Ethernet link?)"))?;
-        let mut macs = HashMap::new();
+        let mut macs = HashMap::default();
         for &t in targets {
             macs.insert(t, resolve(if_index, t, RESOLVE_WAIT)?);
         }
