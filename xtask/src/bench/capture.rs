@@ -1,9 +1,12 @@
 //! Capture path: the generator floods the online host's client-facing interface with minimal
 //! online-port TCP frames at stepped rates. Each step runs twice on a fresh test bed: once with
 //! a bare `XDP_PASS` program (the most a production interface carries with any XDP program),
-//! once under the copier in copy mode; the interface receives in a NAPI thread of its own. Production keeps being probed with real HTTP requests
-//! throughout. At the fastest step the copier also runs in mirror mode (AF_XDP receive), and
-//! the generator's two transmit paths, AF_XDP and raw IP sockets, race into a bare `XDP_DROP`.
+//! once under the copier in copy mode; the interface receives in a NAPI thread of its own.
+//! Production keeps being probed with real HTTP requests throughout. At the fastest step the
+//! copier also runs in mirror mode (AF_XDP receive), and the generator's two transmit paths,
+//! AF_XDP and raw IP sockets, race into a bare `XDP_DROP`. The CPU the copier and the NAPI
+//! thread spend gives frames per core: on two vCPUs shared with the generator, rates alone
+//! mostly show how the cores were shared.
 
 use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
@@ -18,7 +21,7 @@ use xdpcopy_testbed::{
     traffic, Host, Process, Testbed,
 };
 
-use super::{start_intercept, svg, STARTUP};
+use super::{napi_cpu_us, process_cpu_us, start_intercept, svg, STARTUP};
 
 /// Production probes per step (one HTTP GET each, on its own connection).
 const PROBES: u32 = 10;
@@ -33,6 +36,8 @@ pub struct Step {
     /// Bare `XDP_PASS`: what the generator sent, and what reached the kernel's IP layer.
     pub baseline: Flooded,
     pub baseline_ip_received: u64,
+    /// CPU of the interface's NAPI thread (XDP and the stack's receive path).
+    pub baseline_napi: Cpu,
     /// Under the copier (copy mode).
     pub copier: Flooded,
     pub copier_ip_received: u64,
@@ -40,6 +45,19 @@ pub struct Step {
     pub copier_stats: Stats,
     /// Production probes answered (of [`PROBES`]) while the copier ran.
     pub probes_answered: u32,
+    pub copier_cpu: Cpu,
+    pub copier_napi: Cpu,
+}
+
+/// CPU time spent while a flood ran (and its backlog drained), microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu(pub u64);
+
+impl Cpu {
+    /// Frames per CPU-second: what one core would carry at this cost.
+    pub fn per_core(frames: u64, spent: &[Cpu]) -> f64 {
+        frames as f64 / (spent.iter().map(|c| c.0).sum::<u64>().max(1) as f64 / 1e6)
+    }
 }
 
 impl Step {
@@ -69,6 +87,16 @@ impl Step {
     pub fn baseline_loss_pct(&self) -> f64 {
         pct(self.baseline.sent.saturating_sub(self.baseline_ip_received), self.baseline.sent)
     }
+    /// Copy mode per core: (the copier alone, the copier with the kernel's receive path), and
+    /// the bare program's receive path alone.
+    pub fn per_core(&self) -> (f64, f64, f64) {
+        let frames = self.copier_stats.get("captured");
+        (
+            Cpu::per_core(frames, &[self.copier_cpu]),
+            Cpu::per_core(frames, &[self.copier_cpu, self.copier_napi]),
+            Cpu::per_core(self.baseline_ip_received, &[self.baseline_napi]),
+        )
+    }
 }
 
 /// The fastest step's extras.
@@ -77,6 +105,8 @@ pub struct Extras {
     /// Mirror mode: offered, and the copier's summary (redirected, captured).
     pub mirror: Flooded,
     pub mirror_stats: Stats,
+    pub mirror_cpu: Cpu,
+    pub mirror_napi: Cpu,
     /// Unpaced transmit into a bare `XDP_DROP`, per path: what the generator handed over, and
     /// what arrived (the drop program's count: a path's "sent" includes what veth dropped).
     pub tx_af_xdp: Flooded,
@@ -88,6 +118,11 @@ pub struct Extras {
 impl Extras {
     pub fn mirror_pps(&self) -> f64 {
         self.mirror_stats.get("captured") as f64 / self.mirror.seconds.max(1e-9)
+    }
+    /// Mirror mode per core: (the copier alone, the copier with the kernel's receive path).
+    pub fn mirror_per_core(&self) -> (f64, f64) {
+        let frames = self.mirror_stats.get("captured");
+        (Cpu::per_core(frames, &[self.mirror_cpu]), Cpu::per_core(frames, &[self.mirror_cpu, self.mirror_napi]))
     }
     pub fn af_xdp_arrived_pps(&self) -> f64 {
         self.tx_af_xdp_arrived as f64 / self.tx_af_xdp.seconds.max(1e-9)
@@ -132,6 +167,19 @@ fn flood_with_probes(tb: &Testbed, path: Path, rate: Option<u64>, seconds: f64) 
     })?
 }
 
+/// CPU spent by the copier and by the online interface's NAPI thread while `f` ran and for
+/// [`DRAIN`] after it, so what was queued is counted with the work it caused.
+fn measure_cpu<T>(copier: &Process, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Cpu, Cpu)> {
+    let (copier_before, napi_before) = (process_cpu_us(copier.pid())?.0, napi_cpu_us(iface::ONLINE_TO_CLIENT)?);
+    let out = f()?;
+    std::thread::sleep(DRAIN);
+    let (copier_after, napi_after) = (process_cpu_us(copier.pid())?.0, napi_cpu_us(iface::ONLINE_TO_CLIENT)?);
+    Ok((out, Cpu(copier_after - copier_before), Cpu(napi_after - napi_before)))
+}
+
+/// How long the copier gets to drain its ring and queues after a flood.
+const DRAIN: Duration = Duration::from_millis(500);
+
 fn start_copier(tb: &Testbed, mode: &str) -> anyhow::Result<Process> {
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
@@ -142,9 +190,8 @@ fn start_copier(tb: &Testbed, mode: &str) -> anyhow::Result<Process> {
     Ok(copier)
 }
 
-/// Lets the copier drain its ring and queues, stops it, and returns its summary.
+/// Stops the copier (drained by [`measure_cpu`]) and returns its summary.
 fn stop_copier(mut copier: Process) -> anyhow::Result<Stats> {
-    std::thread::sleep(Duration::from_millis(500));
     copier.signal(libc::SIGINT)?;
     let status = copier.wait_timeout(Duration::from_secs(30))?;
     if !status.success() {
@@ -185,19 +232,32 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
     let before = tb.online.nstat(IP_RECEIVED)?;
     let bare = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Pass)?;
     receive_in_napi_thread(&tb)?;
+    let napi_before = napi_cpu_us(iface::ONLINE_TO_CLIENT)?;
     let (baseline, _) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
     // What the stack still had queued arrives within a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(DRAIN);
+    let baseline_napi = Cpu(napi_cpu_us(iface::ONLINE_TO_CLIENT)? - napi_before);
     let baseline_ip_received = tb.online.nstat(IP_RECEIVED)? - before;
     drop(bare);
 
     let copier = start_copier(&tb, "copy")?;
     receive_in_napi_thread(&tb)?;
     let before = tb.online.nstat(IP_RECEIVED)?;
-    let (flooded, probes_answered) = flood_with_probes(&tb, Path::AfXdp, rate, seconds)?;
+    let ((flooded, probes_answered), copier_cpu, copier_napi) = measure_cpu(&copier, || flood_with_probes(&tb, Path::AfXdp, rate, seconds))?;
     let copier_stats = stop_copier(copier)?;
     let copier_ip_received = tb.online.nstat(IP_RECEIVED)? - before;
-    Ok(Step { requested: rate, baseline, baseline_ip_received, copier: flooded, copier_ip_received, copier_stats, probes_answered })
+    Ok(Step {
+        requested: rate,
+        baseline,
+        baseline_ip_received,
+        baseline_napi,
+        copier: flooded,
+        copier_ip_received,
+        copier_stats,
+        probes_answered,
+        copier_cpu,
+        copier_napi,
+    })
 }
 
 /// Frames XDP programs dropped on the online host's client-facing interface (veth's
@@ -218,7 +278,7 @@ pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     let (tb, _servers) = testbed()?;
     let copier = start_copier(&tb, "mirror")?;
     receive_in_napi_thread(&tb)?;
-    let (mirror, _) = flood_with_probes(&tb, Path::AfXdp, None, seconds)?;
+    let ((mirror, _), mirror_cpu, mirror_napi) = measure_cpu(&copier, || flood_with_probes(&tb, Path::AfXdp, None, seconds))?;
     let mirror_stats = stop_copier(copier)?;
     let _drop = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Drop)?;
     receive_in_napi_thread(&tb)?;
@@ -230,7 +290,7 @@ pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     };
     let (tx_af_xdp, tx_af_xdp_arrived) = tx(Path::AfXdp)?;
     let (tx_raw, tx_raw_arrived) = tx(Path::Raw)?;
-    Ok(Extras { mirror, mirror_stats, tx_af_xdp, tx_af_xdp_arrived, tx_raw, tx_raw_arrived })
+    Ok(Extras { mirror, mirror_stats, mirror_cpu, mirror_napi, tx_af_xdp, tx_af_xdp_arrived, tx_raw, tx_raw_arrived })
 }
 
 pub fn rate_label(rate: Option<u64>) -> String {
@@ -242,14 +302,15 @@ pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String
         "### Capture path (copy mode; 54-byte TCP frames from an AF_XDP generator, {seconds} s per step; the interface \
          receives in a NAPI thread)\n\n\
          | step | bare XDP_PASS: offered → reached IP (pps) | copier: offered (pps) | XDP saw | lost before XDP | ring full | \
-         queue full | truncated | workers processed | processed pps | production stack received | production probes answered |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         queue full | truncated | workers processed | processed pps | CPU ms: copier, NAPI thread (bare's) | production stack received | \
+         production probes answered |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for s in steps {
         let c = &s.copier_stats;
         let _ = writeln!(
             md,
-            "| {} | {:.0} → {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {}/{} |",
+            "| {} | {:.0} → {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0}, {:.0} ({:.0}) | {} | {}/{} |",
             rate_label(s.requested),
             s.baseline.pps(),
             s.baseline_pps(),
@@ -261,6 +322,9 @@ pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String
             c.get("truncated"),
             c.get("captured"),
             s.processed_pps(),
+            s.copier_cpu.0 as f64 / 1e3,
+            s.copier_napi.0 as f64 / 1e3,
+            s.baseline_napi.0 as f64 / 1e3,
             s.copier_ip_received,
             s.probes_answered,
             PROBES,
@@ -274,6 +338,17 @@ pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String
          through to the stack on the same interface: {:.0} %.",
         100.0 * processed / baseline.max(1.0)
     );
+    if let Some(s) = steps.iter().max_by(|a, b| a.processed_pps().total_cmp(&b.processed_pps())) {
+        let (copier, with_kernel, bare) = s.per_core();
+        let _ = writeln!(
+            md,
+            "Per core at that step (frames per CPU-second, from /proc): the copier {:.2} Mpps, the copier with the interface's \
+             NAPI thread (XDP and the stack) {:.2} Mpps; the bare program's NAPI thread {:.2} Mpps.",
+            copier / 1e6,
+            with_kernel / 1e6,
+            bare / 1e6
+        );
+    }
     let lossless = steps.iter().filter(|s| s.copier_dropped() == 0 && s.lost() == 0).map(|s| s.copier.pps()).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
     let _ = writeln!(
         md,
@@ -284,12 +359,16 @@ pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String
     if let Some(e) = extras {
         let _ = writeln!(
             md,
-            "\nMirror mode (AF_XDP receive, unpaced): offered {:.0} pps, redirected {}, workers processed {:.0} pps.\n\
+            "\nMirror mode (AF_XDP receive, unpaced): offered {:.0} pps, redirected {}, workers processed {:.0} pps; per core \
+             (frames per CPU-second) {:.2} Mpps for the copier, {:.2} Mpps with the interface's NAPI thread (XDP, copy into \
+             the AF_XDP ring).\n\
              Transmit into a bare XDP_DROP, unpaced, 54-byte frames, arrived (handed over): AF_XDP {:.0} pps ({:.0}), \
              raw IP socket {:.0} pps ({:.0}): {:.1}×.",
             e.mirror.pps(),
             e.mirror_stats.get("redirected"),
             e.mirror_pps(),
+            e.mirror_per_core().0 / 1e6,
+            e.mirror_per_core().1 / 1e6,
             e.af_xdp_arrived_pps(),
             e.tx_af_xdp.pps(),
             e.raw_arrived_pps(),
@@ -322,6 +401,9 @@ pub fn json(steps: &[Step], extras: Option<&Extras>) -> serde_json::Value {
                 "copier_dropped": s.copier_dropped(),
                 "loss_pct": s.loss_pct(),
                 "probes_answered": s.probes_answered,
+                "baseline_napi_cpu_us": s.baseline_napi.0,
+                "copier_cpu_us": s.copier_cpu.0,
+                "copier_napi_cpu_us": s.copier_napi.0,
                 "probes": PROBES,
             })
         })
@@ -331,6 +413,10 @@ pub fn json(steps: &[Step], extras: Option<&Extras>) -> serde_json::Value {
             "mirror": flooded_json(&e.mirror),
             "mirror_counters": e.mirror_stats.totals,
             "mirror_processed_pps": e.mirror_pps(),
+            "mirror_cpu_us": e.mirror_cpu.0,
+            "mirror_napi_cpu_us": e.mirror_napi.0,
+            "mirror_per_core_pps": e.mirror_per_core().0,
+            "mirror_with_napi_per_core_pps": e.mirror_per_core().1,
             "tx_af_xdp": flooded_json(&e.tx_af_xdp),
             "tx_af_xdp_arrived": e.tx_af_xdp_arrived,
             "tx_af_xdp_arrived_pps": e.af_xdp_arrived_pps(),

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use xdpcopy_testbed::{bins, topology::iface, Host, Process, Testbed};
 
 /// What to run.
@@ -28,6 +29,36 @@ pub struct Plan {
 const CAPTURE: &str = "capture";
 /// Longest a binary may take to load and attach its XDP program.
 const STARTUP: Duration = Duration::from_secs(20);
+
+/// CPU time of a live process, from /proc/PID/stat: (user + system, user), microseconds.
+pub(super) fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (user, system): (u64, u64) = (fields[11].parse()?, fields[12].parse()?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(((user + system) * 1_000_000 / hz, user * 1_000_000 / hz))
+}
+
+/// The kernel's NAPI threads for `iface` (threaded NAPI names them `napi/IFACE-ID`): CPU time,
+/// microseconds, summed. Only one test bed runs at a time, so the name is unambiguous.
+fn napi_cpu_us(iface: &str) -> anyhow::Result<u64> {
+    let prefix = format!("napi/{iface}-");
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        // A kernel thread's name is cut at 15 bytes.
+        if comm.trim_end().starts_with(&prefix[..prefix.len().min(15)]) {
+            if let Ok((cpu, _)) = process_cpu_us(pid) {
+                *total.get_or_insert(0) += cpu;
+            }
+        }
+    }
+    total.with_context(|| format!("no NAPI thread for {iface} (threaded NAPI off?)"))
+}
 
 /// Starts the intercept on the assistant host for `target`, attached.
 fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> {

@@ -19,7 +19,7 @@ use xdpcopy_testbed::{
     Host, Testbed,
 };
 
-use super::start_intercept;
+use super::{process_cpu_us, start_intercept};
 
 /// Longest a replay may take before the bench gives up on it.
 const REPLAY_LIMIT: Duration = Duration::from_secs(900);
@@ -113,18 +113,6 @@ impl Outcome {
     pub fn pps_per_worker_core(&self) -> f64 {
         self.sent as f64 / (self.worker_cpu_us.max(1) as f64 / 1e6)
     }
-}
-
-/// CPU time of a live process, from /proc/PID/stat: (user + system, user), microseconds.
-fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let (user, system): (u64, u64) = (fields[11].parse()?, fields[12].parse()?);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(((user + system) * 1_000_000 / hz, user * 1_000_000 / hz))
 }
 
 pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
