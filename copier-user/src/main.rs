@@ -160,6 +160,11 @@ struct Args {
     /// Replace an XDP program this process did not attach.
     #[arg(long)]
     force: bool,
+    /// Live capture: microseconds a reader pauses after a pass that took a partial batch, so
+    /// frames reach the workers in fewer, larger batches (a NIC's interrupt moderation); 0:
+    /// never. A frame may wait this long before it is replayed; a full batch never waits.
+    #[arg(long, default_value_t = online::DEFAULT_COALESCE_US, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    coalesce_us: u32,
 }
 
 impl Args {
@@ -451,7 +456,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Mode::Copy => online::OnlineMode::Copy,
                 Mode::Mirror => online::OnlineMode::Mirror { drop_other: args.mirror_other == Some(Other::Drop) },
             };
-            online = Some(online::Capture::start(iface, &args.mappings, args.force, mode, pipeline.inputs.clone())?);
+            online = Some(online::Capture::start(iface, &args.mappings, args.force, mode, args.coalesce_us, pipeline.inputs.clone())?);
             None
         }
     };

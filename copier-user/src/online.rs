@@ -36,7 +36,7 @@ use copier_user::{
         worker::Input,
     },
 };
-use xdp_runtime::{counters::Counters, xsk_rx::RxSocket, Attached};
+use xdp_runtime::{coalesce::Coalesce, counters::Counters, xsk_rx::RxSocket, Attached};
 
 /// The eBPF object built from `copier-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/copier"));
@@ -50,6 +50,9 @@ const POLL: Duration = Duration::from_micros(50);
 const POLL_IDLE: Duration = Duration::from_millis(1);
 /// How long an AF_XDP reader waits in poll(2) before it looks at the stop flag.
 const XSK_POLL_MS: i32 = 100;
+/// `--coalesce-us`: no longer than the idle ring reader's own wait, and a 2 Mpps burst fits
+/// the AF_XDP receive ring while its reader pauses.
+pub const DEFAULT_COALESCE_US: u32 = 500;
 
 /// How the online interface is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +74,14 @@ pub struct Capture {
 }
 
 impl Capture {
-    pub fn start(iface: &str, mappings: &Mappings, force: bool, mode: OnlineMode, workers: Vec<SyncSender<Input>>) -> anyhow::Result<Self> {
+    pub fn start(
+        iface: &str,
+        mappings: &Mappings,
+        force: bool,
+        mode: OnlineMode,
+        coalesce_us: u32,
+        workers: Vec<SyncSender<Input>>,
+    ) -> anyhow::Result<Self> {
         let (program_name, globals) = match mode {
             OnlineMode::Copy => ("copier", vec![]),
             OnlineMode::Mirror { drop_other } => ("copier_mirror", vec![(MIRROR_DROP_OTHER, drop_other as u8)]),
@@ -94,7 +104,8 @@ impl Capture {
             OnlineMode::Copy => {
                 let ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
                 let (stop, dispatch) = (Arc::clone(&stop), dispatch());
-                readers.push(std::thread::Builder::new().name("copier-capture".into()).spawn(move || read_ring(ring, dispatch, stop))?);
+                let coalesce = Coalesce::from_micros(coalesce_us, copier_user::pcap::BATCH);
+                readers.push(std::thread::Builder::new().name("copier-capture".into()).spawn(move || read_ring(ring, dispatch, coalesce, stop))?);
             }
             OnlineMode::Mirror { .. } => {
                 let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
@@ -104,10 +115,11 @@ impl Capture {
                     xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
                     log::info!("AF_XDP receive on {iface} queue {queue} ({})", if socket.zero_copy { "zero-copy" } else { "copy mode" });
                     let (stop, dispatch) = (Arc::clone(&stop), dispatch());
+                    let coalesce = Coalesce::from_micros(coalesce_us, xdp_runtime::xsk_rx::BATCH);
                     readers.push(
                         std::thread::Builder::new()
                             .name(format!("copier-xsk-{queue}"))
-                            .spawn(move || read_xsk(socket, dispatch, stop))?,
+                            .spawn(move || read_xsk(socket, dispatch, coalesce, stop))?,
                     );
                 }
             }
@@ -163,7 +175,7 @@ impl Backoff {
     }
 }
 
-fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, stop: Arc<AtomicBool>) {
+fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
     let mut sleep = Backoff(POLL);
     while !stop.load(Ordering::Relaxed) {
         let mut taken = 0;
@@ -182,21 +194,28 @@ fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, stop: Arc<Atomi
         }
         if taken == 0 {
             std::thread::sleep(sleep.0);
+        } else if let Some(pause) = coalesce.pause_after(taken) {
+            std::thread::sleep(pause);
         }
         sleep = sleep.after(taken);
     }
 }
 
-fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, stop: Arc<AtomicBool>) {
+fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let mut gone = false;
-        let received = socket.receive(XSK_POLL_MS, |frame| gone |= dispatch.push(0, Link::Ethernet, frame).is_err());
-        if let Err(err) = received {
-            log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
-            return;
-        }
+        let received = match socket.receive(XSK_POLL_MS, |frame| gone |= dispatch.push(0, Link::Ethernet, frame).is_err()) {
+            Ok(n) => n,
+            Err(err) => {
+                log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
+                return;
+            }
+        };
         if gone || dispatch.flush().is_err() {
             return;
+        }
+        if let Some(pause) = coalesce.pause_after(received) {
+            std::thread::sleep(pause);
         }
     }
 }

@@ -21,7 +21,7 @@ use common::{
     proto::DEFAULT_PORT,
 };
 use intercept_user::{filter::parse_filter, server, stats::Stats, xsk};
-use xdp_runtime::{counters::Counters, Attached};
+use xdp_runtime::{coalesce::Coalesce, counters::Counters, Attached};
 
 /// The eBPF object built from `intercept-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"));
@@ -57,7 +57,7 @@ struct Args {
     /// Microseconds an AF_XDP worker pauses after a batch that did not fill, so replies travel
     /// to the copiers in fewer, larger messages (a NIC's interrupt moderation); 0: never.
     /// Each reply may wait this long; a full batch never waits.
-    #[arg(long, default_value_t = xsk::Coalesce::DEFAULT_US, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    #[arg(long, default_value_t = xsk::DEFAULT_COALESCE_US, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     coalesce_us: u32,
 }
 
@@ -143,7 +143,7 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let cores = xdp_runtime::allowed_cores();
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
-        let coalesce = xsk::Coalesce::from_micros(args.coalesce_us);
+        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
         threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], coalesce, facts_tx.clone(), Arc::clone(&stop), Arc::clone(&stats))?);
     }
 
