@@ -233,7 +233,6 @@ impl Ctx<'_> {
 
 type SessionId = u64;
 
-
 /// A captured flow and which copy of it.
 type CaptureKey = (Endpoint, Endpoint, u16);
 

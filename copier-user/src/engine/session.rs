@@ -619,7 +619,7 @@ impl Session {
     }
 
     /// What its [`TimeWait`](super::time_wait::TimeWait) needs, if it closed cleanly.
-    pub fn closed(&self) -> Option<Closed> {
+    pub(super) fn closed(&self) -> Option<Closed> {
         self.lingers.then(|| Closed {
             replay_client: self.replay_client,
             target: self.target,

@@ -2,9 +2,10 @@
 //! a retransmitted FIN again (our last ACK may be lost) and to keep its replay endpoint taken.
 //!
 //! Linux keeps a small `inet_timewait_sock` instead of the whole socket for the same reason: at
-//! thousands of sessions a second a linger of seconds holds more closed sessions than live ones,
-//! and as whole sessions they pushed the live ones' table entries out of the caches (the
-//! copier's reply lookups were a tenth of its profile, nearly all cache misses).
+//! thousands of sessions a second a linger of seconds holds more closed sessions than live
+//! ones. As whole sessions they held their buffers and crowded the live ones' table (whose
+//! lookups are a tenth of the copier's profile, nearly all cache misses). Measured: peak RSS
+//! for 100 000 short sessions 53 → 45–46 MiB; the CPU per session moved within the noise.
 
 use common::{
     endpoint::Endpoint,
