@@ -39,9 +39,32 @@ impl CaptureRecord {
     }
 }
 
+/// The kernel's header before every ring buffer record (`BPF_RINGBUF_HDR_SZ`).
+pub const RING_RECORD_HEADER: u64 = 8;
+
+/// Whether the record just reserved should wake the ring's reader: only when it is the only
+/// data in the ring (`avail`, `BPF_RB_AVAIL_DATA` read after the reserve, counts it), so an
+/// idle reader sleeps in poll(2) instead of looking every millisecond, and under load — the
+/// reader away, taking what piled up — no record wakes anyone. Two CPUs filling an empty ring
+/// at once may both see the other's record and neither wake: the reader's poll timeout bounds
+/// that rare delay.
+pub fn wakes_reader(avail: u64, record_size: usize) -> bool {
+    avail <= (record_size as u64 + RING_RECORD_HEADER).next_multiple_of(8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_record_that_makes_the_ring_non_empty_wakes_the_reader() {
+        let small = core::mem::size_of::<SmallCaptureRecord>();
+        assert!(wakes_reader(small as u64 + 8, small), "alone in the ring");
+        assert!(!wakes_reader(2 * (small as u64 + 8), small), "another record was waiting: the reader knows");
+        let big = core::mem::size_of::<CaptureRecord>();
+        assert!(wakes_reader(big as u64 + 8, big));
+        assert!(!wakes_reader(big as u64 + 8 + small as u64 + 8, big));
+    }
 
     #[test]
     fn records_are_two_kib_and_their_frames_bounded() {

@@ -12,7 +12,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_RB_NO_WAKEUP},
+    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_xdp_load_bytes,
     macros::{map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use common::{
-    capture::{CaptureRecordOf, CAPTURE_BYTES, SMALL_CAPTURE_BYTES},
+    capture::{wakes_reader, CaptureRecordOf, CAPTURE_BYTES, SMALL_CAPTURE_BYTES},
     counters::{CopierCounter, Counter},
     endpoint::Endpoint,
     maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS, MAX_QUEUES},
@@ -149,7 +149,9 @@ fn copy_into<const N: usize>(ctx: &XdpContext, frame_len: usize) {
         entry.discard(0);
         return;
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    let avail = CAPTURE.query(BPF_RB_AVAIL_DATA as u64);
+    let wake = if wakes_reader(avail, size_of::<CaptureRecordOf<N>>()) { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    entry.submit(wake as u64);
     count(CopierCounter::Copied);
     if frame_len > N {
         count(CopierCounter::Truncated);

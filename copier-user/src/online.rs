@@ -7,13 +7,13 @@
 //! reader of its own.
 
 use std::{
+    os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::SyncSender,
         Arc,
     },
     thread::JoinHandle,
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -41,16 +41,14 @@ use xdp_runtime::{coalesce::Coalesce, counters::Counters, xsk_rx::RxSocket, Atta
 /// The eBPF object built from `copier-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/copier"));
 
-/// How long the ring reader sleeps on an empty ring while traffic flows (never a busy spin:
-/// DESIGN.md §4) ...
-const POLL: Duration = Duration::from_micros(50);
-/// ... and at most, once the ring has stayed empty: an idle copier then wakes 1 000 times a
-/// second, not 20 000 (the demo's copier spent most of its CPU polling an empty ring). The
-/// ring holds tens of milliseconds of traffic, so the longer first wait loses nothing.
-const POLL_IDLE: Duration = Duration::from_millis(1);
+/// How long the ring reader waits in poll(2) on an empty ring. The XDP program wakes it with
+/// the record that makes the ring non-empty ([`common::capture::wakes_reader`]); the timeout
+/// bounds the delay when two CPUs fill an empty ring at once and neither wakes it, and how
+/// late the stop flag is seen.
+const RING_POLL_MS: i32 = 10;
 /// How long an AF_XDP reader waits in poll(2) before it looks at the stop flag.
 const XSK_POLL_MS: i32 = 100;
-/// `--coalesce-us`: as long as the idle ring reader's own wait, and 2 Mpps for that long fits
+/// `--coalesce-us`: a millisecond, and 2 Mpps for that long fits
 /// the AF_XDP receive ring (2048) while its reader pauses. Replay does not need a captured
 /// frame within the millisecond; in the bench, 1 ms against 500 µs took the copier from 1.2 to
 /// 1.7–2.3 Mpps per core in copy mode, and left the kernel's receive path more of a shared core.
@@ -162,23 +160,20 @@ impl Drop for Capture {
     }
 }
 
-/// The ring reader's sleep: [`POLL`] after a pass that found records, doubling with every
-/// empty pass up to [`POLL_IDLE`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Backoff(Duration);
-
-impl Backoff {
-    fn after(self, took: usize) -> Self {
-        if took > 0 {
-            Self(POLL)
-        } else {
-            Self((self.0 * 2).min(POLL_IDLE))
+/// Waits until the ring is readable or `timeout_ms` passed.
+fn wait_readable(ring: &RingBuf<MapData>, timeout_ms: i32) -> std::io::Result<()> {
+    let mut fd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, and the ring's fd outlives the call.
+    if unsafe { libc::poll(&mut fd, 1, timeout_ms) } < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
+    Ok(())
 }
 
 fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
-    let mut sleep = Backoff(POLL);
     while !stop.load(Ordering::Relaxed) {
         let mut taken = 0;
         while taken < copier_user::pcap::BATCH {
@@ -195,11 +190,13 @@ fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coale
             return;
         }
         if taken == 0 {
-            std::thread::sleep(sleep.0);
+            if let Err(err) = wait_readable(&ring, RING_POLL_MS) {
+                log::error!("capture ring: poll failed: {err}");
+                return;
+            }
         } else if let Some(pause) = coalesce.pause_after(taken) {
             std::thread::sleep(pause);
         }
-        sleep = sleep.after(taken);
     }
 }
 
@@ -219,24 +216,5 @@ fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, coalesce: Coalesce, st
         if let Some(pause) = coalesce.pause_after(received) {
             std::thread::sleep(pause);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ring_reader_backs_off_while_idle_and_snaps_back_on_traffic() {
-        let mut b = Backoff(POLL);
-        let waits: Vec<_> = (0..7)
-            .map(|_| {
-                let wait = b.0.as_micros();
-                b = b.after(0);
-                wait
-            })
-            .collect();
-        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(b.after(3), Backoff(POLL));
     }
 }
