@@ -13,10 +13,10 @@ mod rto;
 pub mod session;
 mod stream;
 mod time_wait;
+mod timers;
 
 use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     ops::Range,
 };
@@ -32,6 +32,7 @@ use self::{
     rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
     session::{Session, SynParams},
     time_wait::TimeWait,
+    timers::Wheel,
 };
 use crate::{mapping::Mapping, Hasher};
 
@@ -247,7 +248,9 @@ pub struct Engine {
     by_capture: HashMap<CaptureKey, SessionId, Hasher>,
     capture_keys: HashMap<SessionId, CaptureKey, Hasher>,
     by_replay: HashMap<Endpoint, SessionId, Hasher>,
-    timers: BinaryHeap<Reverse<(u64, SessionId)>>,
+    timers: Wheel<SessionId>,
+    /// Timer entries being fired, kept for its allocation.
+    due: Vec<(u64, SessionId)>,
     /// Flows not replayed (sampled out, mid-stream under `-O`, or shed), so that their later
     /// packets are neither counted again nor start them half-way; a new SYN clears the entry.
     declined: HashSet<CaptureKey, Hasher>,
@@ -273,7 +276,8 @@ impl Engine {
             by_capture: HashMap::default(),
             capture_keys: HashMap::default(),
             by_replay: HashMap::default(),
-            timers: BinaryHeap::new(),
+            timers: Wheel::default(),
+            due: Vec::new(),
             declined: HashSet::default(),
             next_id: 1,
             buffered: 0,
@@ -483,36 +487,46 @@ impl Engine {
 
     /// Runs every timer that is due.
     pub fn on_timer(&mut self, now: u64) {
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            if at > now {
+        let mut due = std::mem::take(&mut self.due);
+        loop {
+            self.timers.take_due(now, &mut due);
+            if due.is_empty() {
                 break;
             }
-            self.timers.pop();
-            let live = self.sessions.get_mut(&id).is_some_and(|s| {
-                let live = s.timer_at == Some(at);
-                if live {
-                    s.timer_at = None;
-                }
-                live
-            });
-            if live {
-                self.with_session(now, id, |s, ctx| s.on_timer(ctx));
-            } else if let Some(tw) = self.time_wait.get_mut(&id).filter(|t| t.timer_at == Some(at)) {
-                tw.timer_at = None;
-                if now >= tw.until() {
-                    self.remove(id);
-                } else {
-                    let until = tw.until();
-                    schedule(&mut self.timers, &mut tw.timer_at, id, until);
-                }
+            for (at, id) in due.drain(..) {
+                self.fire(now, at, id);
             }
         }
+        self.due = due;
         self.release_held(now);
     }
 
-    /// When [`Self::on_timer`] should run next (possibly early: a superseded entry).
+    /// Runs the timer entry `(at, id)` if it is still its session's (or record's) live one.
+    fn fire(&mut self, now: u64, at: u64, id: SessionId) {
+        let live = self.sessions.get_mut(&id).is_some_and(|s| {
+            let live = s.timer_at == Some(at);
+            if live {
+                s.timer_at = None;
+            }
+            live
+        });
+        if live {
+            self.with_session(now, id, |s, ctx| s.on_timer(ctx));
+        } else if let Some(tw) = self.time_wait.get_mut(&id).filter(|t| t.timer_at == Some(at)) {
+            tw.timer_at = None;
+            if now >= tw.until() {
+                self.remove(id);
+            } else {
+                let until = tw.until();
+                schedule(&mut self.timers, &mut tw.timer_at, id, until);
+            }
+        }
+    }
+
+    /// When [`Self::on_timer`] should run next (possibly early: a superseded entry, or the
+    /// start of a far slot of the timer wheel).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.next_deadline()
     }
 
     /// Runs `f` on a session with a context, then settles its timer, memory and end.
@@ -595,7 +609,7 @@ impl Engine {
         }
     }
 
-    /// Entries in the timer heap (live and superseded), for tests of its bound.
+    /// Timer entries (live and superseded), for tests of their bound.
     #[cfg(test)]
     fn timer_entries(&self) -> usize {
         self.timers.len()
@@ -609,13 +623,13 @@ impl Engine {
     }
 }
 
-/// Keeps one live heap entry per session (or time-wait record): pushes only when its deadline
-/// moves earlier. The superseded entry is skipped when it comes up; a later deadline is found
-/// when the earlier entry fires and the session is asked again.
-fn schedule(timers: &mut BinaryHeap<Reverse<(u64, SessionId)>>, timer_at: &mut Option<u64>, id: SessionId, at: u64) {
+/// Keeps one live timer entry per session (or time-wait record): adds one only when its
+/// deadline moves earlier. The superseded entry is skipped when it comes up; a later deadline
+/// is found when the earlier entry fires and the session is asked again.
+fn schedule(timers: &mut Wheel<SessionId>, timer_at: &mut Option<u64>, id: SessionId, at: u64) {
     if timer_at.is_none_or(|scheduled| at < scheduled) {
         *timer_at = Some(at);
-        timers.push(Reverse((at, id)));
+        timers.insert(at, id);
     }
 }
 

@@ -96,7 +96,7 @@ pub struct Session {
     ///
     /// [`TimeWait`]: super::time_wait::TimeWait
     lingers: bool,
-    /// The time of this session's live entry in the engine's timer heap.
+    /// The time of this session's live entry in the engine's timer wheel.
     pub timer_at: Option<u64>,
     counted_complete: bool,
     /// Waiting for its turn to open (too many sessions were opening): sends nothing yet, buffers

@@ -602,7 +602,7 @@ fn timestamps_never_go_backwards_within_a_session() {
 }
 
 #[test]
-fn the_timer_heap_holds_about_one_entry_per_session_however_many_packets() {
+fn the_timer_wheel_holds_about_one_entry_per_session_however_many_packets() {
     let mut cfg = config();
     cfg.wait_for_response = false;
     let mut e = established(cfg, 1460, 65535);
@@ -612,7 +612,7 @@ fn the_timer_heap_holds_about_one_entry_per_session_however_many_packets() {
         e.on_reply(2_000 + i as u64, &reply(c, i + 1, 0, 0, 0));
         e.outbox().clear();
     }
-    assert!(e.timer_entries() < 10, "{} heap entries for one session", e.timer_entries());
+    assert!(e.timer_entries() < 10, "{} timer entries for one session", e.timer_entries());
 }
 
 #[test]

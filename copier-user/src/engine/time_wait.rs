@@ -39,7 +39,7 @@ pub struct TimeWait {
     quiet: u64,
     until: u64,
     cap: u64,
-    /// The time of this record's live entry in the engine's timer heap.
+    /// The time of this record's live entry in the engine's timer wheel.
     pub timer_at: Option<u64>,
 }
 
