@@ -137,14 +137,14 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
 
     let stats = Arc::new(Stats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let (facts_tx, facts_rx) = tokio::sync::mpsc::channel(1024);
+    let routes = server::SharedRoutes::default();
     log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
-    tokio::spawn(server::serve(listener, secret, facts_rx, Arc::clone(&stats)));
+    tokio::spawn(server::serve(listener, secret, Arc::clone(&routes), Arc::clone(&stats)));
     let cores = xdp_runtime::allowed_cores();
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
         let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
-        threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], coalesce, facts_tx.clone(), Arc::clone(&stop), Arc::clone(&stats))?);
+        threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], coalesce, Arc::clone(&routes), Arc::clone(&stop), Arc::clone(&stats))?);
     }
 
     let report = xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || stats.snapshot()).await;

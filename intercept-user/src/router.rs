@@ -1,8 +1,8 @@
 //! Which copier owns which client endpoint, and so which copier gets each reply.
 //!
 //! Copiers announce the (rewritten) client endpoints whose sessions they replay; a reply goes
-//! to the copier owning its destination, or nowhere. One task owns this table, so it needs no
-//! lock; replies are routed a batch at a time.
+//! to the copier owning its destination, or nowhere. The server's routes hold this table
+//! under their lock; replies are routed a batch at a time.
 
 use std::collections::HashMap;
 

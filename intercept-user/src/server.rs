@@ -1,12 +1,20 @@
 //! The TCP server copiers connect to (DESIGN.md §3).
 //!
-//! One task per copier connection reads its announcements; one router task owns the ownership
-//! table and the copiers' outbound queues, so neither needs a lock. Each copier's queue is
-//! bounded: when a copier reads too slowly its facts are dropped and counted, never buffered
-//! without limit. A peer that sends garbage, an oversized frame, a wrong version or a wrong
-//! secret gets a BYE with the reason and is closed; nothing it sends can stop the server.
+//! One task per copier connection reads its announcements and applies them to the shared
+//! [`Routes`] at once, so a SYNCED it answers covers everything the copier sent before. The
+//! AF_XDP workers route each batch of replies under the same lock and write the facts straight
+//! into the owning copier's socket; what a socket does not take waits, bounded, for the
+//! connection's flusher (see [`crate::outbound`]). A peer that sends garbage, an oversized frame,
+//! a wrong version or a wrong secret gets a BYE with the reason and is closed; nothing it sends
+//! can stop the server.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
 use common::{
     endpoint::Endpoint,
@@ -19,27 +27,145 @@ use tokio::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpListener, TcpStream,
     },
-    sync::mpsc::{self, error::TrySendError},
+    sync::Notify,
 };
 
 use crate::{
+    outbound::{Outbound, Sent},
     router::{CopierId, Hasher, Ownership, MAX_OWNED_PER_COPIER},
     stats::Stats,
 };
 
-/// Frames (of up to [`MAX_RECORDS`] facts each) queued for one copier before its facts are dropped.
-pub const COPIER_QUEUE_FRAMES: usize = 256;
+/// Bytes held for one copier beyond what its socket took (about 16 000 facts) before its facts
+/// are dropped and counted.
+pub const MAX_PENDING_BYTES: usize = 1 << 20;
 /// Time a new connection has to say HELLO.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection waits for its last frames (a BYE) to go out.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
-enum Control {
-    Connected { id: CopierId, peer: SocketAddr, queue: mpsc::Sender<Vec<u8>> },
-    Own { id: CopierId, entries: Vec<Endpoint> },
-    Disown { id: CopierId, entries: Vec<Endpoint> },
-    /// Answer SYNCED once everything this copier sent before is in effect (it is: the router
-    /// handles control messages in order).
-    Sync { id: CopierId, token: u64 },
-    Disconnected { id: CopierId },
+/// Where routed frames go: a copier's connection (in the unit tests, a recorder).
+pub trait Link {
+    /// Sends a frame without waiting; false if it was dropped.
+    fn send(&self, frame: &[u8]) -> bool;
+}
+
+/// One copier's connection, as whoever writes to it sees it.
+pub struct CopierLink {
+    socket: OwnedWriteHalf,
+    out: Mutex<Outbound>,
+    /// Rung when bytes wait in `out` for the socket to be writable again.
+    waiting: Notify,
+}
+
+impl CopierLink {
+    fn new(socket: OwnedWriteHalf) -> Self {
+        Self { socket, out: Mutex::new(Outbound::new(MAX_PENDING_BYTES)), waiting: Notify::new() }
+    }
+
+    fn out(&self) -> MutexGuard<'_, Outbound> {
+        self.out.lock().expect("no writer panics holding it")
+    }
+
+    /// Writes what waits whenever the socket has room, until the connection breaks.
+    async fn flush_when_writable(&self) {
+        loop {
+            self.waiting.notified().await;
+            loop {
+                let flushed = self.out().flush(|b| self.socket.try_write(b));
+                match flushed {
+                    Ok(()) => break,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        if self.socket.writable().await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until nothing waits to be written.
+    async fn drained(&self, within: Duration) {
+        let until = Instant::now() + within;
+        while !{
+            let out = self.out();
+            out.is_empty() || out.is_broken()
+        } && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Link for CopierLink {
+    /// From any thread: what the socket does not take waits for the flusher (see [`Sent`]).
+    fn send(&self, frame: &[u8]) -> bool {
+        match self.out().send(frame, |b| self.socket.try_write(b)) {
+            Sent::Written => true,
+            Sent::Queued => {
+                self.waiting.notify_one();
+                true
+            }
+            Sent::Dropped => false,
+        }
+    }
+}
+
+/// Who owns which client endpoint, and the copiers' connections: what routing a reply needs.
+/// Shared under one lock, taken once per batch of replies and once per announcement frame.
+pub struct Routes<L = CopierLink> {
+    ownership: Ownership,
+    links: HashMap<CopierId, Arc<L>, Hasher>,
+    /// A batch's replies per copier (vectors reused).
+    grouped: HashMap<CopierId, Vec<ReplyFacts>, Hasher>,
+    /// Encoding buffer (reused).
+    frame: Vec<u8>,
+}
+
+/// The routes, shared by the AF_XDP workers and the connections.
+pub type SharedRoutes = Arc<Mutex<Routes>>;
+
+impl<L> Default for Routes<L> {
+    fn default() -> Self {
+        Self { ownership: Ownership::default(), links: HashMap::default(), grouped: HashMap::default(), frame: Vec::new() }
+    }
+}
+
+impl Routes {
+    pub fn lock(routes: &SharedRoutes) -> MutexGuard<'_, Routes> {
+        routes.lock().expect("no router panics holding it")
+    }
+}
+
+impl<L: Link> Routes<L> {
+    /// Sends every reply of a batch to the copier that owns its client, counting what nobody
+    /// owns and what a slow copier could not take.
+    pub fn route(&mut self, batch: &[ReplyFacts], stats: &Stats) {
+        self.grouped.values_mut().for_each(Vec::clear);
+        Stats::add(&stats.unowned, self.ownership.route(batch, &mut self.grouped) as u64);
+        for (id, replies) in &self.grouped {
+            let Some(link) = self.links.get(id) else { continue };
+            for chunk in replies.chunks(MAX_RECORDS) {
+                self.frame.resize(proto::HEADER_LEN + 2 + chunk.len() * proto::RECORD_LEN, 0);
+                let n = proto::encode_facts(&mut self.frame, chunk).expect("sized for the chunk");
+                let counter = if link.send(&self.frame[..n]) { &stats.routed } else { &stats.slow_copier_dropped };
+                Stats::add(counter, chunk.len() as u64);
+            }
+        }
+    }
+
+    fn connect(&mut self, id: CopierId, link: Arc<L>) {
+        self.links.insert(id, link);
+    }
+
+    /// Forgets a copier and everything it owned; returns how many endpoints that was.
+    fn disconnect(&mut self, id: CopierId) -> usize {
+        self.links.remove(&id);
+        self.grouped.remove(&id);
+        self.ownership.remove_copier(id)
+    }
 }
 
 /// Compares secrets in time independent of where they differ.
@@ -58,10 +184,9 @@ fn bye(reason: &str) -> Vec<u8> {
     frame(|b| proto::encode_bye(b, reason), proto::HEADER_LEN + proto::MAX_REASON_LEN)
 }
 
-/// Serves copiers on `listener` until the process stops; facts arrive on `facts`.
-pub async fn serve(listener: TcpListener, secret: Option<Arc<[u8]>>, facts: mpsc::Receiver<Vec<ReplyFacts>>, stats: Arc<Stats>) {
-    let (control_tx, control_rx) = mpsc::channel(1024);
-    tokio::spawn(route(control_rx, facts, Arc::clone(&stats)));
+/// Serves copiers on `listener` until the process stops; the AF_XDP workers route replies
+/// through `routes`.
+pub async fn serve(listener: TcpListener, secret: Option<Arc<[u8]>>, routes: SharedRoutes, stats: Arc<Stats>) {
     let mut next_id: CopierId = 1;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -75,64 +200,7 @@ pub async fn serve(listener: TcpListener, secret: Option<Arc<[u8]>>, facts: mpsc
         let _ = stream.set_nodelay(true);
         let id = next_id;
         next_id += 1;
-        tokio::spawn(connection(id, stream, peer, secret.clone(), control_tx.clone(), Arc::clone(&stats)));
-    }
-}
-
-async fn route(mut control: mpsc::Receiver<Control>, mut facts: mpsc::Receiver<Vec<ReplyFacts>>, stats: Arc<Stats>) {
-    let mut ownership = Ownership::default();
-    let mut queues: HashMap<CopierId, mpsc::Sender<Vec<u8>>, Hasher> = HashMap::default();
-    let mut grouped: HashMap<CopierId, Vec<ReplyFacts>, Hasher> = HashMap::default();
-    loop {
-        tokio::select! {
-            // Announcements first: a reply must not race ahead of the OWN that claims it.
-            biased;
-            Some(c) = control.recv() => match c {
-                Control::Connected { id, peer, queue } => {
-                    log::info!("copier {id} connected from {peer}");
-                    queues.insert(id, queue);
-                    Stats::add(&stats.copiers, 1);
-                }
-                Control::Own { id, entries } => {
-                    for e in entries {
-                        if let Err(err) = ownership.own(id, e) {
-                            log::warn!("{err}; ignoring the rest of its announcement");
-                            break;
-                        }
-                    }
-                }
-                Control::Disown { id, entries } => entries.into_iter().for_each(|e| ownership.disown(id, e)),
-                Control::Sync { id, token } => {
-                    if let Some(queue) = queues.get(&id) {
-                        let _ = queue.try_send(frame(|b| proto::encode_sync(b, true, token), 16));
-                    }
-                }
-                Control::Disconnected { id } => {
-                    if queues.remove(&id).is_some() {
-                        stats.copiers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    grouped.remove(&id);
-                    let released = ownership.remove_copier(id);
-                    log::info!("copier {id} disconnected; released {released} client endpoints");
-                }
-            },
-            Some(batch) = facts.recv() => {
-                grouped.values_mut().for_each(Vec::clear);
-                Stats::add(&stats.unowned, ownership.route(&batch, &mut grouped) as u64);
-                for (id, replies) in &grouped {
-                    let Some(queue) = queues.get(id) else { continue };
-                    for chunk in replies.chunks(MAX_RECORDS) {
-                        let n = chunk.len() as u64;
-                        let frame = frame(|b| proto::encode_facts(b, chunk), 4 + 3 + chunk.len() * proto::RECORD_LEN);
-                        match queue.try_send(frame) {
-                            Ok(()) => Stats::add(&stats.routed, n),
-                            Err(TrySendError::Full(_) | TrySendError::Closed(_)) => Stats::add(&stats.slow_copier_dropped, n),
-                        }
-                    }
-                }
-            },
-            else => break,
-        }
+        tokio::spawn(connection(id, stream, peer, secret.clone(), Arc::clone(&routes), Arc::clone(&stats)));
     }
 }
 
@@ -204,14 +272,7 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, buf: &mut Ve
     wr.write_all(&welcome).await.map_err(|err| format!("write failed: {err}"))
 }
 
-async fn connection(
-    id: CopierId,
-    stream: TcpStream,
-    peer: SocketAddr,
-    secret: Option<Arc<[u8]>>,
-    control: mpsc::Sender<Control>,
-    stats: Arc<Stats>,
-) {
+async fn connection(id: CopierId, stream: TcpStream, peer: SocketAddr, secret: Option<Arc<[u8]>>, routes: SharedRoutes, stats: Arc<Stats>) {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::with_capacity(16 * 1024);
     if let Err(reason) = handshake(&mut rd, &mut wr, &mut buf, secret.as_deref()).await {
@@ -220,18 +281,14 @@ async fn connection(
         let _ = wr.write_all(&bye(&reason)).await;
         return;
     }
-    let (queue, mut outbound) = mpsc::channel::<Vec<u8>>(COPIER_QUEUE_FRAMES);
-    if control.send(Control::Connected { id, peer, queue: queue.clone() }).await.is_err() {
-        return;
-    }
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = outbound.recv().await {
-            if wr.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let link = Arc::new(CopierLink::new(wr));
+    let flusher = AbortOnDrop(tokio::spawn({
+        let link = Arc::clone(&link);
+        async move { link.flush_when_writable().await }
+    }));
+    Routes::lock(&routes).connect(id, Arc::clone(&link));
+    Stats::add(&stats.copiers, 1);
+    log::info!("copier {id} connected from {peer}");
 
     let mut announced = 0usize;
     let outcome: Result<(), String> = loop {
@@ -241,14 +298,22 @@ async fn connection(
                 if announced > MAX_OWNED_PER_COPIER {
                     break Err(format!("announced more than {MAX_OWNED_PER_COPIER} client endpoints"));
                 }
-                let _ = control.send(Control::Own { id, entries }).await;
+                let mut routes = Routes::lock(&routes);
+                for e in entries {
+                    if let Err(err) = routes.ownership.own(id, e) {
+                        log::warn!("{err}; ignoring the rest of its announcement");
+                        break;
+                    }
+                }
             }
             Ok(Some(Incoming::Disown(entries))) => {
                 announced = announced.saturating_sub(entries.len());
-                let _ = control.send(Control::Disown { id, entries }).await;
+                let mut routes = Routes::lock(&routes);
+                entries.into_iter().for_each(|e| routes.ownership.disown(id, e));
             }
             Ok(Some(Incoming::Sync(token))) => {
-                let _ = control.send(Control::Sync { id, token }).await;
+                // Every announcement before it is in effect: they were applied as they came.
+                link.send(&frame(|b| proto::encode_sync(b, true, token), 16));
             }
             Ok(Some(Incoming::Bye(reason))) => {
                 log::info!("copier {id} ({peer}) said goodbye: {reason}");
@@ -260,14 +325,26 @@ async fn connection(
             Err(reason) => break Err(reason),
         }
     };
+    let released = Routes::lock(&routes).disconnect(id);
+    stats.copiers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let Err(reason) = &outcome {
         log::warn!("closing copier {id} ({peer}): {reason}");
         Stats::add(&stats.rejected, 1);
-        let _ = queue.send(bye(reason)).await;
+        link.send(&bye(reason));
     }
-    drop(queue);
-    let _ = control.send(Control::Disconnected { id }).await;
-    let _ = writer.await;
+    link.drained(CLOSE_DRAIN).await;
+    drop(flusher);
+    log::info!("copier {id} disconnected; released {released} client endpoints");
+    // The last reference to the link goes here (the routes let theirs go), closing the socket.
+}
+
+/// Aborts a task when dropped: a connection's flusher ends with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]
@@ -280,46 +357,74 @@ mod tests {
         ReplyFacts { client: Endpoint::v4([10, 100, 1, 2], port), ..Default::default() }
     }
 
-    /// Runs the router with one copier whose queue holds `capacity` frames and is never read.
-    async fn router_with_stalled_copier(capacity: usize, batches: usize) -> (Arc<Stats>, mpsc::Receiver<Vec<u8>>) {
-        let stats = Arc::new(Stats::default());
-        let (control_tx, control_rx) = mpsc::channel(16);
-        let (facts_tx, facts_rx) = mpsc::channel(16);
-        let router = tokio::spawn(route(control_rx, facts_rx, Arc::clone(&stats)));
-        let (queue, outbound) = mpsc::channel(capacity);
-        control_tx.send(Control::Connected { id: 1, peer: "10.0.0.1:1".parse().unwrap(), queue }).await.unwrap();
-        control_tx.send(Control::Own { id: 1, entries: vec![Endpoint::v4([10, 100, 1, 2], 0)] }).await.unwrap();
-        for _ in 0..batches {
-            facts_tx.send(vec![reply_to(1), reply_to(2)]).await.unwrap();
+    /// A copier's connection that takes `room` frames, then drops.
+    struct Recorder {
+        frames: Mutex<Vec<Vec<u8>>>,
+        room: usize,
+    }
+
+    impl Link for Recorder {
+        fn send(&self, frame: &[u8]) -> bool {
+            let mut frames = self.frames.lock().unwrap();
+            let fits = frames.len() < self.room;
+            if fits {
+                frames.push(frame.to_vec());
+            }
+            fits
         }
-        facts_tx.send(vec![reply_to(3)]).await.unwrap();
-        drop((control_tx, facts_tx));
-        router.await.unwrap();
-        (stats, outbound)
     }
 
-    #[tokio::test]
-    async fn a_slow_copier_costs_a_counter_not_memory() {
-        let (stats, mut outbound) = router_with_stalled_copier(1, 10).await;
-        // One frame fits the queue; the other 9 batches (18 facts) and the last fact are dropped.
-        assert_eq!(stats.routed.load(Relaxed), 2);
-        assert_eq!(stats.slow_copier_dropped.load(Relaxed), 19);
-        let frame = outbound.recv().await.unwrap();
-        assert!(matches!(proto::decode(&frame), Ok(Some((Message::Facts(r), _))) if r.len() == 2));
-        assert!(outbound.recv().await.is_none(), "nothing else was queued");
-    }
-
-    #[tokio::test]
-    async fn a_copier_that_keeps_up_gets_everything_in_order() {
-        let (stats, mut outbound) = router_with_stalled_copier(64, 10).await;
-        assert_eq!((stats.routed.load(Relaxed), stats.slow_copier_dropped.load(Relaxed)), (21, 0));
+    /// Routes `batches` of two replies and one of one to a copier that owns 10.100.1.2.
+    fn route_to_copier_with_room(room: usize, batches: usize) -> (Stats, Vec<u16>) {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        let recorder = Arc::new(Recorder { frames: Mutex::new(Vec::new()), room });
+        routes.connect(1, Arc::clone(&recorder));
+        routes.ownership.own(1, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
+        for _ in 0..batches {
+            routes.route(&[reply_to(1), reply_to(2)], &stats);
+        }
+        routes.route(&[reply_to(3)], &stats);
         let mut ports = Vec::new();
-        while let Some(frame) = outbound.recv().await {
-            let Ok(Some((Message::Facts(records), _))) = proto::decode(&frame) else { panic!("not FACTS") };
+        for frame in recorder.frames.lock().unwrap().iter() {
+            let Ok(Some((Message::Facts(records), used))) = proto::decode(frame) else { panic!("not one FACTS frame") };
+            assert_eq!(used, frame.len());
             ports.extend(records.map(|r| r.client.port));
         }
+        (stats, ports)
+    }
+
+    #[test]
+    fn a_slow_copier_costs_a_counter_not_memory() {
+        let (stats, ports) = route_to_copier_with_room(1, 10);
+        // One frame fits; the other 9 batches (18 facts) and the last fact are dropped.
+        assert_eq!(ports, [1, 2]);
+        assert_eq!((stats.routed.load(Relaxed), stats.slow_copier_dropped.load(Relaxed)), (2, 19));
+    }
+
+    #[test]
+    fn a_copier_that_keeps_up_gets_everything_in_order() {
+        let (stats, ports) = route_to_copier_with_room(64, 10);
+        assert_eq!((stats.routed.load(Relaxed), stats.slow_copier_dropped.load(Relaxed)), (21, 0));
         assert_eq!(ports.len(), 21);
         assert_eq!(ports.last(), Some(&3));
+    }
+
+    #[test]
+    fn a_large_batch_goes_in_frames_of_at_most_max_records_and_the_unowned_are_counted() {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        let recorder = Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 100 });
+        routes.connect(7, Arc::clone(&recorder));
+        routes.ownership.own(7, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
+        let mut batch: Vec<ReplyFacts> = (0..MAX_RECORDS as u16 + 5).map(reply_to).collect();
+        batch.push(ReplyFacts { client: Endpoint::v4([10, 100, 1, 3], 1), ..Default::default() });
+        routes.route(&batch, &stats);
+        let sizes: Vec<usize> = recorder.frames.lock().unwrap().iter().map(|f| f.len()).collect();
+        let frame_of = |n: usize| proto::HEADER_LEN + 2 + n * proto::RECORD_LEN;
+        assert_eq!(sizes, [frame_of(MAX_RECORDS), frame_of(5)]);
+        assert_eq!((stats.routed.load(Relaxed), stats.unowned.load(Relaxed)), (MAX_RECORDS as u64 + 5, 1));
+        assert_eq!(routes.disconnect(7), 1, "its whole address");
+        routes.route(&batch[..1], &stats);
+        assert_eq!(stats.unowned.load(Relaxed), 2, "a gone copier's replies are nobody's");
     }
 
     #[test]

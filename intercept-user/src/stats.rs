@@ -10,8 +10,6 @@ pub struct Stats {
     /// Frames in the AF_XDP rings that did not parse as TCP (should stay 0: the XDP program
     /// only redirects TCP).
     pub unparsed: AtomicU64,
-    /// Batches dropped because the router fell behind the workers.
-    pub backlog_dropped: AtomicU64,
     /// Facts sent to their owning copier.
     pub routed: AtomicU64,
     /// Facts no copier owns: counted and dropped.
@@ -34,7 +32,6 @@ impl Stats {
         [
             ("replies", &self.replies),
             ("unparsed", &self.unparsed),
-            ("backlog_dropped", &self.backlog_dropped),
             ("routed", &self.routed),
             ("unowned", &self.unowned),
             ("slow_copier_dropped", &self.slow_copier_dropped),

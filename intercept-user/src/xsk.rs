@@ -1,5 +1,6 @@
 //! AF_XDP receive of replies: one socket per RX queue, one pinned worker thread per socket,
-//! each batch of frames reduced to facts and sent to the router in one message.
+//! each batch of frames reduced to facts and routed to the copiers by the worker itself (one
+//! lock and one socket write per copier and batch; no other thread is woken).
 
 use std::{
     sync::{
@@ -11,13 +12,15 @@ use std::{
 
 use anyhow::Context as _;
 use common::facts::ReplyFacts;
-use tokio::sync::mpsc;
 use xdp_runtime::{
     coalesce::Coalesce,
     xsk_rx::{RxSocket, BATCH},
 };
 
-use crate::stats::Stats;
+use crate::{
+    server::{Routes, SharedRoutes},
+    stats::Stats,
+};
 
 /// Poll timeout: how quickly a worker notices shutdown when no traffic arrives.
 const POLL_MS: i32 = 100;
@@ -33,7 +36,7 @@ pub fn spawn_worker(
     mut socket: RxSocket,
     core: usize,
     coalesce: Coalesce,
-    to_router: mpsc::Sender<Vec<ReplyFacts>>,
+    routes: SharedRoutes,
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -41,17 +44,12 @@ pub fn spawn_worker(
         .name(format!("xsk-rx-{}", socket.queue))
         .spawn(move || {
             xdp_runtime::pin_to(core);
+            let mut facts = Vec::with_capacity(BATCH);
             while !stop.load(Ordering::Relaxed) {
-                // Allocated once per batch that has replies (it travels to the router).
-                let mut facts = Vec::new();
+                facts.clear();
                 let mut unparsed = 0;
                 let frames = socket.receive(POLL_MS, |frame| match ReplyFacts::from_frame(frame) {
-                    Ok(Some(f)) => {
-                        if facts.capacity() == 0 {
-                            facts.reserve_exact(BATCH);
-                        }
-                        facts.push(f)
-                    }
+                    Ok(Some(f)) => facts.push(f),
                     _ => unparsed += 1,
                 });
                 let frames = match frames {
@@ -63,9 +61,8 @@ pub fn spawn_worker(
                 };
                 Stats::add(&stats.replies, facts.len() as u64);
                 Stats::add(&stats.unparsed, unparsed);
-                let n = facts.len() as u64;
-                if !facts.is_empty() && to_router.try_send(facts).is_err() {
-                    Stats::add(&stats.backlog_dropped, n);
+                if !facts.is_empty() {
+                    Routes::lock(&routes).route(&facts, &stats);
                 }
                 if let Some(pause) = coalesce.pause_after(frames) {
                     std::thread::sleep(pause);
