@@ -5,7 +5,10 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
-    sync::{atomic::AtomicBool, mpsc::sync_channel, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,7 @@ use copier_user::{
         dispatch::{Backpressure, Dispatch, WhenFull},
         intercepts::{self, LinkStats},
         tx::{RawTx, Transmit},
-        worker::{facts_queue, Announced, Input, Shared, Worker},
+        worker::{self, facts_queue, input_queue, Announced, InputSender, Shared, Worker},
         xdp_tx::XdpTx,
     },
 };
@@ -234,7 +237,7 @@ fn main() -> std::process::ExitCode {
 /// The pieces every mode shares: the workers, the intercept links, the stats.
 struct Pipeline {
     /// One queue per worker, in worker order.
-    inputs: Vec<std::sync::mpsc::SyncSender<Input>>,
+    inputs: Vec<InputSender>,
     stop: Arc<AtomicBool>,
     shared: Vec<Arc<Shared>>,
     links: Arc<LinkStats>,
@@ -279,30 +282,35 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipe
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
     let links = Arc::new(LinkStats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut inputs, mut facts, mut announced, mut shared, mut workers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (index, tx) in (0..args.workers).zip(transmit) {
-        let (inputs_tx, inputs_rx) = sync_channel(INPUT_QUEUE);
-        let (facts_tx, facts_rx) = facts_queue(inputs_tx.clone(), FACTS_QUEUE);
+    let n = args.workers as usize;
+    let running = Arc::new(AtomicUsize::new(n));
+    let (inputs, input_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| input_queue(INPUT_QUEUE)).unzip();
+    let (facts, facts_rxs): (Vec<_>, Vec<_>) = inputs.iter().map(|doorbell| facts_queue(doorbell.clone(), FACTS_QUEUE)).unzip();
+    let announced: Vec<Arc<Announced>> = (0..n).map(|_| Arc::default()).collect();
+    // The first worker's runtime runs the links: its facts reach it without waking a thread.
+    let mut intercept_links: Option<worker::Links> =
+        Some(Box::pin(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced.clone(), facts, Arc::clone(&links))));
+    let (mut shared, mut workers) = (Vec::new(), Vec::new());
+    let queues = input_rxs.into_iter().zip(facts_rxs).zip(announced);
+    for ((index, tx), ((inputs, facts), announced)) in (0..args.workers).zip(transmit).zip(queues) {
         let worker = Worker {
             index,
             core: Some(cores[index as usize % cores.len()]),
             engine: Engine::new(args.worker_config(index)),
             tx,
-            inputs: inputs_rx,
-            facts: facts_rx,
+            inputs,
+            facts,
             events: events_tx.clone(),
-            announced: Arc::new(Announced::default()),
+            announced,
             shared: Arc::new(Shared::default()),
             stop: Arc::clone(&stop),
             grace: OFFLINE_GRACE,
+            links: intercept_links.take(),
+            running: Arc::clone(&running),
         };
-        inputs.push(inputs_tx);
-        facts.push(facts_tx);
-        announced.push(Arc::clone(&worker.announced));
         shared.push(Arc::clone(&worker.shared));
         workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run())?);
     }
-    tokio::spawn(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced, facts, Arc::clone(&links)));
     Ok(Pipeline { inputs, stop, shared, links, workers, started: Instant::now() })
 }
 

@@ -10,7 +10,6 @@ use std::{
     os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::SyncSender,
         Arc,
     },
     thread::JoinHandle,
@@ -33,7 +32,7 @@ use copier_user::{
     mapping::Mappings,
     runtime::{
         dispatch::{Dispatch, WhenFull},
-        worker::Input,
+        worker::InputSender,
     },
 };
 use xdp_runtime::{coalesce::Coalesce, counters::Counters, xsk_rx::RxSocket, Attached};
@@ -80,7 +79,7 @@ impl Capture {
         force: bool,
         mode: OnlineMode,
         coalesce_us: u32,
-        workers: Vec<SyncSender<Input>>,
+        workers: Vec<InputSender>,
     ) -> anyhow::Result<Self> {
         let (program_name, globals) = match mode {
             OnlineMode::Copy => ("copier", vec![]),

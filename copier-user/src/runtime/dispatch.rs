@@ -5,13 +5,14 @@
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        mpsc::{SyncSender, TrySendError},
         Arc,
     },
     time::Duration,
 };
 
-use super::worker::Input;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::worker::{Input, InputSender};
 use crate::{
     engine::{
         capture::{endpoints, Link},
@@ -97,7 +98,7 @@ impl Backpressure {
 }
 
 pub struct Dispatch {
-    workers: Vec<SyncSender<Input>>,
+    workers: Vec<InputSender>,
     pending: Vec<Batch>,
     when_full: WhenFull,
     backpressure: Option<Backpressure>,
@@ -106,12 +107,12 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    pub fn new(workers: Vec<SyncSender<Input>>, when_full: WhenFull) -> Self {
+    pub fn new(workers: Vec<InputSender>, when_full: WhenFull) -> Self {
         Self::counting_into(workers, when_full, Arc::default())
     }
 
     /// A dispatcher that adds its drops to `dropped` (several readers, one counter).
-    pub fn counting_into(workers: Vec<SyncSender<Input>>, when_full: WhenFull, dropped: Arc<AtomicU64>) -> Self {
+    pub fn counting_into(workers: Vec<InputSender>, when_full: WhenFull, dropped: Arc<AtomicU64>) -> Self {
         assert!(!workers.is_empty(), "at least one worker");
         let pending = workers.iter().map(|_| Batch::default()).collect();
         Self { workers, pending, when_full, dropped, backpressure: None }
@@ -161,7 +162,7 @@ impl Dispatch {
     pub fn finish(mut self) {
         let _ = self.flush();
         for w in &self.workers {
-            let _ = w.send(Input::SourceDone);
+            let _ = w.blocking_send(Input::SourceDone);
         }
     }
 
@@ -172,7 +173,7 @@ impl Dispatch {
             bp.backlogs[w].frames_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
         match self.when_full {
-            WhenFull::Wait => self.workers[w].send(Input::Captured(batch)).map_err(|_| WorkersGone),
+            WhenFull::Wait => self.workers[w].blocking_send(Input::Captured(batch)).map_err(|_| WorkersGone),
             WhenFull::Drop => match self.workers[w].try_send(Input::Captured(batch)) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(Input::Captured(mut batch))) => {
@@ -189,12 +190,13 @@ impl Dispatch {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::{sync_channel, Receiver};
-
     use common::{endpoint::Endpoint, seq::SeqNum};
 
     use super::*;
-    use crate::engine::emit;
+    use crate::{
+        engine::emit,
+        runtime::worker::{input_queue, InputReceiver},
+    };
 
     fn packet(src: Endpoint, dst: Endpoint) -> Vec<u8> {
         let mut out = Vec::new();
@@ -203,8 +205,8 @@ mod tests {
         out
     }
 
-    fn received(rx: &Receiver<Input>) -> Vec<Vec<u8>> {
-        rx.try_iter()
+    fn received(rx: &mut InputReceiver) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| rx.try_recv().ok())
             .flat_map(|i| match i {
                 Input::Captured(b) => b.iter().map(|(_, _, p)| p.to_vec()).collect(),
                 _ => vec![],
@@ -214,7 +216,7 @@ mod tests {
 
     #[test]
     fn both_directions_of_a_session_reach_the_same_worker_and_sessions_spread() {
-        let (channels, receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| sync_channel(1024)).unzip();
+        let (channels, mut receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| input_queue(1024)).unzip();
         let mut d = Dispatch::new(channels, WhenFull::Wait);
         let server = Endpoint::v4([10, 0, 0, 1], 80);
         for port in 40000..40100 {
@@ -223,7 +225,7 @@ mod tests {
             d.push(0, Link::Ip, &packet(server, client)).unwrap();
         }
         d.flush().unwrap();
-        let per_worker: Vec<_> = receivers.iter().map(received).collect();
+        let per_worker: Vec<_> = receivers.iter_mut().map(received).collect();
         assert!(per_worker.iter().all(|p| p.len() > 40), "{:?}", per_worker.iter().map(Vec::len).collect::<Vec<_>>());
         for packets in &per_worker {
             for p in packets {
@@ -236,21 +238,21 @@ mod tests {
 
     #[test]
     fn live_capture_drops_and_counts_what_a_full_worker_cannot_take() {
-        let (tx, rx) = sync_channel(1);
+        let (tx, mut rx) = input_queue(1);
         let mut d = Dispatch::new(vec![tx], WhenFull::Drop);
         let p = packet(Endpoint::v4([10, 0, 0, 2], 1), Endpoint::v4([10, 0, 0, 1], 80));
         for _ in 0..3 * BATCH {
             d.push(0, Link::Ip, &p).unwrap();
         }
         assert_eq!(d.dropped.load(Ordering::Relaxed), 2 * BATCH as u64);
-        assert_eq!(received(&rx).len(), BATCH);
+        assert_eq!(received(&mut rx).len(), BATCH);
         drop(rx);
         d.push(0, Link::Ip, &p).unwrap();
         assert!(d.flush().is_err(), "a gone worker is an error, not a silent loss");
     }
 
-    fn backpressured(limit: usize) -> (Dispatch, Receiver<Input>, Arc<Backlog>, Arc<AtomicBool>) {
-        let (tx, rx) = sync_channel(64);
+    fn backpressured(limit: usize) -> (Dispatch, InputReceiver, Arc<Backlog>, Arc<AtomicBool>) {
+        let (tx, rx) = input_queue(64);
         let (backlog, stop) = (Arc::new(Backlog::default()), Arc::new(AtomicBool::new(false)));
         let bp = Backpressure { backlogs: vec![Arc::clone(&backlog)], limit, stop: Arc::clone(&stop) };
         (Dispatch::new(vec![tx], WhenFull::Wait).with_backpressure(bp), rx, backlog, stop)
@@ -271,22 +273,22 @@ mod tests {
 
     #[test]
     fn a_file_is_read_no_faster_than_the_worker_opens_sessions() {
-        let (d, rx, backlog, _stop) = backpressured(4);
+        let (d, mut rx, backlog, _stop) = backpressured(4);
         let d = send_one(d).join().unwrap();
-        assert_eq!(received(&rx).len(), 1, "below the limits batches go at once");
+        assert_eq!(received(&mut rx).len(), 1, "below the limits batches go at once");
         backlog.frames_taken.store(1, Ordering::Relaxed);
         backlog.held.store(4, Ordering::Relaxed);
         let reader = send_one(d);
         std::thread::sleep(Duration::from_millis(50));
-        assert!(received(&rx).is_empty(), "a worker holding the limit gets nothing more");
+        assert!(received(&mut rx).is_empty(), "a worker holding the limit gets nothing more");
         backlog.held.store(3, Ordering::Relaxed);
         reader.join().unwrap();
-        assert_eq!(received(&rx).len(), 1, "one session opened: the batch goes");
+        assert_eq!(received(&mut rx).len(), 1, "one session opened: the batch goes");
     }
 
     #[test]
     fn a_worker_gets_only_a_few_batches_ahead_of_what_it_took() {
-        let (mut d, rx, backlog, _stop) = backpressured(usize::MAX);
+        let (mut d, mut rx, backlog, _stop) = backpressured(usize::MAX);
         let p = one_frame();
         for _ in 0..Backpressure::AHEAD {
             d.push(0, Link::Ip, &p).unwrap();
@@ -294,10 +296,10 @@ mod tests {
         assert_eq!(backlog.frames_sent.load(Ordering::Relaxed), Backpressure::AHEAD);
         let reader = send_one(d);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(received(&rx).len() as u64, Backpressure::AHEAD, "nothing beyond the read-ahead");
+        assert_eq!(received(&mut rx).len() as u64, Backpressure::AHEAD, "nothing beyond the read-ahead");
         backlog.frames_taken.store(BATCH as u64, Ordering::Relaxed);
         reader.join().unwrap();
-        assert_eq!(received(&rx).len(), 1);
+        assert_eq!(received(&mut rx).len(), 1);
     }
 
     #[test]
@@ -317,12 +319,12 @@ mod tests {
 
     #[test]
     fn stopping_ends_the_wait() {
-        let (d, rx, backlog, stop) = backpressured(1);
+        let (d, mut rx, backlog, stop) = backpressured(1);
         backlog.held.store(1, Ordering::Relaxed);
         let reader = send_one(d);
         std::thread::sleep(Duration::from_millis(20));
         stop.store(true, Ordering::Relaxed);
         reader.join().unwrap();
-        assert_eq!(received(&rx).len(), 1);
+        assert_eq!(received(&mut rx).len(), 1);
     }
 }

@@ -3,7 +3,8 @@
 //! client endpoint the sessions replay from, to all of them, again after each reconnect. Each
 //! batch of announcements is followed by a SYNC; the worker holds the batch's packets (its new
 //! SYNs) until every connected intercept answered SYNCED, so no SYN-ACK arrives unowned.
-//! Reply facts go to the worker whose port class holds the reply's destination port.
+//! Reply facts go to the worker whose port class holds the reply's destination port. All of it
+//! runs on the first worker's runtime (see [`super::worker`]).
 
 use std::{
     collections::HashSet,
