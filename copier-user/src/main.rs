@@ -7,7 +7,7 @@ use std::{
     str::FromStr,
     sync::{
         atomic::{AtomicBool, AtomicUsize},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -23,7 +23,7 @@ use copier_user::{
     mapping::Mappings,
     pcap::{Batch, PcapSource},
     runtime::{
-        dispatch::{Backpressure, Dispatch, WhenFull},
+        dispatch::{Backpressure, Dispatch},
         intercepts::{self, LinkStats},
         tx::{RawTx, Transmit},
         worker::{self, facts_queue, input_queue, Announced, InputSender, Shared, Worker},
@@ -242,6 +242,8 @@ struct Pipeline {
     shared: Vec<Arc<Shared>>,
     links: Arc<LinkStats>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Why the capture file ended early, if it did (its reader says so when done).
+    file_error: Arc<Mutex<Option<String>>>,
     started: Instant,
 }
 
@@ -273,7 +275,8 @@ fn open_transmit(args: &Args) -> anyhow::Result<Vec<Transmit>> {
     }
 }
 
-fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipeline> {
+/// Starts the workers; the first also runs the intercept links and the capture file's reader.
+fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSource>) -> anyhow::Result<Pipeline> {
     let transmit = open_transmit(args)?;
     let cores = xdp_runtime::allowed_cores();
     if cores.len() < args.workers as usize {
@@ -287,12 +290,30 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipe
     let (inputs, input_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| input_queue(INPUT_QUEUE)).unzip();
     let (facts, facts_rxs): (Vec<_>, Vec<_>) = inputs.iter().map(|doorbell| facts_queue(doorbell.clone(), FACTS_QUEUE)).unzip();
     let announced: Vec<Arc<Announced>> = (0..n).map(|_| Arc::default()).collect();
-    // The first worker's runtime runs the links: its facts reach it without waking a thread.
-    let mut intercept_links: Option<worker::Links> =
-        Some(Box::pin(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced.clone(), facts, Arc::clone(&links))));
-    let (mut shared, mut workers) = (Vec::new(), Vec::new());
-    let queues = input_rxs.into_iter().zip(facts_rxs).zip(announced);
-    for ((index, tx), ((inputs, facts), announced)) in (0..args.workers).zip(transmit).zip(queues) {
+    let mut tasks: Vec<worker::Task> =
+        vec![Box::pin(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced.clone(), facts, Arc::clone(&links)))];
+    let shared: Vec<Arc<Shared>> = (0..n).map(|_| Arc::default()).collect();
+    let file_error = Arc::new(Mutex::new(None));
+    if let Some(source) = file {
+        let backpressure = Backpressure {
+            backlogs: shared.iter().map(|s| Arc::clone(&s.backlog)).collect(),
+            limit: args.max_opening as usize,
+            stop: Arc::clone(&stop),
+        };
+        let reader = Reader {
+            dispatch: Dispatch::new(inputs.clone()).with_backpressure(backpressure),
+            speed: args.speed,
+            skip_gap_us: args.skip_gaps_ms.map(|ms| ms * 1000),
+            stop: Arc::clone(&stop),
+            links: Arc::clone(&links),
+            intercepts: args.intercepts.0.len(),
+        };
+        let error = Arc::clone(&file_error);
+        tasks.push(Box::pin(async move { *error.lock().expect("not poisoned") = reader.feed(source).await }));
+    }
+    let mut workers = Vec::new();
+    let queues = input_rxs.into_iter().zip(facts_rxs).zip(announced).zip(&shared);
+    for ((index, tx), (((inputs, facts), announced), shared)) in (0..args.workers).zip(transmit).zip(queues) {
         let worker = Worker {
             index,
             core: Some(cores[index as usize % cores.len()]),
@@ -302,16 +323,15 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>) -> anyhow::Result<Pipe
             facts,
             events: events_tx.clone(),
             announced,
-            shared: Arc::new(Shared::default()),
+            shared: Arc::clone(shared),
             stop: Arc::clone(&stop),
             grace: OFFLINE_GRACE,
-            links: intercept_links.take(),
+            tasks: std::mem::take(&mut tasks),
             running: Arc::clone(&running),
         };
-        shared.push(Arc::clone(&worker.shared));
         workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run())?);
     }
-    Ok(Pipeline { inputs, stop, shared, links, workers, started: Instant::now() })
+    Ok(Pipeline { inputs, stop, shared, links, workers, file_error, started: Instant::now() })
 }
 
 /// The copier's own `name=value` counters, summed over the workers.
@@ -370,66 +390,84 @@ fn cost_pairs(pairs: &[(&'static str, u64)], p: &Pipeline) -> Vec<(&'static str,
     ]
 }
 
-async fn wait_for_intercepts(p: &Pipeline, wanted: usize) {
+async fn wait_for_intercepts(links: &LinkStats, wanted: usize) {
     let deadline = Instant::now() + CONNECT_WAIT;
-    while (p.links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize) < wanted && Instant::now() < deadline {
+    while (links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize) < wanted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let connected = p.links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let connected = links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize;
     if connected < wanted {
         log::warn!("connected to {connected} of {wanted} intercepts after {CONNECT_WAIT:?}; replies through the others are lost until they connect");
     }
 }
 
-/// Feeds the capture file to the workers at its recorded pace (scaled by `-a`, gaps over `-I`
-/// cut); returns the file's error, if it ended early.
-fn feed(mut source: PcapSource, mut dispatch: Dispatch, speed: f64, skip_gap_us: Option<u64>, stop: Arc<AtomicBool>) -> Option<String> {
-    let start = Instant::now();
-    let (mut first, mut last, mut skipped) = (None::<u64>, 0u64, 0u64);
-    let mut batch = Batch::default();
-    let mut packets = 0u64;
-    let outcome = loop {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            break None;
-        }
-        let more = match source.next_batch(&mut batch) {
-            Ok(more) => more,
-            Err(err) => {
-                // Replay what was read, then report.
-                for (ts, link, p) in batch.iter() {
-                    let _ = dispatch.push(ts, link, p);
-                }
-                break Some(err.to_string());
+/// A capture file's reader, a task on the first worker's runtime.
+struct Reader {
+    dispatch: Dispatch,
+    /// `-a`: the recorded pace is divided by it.
+    speed: f64,
+    /// `-I`: gaps longer than this are cut.
+    skip_gap_us: Option<u64>,
+    stop: Arc<AtomicBool>,
+    links: Arc<LinkStats>,
+    intercepts: usize,
+}
+
+impl Reader {
+    /// Feeds the capture file to the workers at its recorded pace (scaled by `-a`, gaps over
+    /// `-I` cut); returns the file's error, if it ended early.
+    async fn feed(mut self, mut source: PcapSource) -> Option<String> {
+        // A file's first sessions would lose their replies to an intercept not yet connected;
+        // live traffic does not wait (SYN retransmission covers a late intercept).
+        wait_for_intercepts(&self.links, self.intercepts).await;
+        let dispatch = &mut self.dispatch;
+        let start = Instant::now();
+        let (mut first, mut last, mut skipped) = (None::<u64>, 0u64, 0u64);
+        let mut batch = Batch::default();
+        let mut packets = 0u64;
+        let outcome = loop {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break None;
             }
-        };
-        for (ts, link, p) in batch.iter() {
-            let base = *first.get_or_insert(ts);
-            if let Some(gap) = skip_gap_us {
-                if ts.saturating_sub(last) > gap && last != 0 {
-                    skipped += ts - last - gap;
+            let more = match source.next_batch(&mut batch) {
+                Ok(more) => more,
+                Err(err) => {
+                    // Replay what was read, then report.
+                    for (ts, link, p) in batch.iter() {
+                        let _ = dispatch.push_waiting(ts, link, p).await;
+                    }
+                    break Some(err.to_string());
                 }
-            }
-            last = ts;
-            let due = Duration::from_secs_f64(ts.saturating_sub(base).saturating_sub(skipped) as f64 / 1e6 / speed);
-            let now = start.elapsed();
-            if due > now + Duration::from_millis(1) {
-                if dispatch.flush().is_err() {
+            };
+            for (ts, link, p) in batch.iter() {
+                let base = *first.get_or_insert(ts);
+                if let Some(gap) = self.skip_gap_us {
+                    if ts.saturating_sub(last) > gap && last != 0 {
+                        skipped += ts - last - gap;
+                    }
+                }
+                last = ts;
+                let due = Duration::from_secs_f64(ts.saturating_sub(base).saturating_sub(skipped) as f64 / 1e6 / self.speed);
+                let now = start.elapsed();
+                if due > now + Duration::from_millis(1) {
+                    if dispatch.flush_waiting().await.is_err() {
+                        return None;
+                    }
+                    tokio::time::sleep(due - now).await;
+                }
+                if dispatch.push_waiting(ts, link, p).await.is_err() {
                     return None;
                 }
-                std::thread::sleep(due - now);
+                packets += 1;
             }
-            if dispatch.push(ts, link, p).is_err() {
-                return None;
+            if !more {
+                break None;
             }
-            packets += 1;
-        }
-        if !more {
-            break None;
-        }
-    };
-    log::info!("capture file read: {packets} packets replayed, {} records skipped (not IP)", source.skipped);
-    dispatch.finish();
-    outcome
+        };
+        log::info!("capture file read: {packets} packets replayed, {} records skipped (not IP)", source.skipped);
+        self.dispatch.finish().await;
+        outcome
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -438,36 +476,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(PcapSource::open(path)?),
         None => None,
     };
-    let mut pipeline = start_pipeline(&args, secret)?;
+    let live = source.is_none();
+    let mut pipeline = start_pipeline(&args, secret, source)?;
     for m in &args.mappings.0 {
         log::info!("replaying {} to {}", m.online, m.target);
     }
     let mut online = None;
-    let feeder = match source {
-        Some(source) => {
-            // A file's first sessions would lose their replies to an intercept not yet connected;
-            // live traffic does not wait (SYN retransmission covers a late intercept).
-            wait_for_intercepts(&pipeline, args.intercepts.0.len()).await;
-            let backpressure = Backpressure {
-                backlogs: pipeline.shared.iter().map(|s| Arc::clone(&s.backlog)).collect(),
-                limit: args.max_opening as usize,
-                stop: Arc::clone(&pipeline.stop),
-            };
-            let dispatch = Dispatch::new(pipeline.inputs.clone(), WhenFull::Wait).with_backpressure(backpressure);
-            let stop = Arc::clone(&pipeline.stop);
-            let (speed, gap) = (args.speed, args.skip_gaps_ms.map(|ms| ms * 1000));
-            Some(std::thread::Builder::new().name("copier-pcap".into()).spawn(move || feed(source, dispatch, speed, gap, stop))?)
-        }
-        None => {
-            let iface = args.iface.as_deref().expect("clap requires a source");
-            let mode = match args.mode {
-                Mode::Copy => online::OnlineMode::Copy,
-                Mode::Mirror => online::OnlineMode::Mirror { drop_other: args.mirror_other == Some(Other::Drop) },
-            };
-            online = Some(online::Capture::start(iface, &args.mappings, args.force, mode, args.coalesce_us, pipeline.inputs.clone())?);
-            None
-        }
-    };
+    if live {
+        let iface = args.iface.as_deref().expect("clap requires a source");
+        let mode = match args.mode {
+            Mode::Copy => online::OnlineMode::Copy,
+            Mode::Mirror => online::OnlineMode::Mirror { drop_other: args.mirror_other == Some(Other::Drop) },
+        };
+        online = Some(online::Capture::start(iface, &args.mappings, args.force, mode, args.coalesce_us, pipeline.inputs.clone())?);
+    }
 
     let interval = Duration::from_secs_f64(args.stats_interval);
     let stop_signal = xdp_runtime::stop_signal();
@@ -498,7 +520,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let xdp_totals = online.as_ref().map(|c| c.pairs()).transpose()?.unwrap_or_default();
     drop(online); // detaches the XDP program before anything else can fail
-    let truncated = feeder.map(|f| f.join().ok().flatten()).unwrap_or_default();
     for worker in pipeline.workers.drain(..) {
         worker.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
     }
@@ -506,7 +527,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     totals.extend(copier_pairs(&pipeline.shared, &pipeline.links));
     totals.extend(cost_pairs(&totals, &pipeline));
     println!("{}", line("summary", &totals, &[], 0.0));
-    if let Some(err) = truncated {
+    if let Some(err) = pipeline.file_error.lock().expect("not poisoned").take() {
         eprintln!("copier: warning: {err}");
     }
     Ok(())

@@ -31,7 +31,7 @@ use copier_user::{
     engine::capture::Link,
     mapping::Mappings,
     runtime::{
-        dispatch::{Dispatch, WhenFull},
+        dispatch::Dispatch,
         worker::InputSender,
     },
 };
@@ -98,7 +98,7 @@ impl Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
         let mut readers = Vec::new();
-        let dispatch = || Dispatch::counting_into(workers.clone(), WhenFull::Drop, Arc::clone(&dropped));
+        let dispatch = || Dispatch::counting_into(workers.clone(), Arc::clone(&dropped));
         match mode {
             OnlineMode::Copy => {
                 let ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;

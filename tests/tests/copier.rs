@@ -111,6 +111,32 @@ fn a_captured_pcap_replays_every_request_to_the_target_through_raw_sockets() {
     assert_eq!(summary.get("completed"), 23, "{}", copier.describe());
 }
 
+#[test]
+fn a_truncated_capture_file_replays_what_it_holds_and_says_where_it_ended() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online, target, _intercept } = servers(&tb);
+    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
+    tb.client
+        .run(|| {
+            for i in 0..10 {
+                assert_eq!(traffic::http_get(online_http(), &format!("/cut/{i}")).unwrap(), 200);
+            }
+        })
+        .unwrap();
+    let pcap = dump.finish().unwrap();
+    assert_eq!(online.requests().len(), 10);
+    // Cut the file inside its last record (the last session's final ACK).
+    let bytes = std::fs::read(&pcap).unwrap();
+    let cut = tb.dir().join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+
+    let mut copier = replay(&tb, &cut, &[]);
+    let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{}", copier.describe());
+    assert!(copier.stderr().contains("is truncated or corrupt after"), "{}", copier.describe());
+    assert_eq!(request_set(target.requests()), request_set(online.requests()), "{}", copier.describe());
+}
+
 fn start_online_copier(tb: &Testbed, extra: &[&str]) -> Process {
     start_copier_on(tb, iface::ONLINE_TO_CLIENT, extra)
 }

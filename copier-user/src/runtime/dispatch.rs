@@ -1,6 +1,10 @@
 //! Hands captured frames to the worker that owns their session, chosen by a symmetric flow
 //! hash so both directions of a session meet on one worker. Frames travel in batches: one
 //! channel send per batch and worker, never one per packet.
+//!
+//! Live capture must keep draining its ring: [`Dispatch::push`] never waits, and a batch a
+//! full worker cannot take is dropped and counted. A capture file loses nothing: it is read
+//! by a task ([`Dispatch::push_waiting`]) that waits for room and for [`Backpressure`].
 
 use std::{
     sync::{
@@ -25,15 +29,6 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[error("the workers have stopped")]
 pub struct WorkersGone;
-
-/// What to do when a worker's queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WhenFull {
-    /// Wait (a capture file: nothing is lost, the file is read slower).
-    Wait,
-    /// Drop the batch and count it (live capture: the ring must keep draining).
-    Drop,
-}
 
 /// What a worker has not got to yet: the dispatcher's view of it, for [`Backpressure`].
 #[derive(Debug, Default)]
@@ -86,13 +81,13 @@ impl Backpressure {
     const POLL: Duration = Duration::from_millis(1);
 
     /// Waits until worker `w` is below the limits, or has ended, or the copier stops.
-    fn wait_for(&self, w: usize) {
+    async fn wait_for(&self, w: usize) {
         let backlog = &self.backlogs[w];
         while (backlog.held.load(Ordering::Relaxed) >= self.limit || backlog.frames_queued() >= Self::AHEAD)
             && !self.stop.load(Ordering::Relaxed)
             && !backlog.closed.load(Ordering::Relaxed)
         {
-            std::thread::sleep(Self::POLL);
+            tokio::time::sleep(Self::POLL).await;
         }
     }
 }
@@ -100,25 +95,24 @@ impl Backpressure {
 pub struct Dispatch {
     workers: Vec<InputSender>,
     pending: Vec<Batch>,
-    when_full: WhenFull,
     backpressure: Option<Backpressure>,
     /// Frames dropped at full worker queues.
     pub dropped: Arc<AtomicU64>,
 }
 
 impl Dispatch {
-    pub fn new(workers: Vec<InputSender>, when_full: WhenFull) -> Self {
-        Self::counting_into(workers, when_full, Arc::default())
+    pub fn new(workers: Vec<InputSender>) -> Self {
+        Self::counting_into(workers, Arc::default())
     }
 
     /// A dispatcher that adds its drops to `dropped` (several readers, one counter).
-    pub fn counting_into(workers: Vec<InputSender>, when_full: WhenFull, dropped: Arc<AtomicU64>) -> Self {
+    pub fn counting_into(workers: Vec<InputSender>, dropped: Arc<AtomicU64>) -> Self {
         assert!(!workers.is_empty(), "at least one worker");
         let pending = workers.iter().map(|_| Batch::default()).collect();
-        Self { workers, pending, when_full, dropped, backpressure: None }
+        Self { workers, pending, dropped, backpressure: None }
     }
 
-    /// Batches for a worker that holds too many sessions wait (a capture file).
+    /// Batches for a worker that holds too many sessions wait, in [`Self::push_waiting`].
     pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
         assert_eq!(backpressure.backlogs.len(), self.workers.len(), "one backlog per worker");
         self.backpressure = Some(backpressure);
@@ -134,13 +128,29 @@ impl Dispatch {
         }
     }
 
+    /// Live capture: a full batch goes to its worker at once, or is dropped (and counted) if
+    /// the worker's queue is full.
     pub fn push(&mut self, ts_us: u64, link: Link, frame: &[u8]) -> Result<(), WorkersGone> {
+        match self.add(ts_us, link, frame) {
+            Some(w) => self.try_send(w),
+            None => Ok(()),
+        }
+    }
+
+    /// A capture file: a full batch waits for room in its worker's queue and for the
+    /// worker's backpressure.
+    pub async fn push_waiting(&mut self, ts_us: u64, link: Link, frame: &[u8]) -> Result<(), WorkersGone> {
+        match self.add(ts_us, link, frame) {
+            Some(w) => self.send_waiting(w).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Adds a frame to its worker's batch; returns the worker if the batch is full.
+    fn add(&mut self, ts_us: u64, link: Link, frame: &[u8]) -> Option<usize> {
         let w = self.worker_of(link, frame);
         self.pending[w].push(ts_us, link, frame);
-        if self.pending[w].len() >= BATCH {
-            self.send(w)?;
-        }
-        Ok(())
+        (self.pending[w].len() >= BATCH).then_some(w)
     }
 
     /// Frames waiting for their batch to fill.
@@ -148,43 +158,55 @@ impl Dispatch {
         self.pending.iter().map(Batch::len).sum()
     }
 
-    /// Sends every partial batch.
+    /// Sends every partial batch, as [`Self::push`] does.
     pub fn flush(&mut self) -> Result<(), WorkersGone> {
         for w in 0..self.workers.len() {
             if !self.pending[w].is_empty() {
-                self.send(w)?;
+                self.try_send(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every partial batch, as [`Self::push_waiting`] does.
+    pub async fn flush_waiting(&mut self) -> Result<(), WorkersGone> {
+        for w in 0..self.workers.len() {
+            if !self.pending[w].is_empty() {
+                self.send_waiting(w).await?;
             }
         }
         Ok(())
     }
 
     /// Sends what is pending, then tells every worker the source is done.
-    pub fn finish(mut self) {
-        let _ = self.flush();
+    pub async fn finish(mut self) {
+        let _ = self.flush_waiting().await;
         for w in &self.workers {
-            let _ = w.blocking_send(Input::SourceDone);
+            let _ = w.send(Input::SourceDone).await;
         }
     }
 
-    fn send(&mut self, w: usize) -> Result<(), WorkersGone> {
+    fn try_send(&mut self, w: usize) -> Result<(), WorkersGone> {
+        let batch = std::mem::take(&mut self.pending[w]);
+        match self.workers[w].try_send(Input::Captured(batch)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Input::Captured(mut batch))) => {
+                self.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+                self.pending[w] = batch;
+                Ok(())
+            }
+            Err(_) => Err(WorkersGone),
+        }
+    }
+
+    async fn send_waiting(&mut self, w: usize) -> Result<(), WorkersGone> {
         let batch = std::mem::take(&mut self.pending[w]);
         if let Some(bp) = &self.backpressure {
-            bp.wait_for(w);
+            bp.wait_for(w).await;
             bp.backlogs[w].frames_sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
-        match self.when_full {
-            WhenFull::Wait => self.workers[w].blocking_send(Input::Captured(batch)).map_err(|_| WorkersGone),
-            WhenFull::Drop => match self.workers[w].try_send(Input::Captured(batch)) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(Input::Captured(mut batch))) => {
-                    self.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
-                    self.pending[w] = batch;
-                    Ok(())
-                }
-                Err(_) => Err(WorkersGone),
-            },
-        }
+        self.workers[w].send(Input::Captured(batch)).await.map_err(|_| WorkersGone)
     }
 }
 
@@ -217,7 +239,7 @@ mod tests {
     #[test]
     fn both_directions_of_a_session_reach_the_same_worker_and_sessions_spread() {
         let (channels, mut receivers): (Vec<_>, Vec<_>) = (0..2).map(|_| input_queue(1024)).unzip();
-        let mut d = Dispatch::new(channels, WhenFull::Wait);
+        let mut d = Dispatch::new(channels);
         let server = Endpoint::v4([10, 0, 0, 1], 80);
         for port in 40000..40100 {
             let client = Endpoint::v4([10, 0, 0, 2], port);
@@ -239,7 +261,7 @@ mod tests {
     #[test]
     fn live_capture_drops_and_counts_what_a_full_worker_cannot_take() {
         let (tx, mut rx) = input_queue(1);
-        let mut d = Dispatch::new(vec![tx], WhenFull::Drop);
+        let mut d = Dispatch::new(vec![tx]);
         let p = packet(Endpoint::v4([10, 0, 0, 2], 1), Endpoint::v4([10, 0, 0, 1], 80));
         for _ in 0..3 * BATCH {
             d.push(0, Link::Ip, &p).unwrap();
@@ -255,18 +277,23 @@ mod tests {
         let (tx, rx) = input_queue(64);
         let (backlog, stop) = (Arc::new(Backlog::default()), Arc::new(AtomicBool::new(false)));
         let bp = Backpressure { backlogs: vec![Arc::clone(&backlog)], limit, stop: Arc::clone(&stop) };
-        (Dispatch::new(vec![tx], WhenFull::Wait).with_backpressure(bp), rx, backlog, stop)
+        (Dispatch::new(vec![tx]).with_backpressure(bp), rx, backlog, stop)
     }
 
     fn one_frame() -> Vec<u8> {
         packet(Endpoint::v4([10, 0, 0, 2], 1), Endpoint::v4([10, 0, 0, 1], 80))
     }
 
-    /// Pushes one frame and flushes it from another thread; returns when it was sent.
+    /// Runs a file reader's `f` on a thread of its own, as the copier runs it on a worker's.
+    fn reader<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> std::thread::JoinHandle<T> {
+        std::thread::spawn(move || tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f))
+    }
+
+    /// Pushes one frame and flushes it, waiting as a file's reader does; returns when it was sent.
     fn send_one(mut d: Dispatch) -> std::thread::JoinHandle<Dispatch> {
-        std::thread::spawn(move || {
-            d.push(0, Link::Ip, &one_frame()).unwrap();
-            d.flush().unwrap();
+        reader(async move {
+            d.push_waiting(0, Link::Ip, &one_frame()).await.unwrap();
+            d.flush_waiting().await.unwrap();
             d
         })
     }
@@ -288,11 +315,16 @@ mod tests {
 
     #[test]
     fn a_worker_gets_only_a_few_batches_ahead_of_what_it_took() {
-        let (mut d, mut rx, backlog, _stop) = backpressured(usize::MAX);
-        let p = one_frame();
-        for _ in 0..Backpressure::AHEAD {
-            d.push(0, Link::Ip, &p).unwrap();
-        }
+        let (d, mut rx, backlog, _stop) = backpressured(usize::MAX);
+        let d = reader(async move {
+            let mut d = d;
+            for _ in 0..Backpressure::AHEAD {
+                d.push_waiting(0, Link::Ip, &one_frame()).await.unwrap();
+            }
+            d
+        })
+        .join()
+        .unwrap();
         assert_eq!(backlog.frames_sent.load(Ordering::Relaxed), Backpressure::AHEAD);
         let reader = send_one(d);
         std::thread::sleep(Duration::from_millis(50));
@@ -308,9 +340,9 @@ mod tests {
         backlog.held.store(1, Ordering::Relaxed);
         let worker = backlog.close_on_drop();
         let mut d = d;
-        let reader = std::thread::spawn(move || {
-            d.push(0, Link::Ip, &one_frame()).unwrap();
-            d.flush()
+        let reader = reader(async move {
+            d.push_waiting(0, Link::Ip, &one_frame()).await.unwrap();
+            d.flush_waiting().await
         });
         std::thread::sleep(Duration::from_millis(20));
         drop((worker, rx));

@@ -2,11 +2,15 @@
 //! facts, runs its timers, and transmits what it builds.
 //!
 //! Each worker waits in a single-threaded async runtime of its own, and the first worker's
-//! also runs the intercept links: the facts they read reach that worker without waking another
-//! thread. When the copier's main thread ran the links, it was woken for every batch of facts
-//! and woke the worker in turn; in the bench (interleaved runs) moving them here took the
-//! copier from 21–27 to 19–22 µs per short session with one worker, from 22–26 to 16–20 with
-//! two, and from 57–64 to 41–46 per keep-alive session.
+//! also runs the intercept links and a capture file's reader: the facts and frames they hand
+//! over reach that worker without waking another thread. When the copier's main thread ran
+//! the links, it was woken for every batch of facts and woke the worker in turn; in the bench
+//! (interleaved runs) moving them here took the copier from 21–27 to 19–22 µs per short
+//! session with one worker, from 22–26 to 16–20 with two, and from 57–64 to 41–46 per
+//! keep-alive session. Moving the file's reader from a thread of its own took it from 18.7–20.1
+//! to 17.4–18.8 µs (one worker; sessions per second 2–15 % lower, as reading no longer runs
+//! beside replay on the other core) and from 24.9–27.6 to 21.6–23.8 with two workers (14–24 %
+//! more sessions per second).
 
 use std::{
     future::Future,
@@ -53,8 +57,8 @@ pub fn input_queue(capacity: usize) -> (InputSender, InputReceiver) {
     async_mpsc::channel(capacity)
 }
 
-/// Work a worker's runtime carries besides the worker: the intercept links.
-pub type Links = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Work a worker's runtime carries besides its own: the intercept links, a file's reader.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where the intercept links put a worker's reply facts: a queue of its own, drained before
 /// captured input, so a capture file that keeps the input queue full (maximum speed) cannot
@@ -192,9 +196,9 @@ pub struct Worker {
     /// finishing before the rest are reset, unless some are still retransmitting and the test
     /// server still answers (a large replay drains for as long as it drains).
     pub grace: Duration,
-    /// The intercept links, for the first worker to run.
-    pub links: Option<Links>,
-    /// Workers still replaying: the one running the links keeps them up until this is 0.
+    /// The first worker's: the intercept links and a capture file's reader.
+    pub tasks: Vec<Task>,
+    /// Workers still replaying: the one running the tasks keeps them up until this is 0.
     pub running: Arc<AtomicUsize>,
 }
 
@@ -249,7 +253,7 @@ const ANNOUNCE_WAIT: Duration = Duration::from_millis(10);
 
 impl Worker {
     /// Runs until stopped, or until the source is done and its sessions finished (and, with
-    /// the links, until every worker is).
+    /// tasks to run, until every worker is).
     pub fn run(mut self) {
         if let Some(core) = self.core {
             xdp_runtime::pin_to(core);
@@ -266,12 +270,12 @@ impl Worker {
             }
         };
         runtime.block_on(async move {
-            let links = self.links.take().map(tokio::spawn);
+            let tasks: Vec<_> = self.tasks.drain(..).map(tokio::spawn).collect();
             {
                 let _done = Done(Arc::clone(&self.running));
                 self.replay().await;
             }
-            if links.is_some() {
+            if !tasks.is_empty() {
                 while self.running.load(Ordering::Acquire) > 0 && !self.stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(MAX_WAIT).await;
                 }
