@@ -47,8 +47,8 @@ pub enum Input {
 /// Reply facts for a worker, in batches.
 pub type FactsBatch = Vec<ReplyFacts>;
 
-/// Where a worker's input comes from: the readers (threads, `blocking_send`) and its facts
-/// doorbell.
+/// Where a worker's input comes from: the live readers (threads that never wait), a capture
+/// file's reader (a task that waits for room) and its facts doorbell.
 pub type InputSender = async_mpsc::Sender<Input>;
 pub type InputReceiver = async_mpsc::Receiver<Input>;
 
