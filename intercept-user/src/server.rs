@@ -29,6 +29,7 @@ use tokio::{
     },
     sync::Notify,
 };
+use xdp_runtime::AbortOnDrop;
 
 use crate::{
     outbound::{Outbound, Sent},
@@ -336,15 +337,6 @@ async fn connection(id: CopierId, stream: TcpStream, peer: SocketAddr, secret: O
     drop(flusher);
     log::info!("copier {id} disconnected; released {released} client endpoints");
     // The last reference to the link goes here (the routes let theirs go), closing the socket.
-}
-
-/// Aborts a task when dropped: a connection's flusher ends with it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! The copier end to end on the namespace test bed: real clients, real nginx servers, the real
 //! intercept, and sessions replayed through real kernels.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use xdpcopy_testbed::{
     bins,
@@ -80,24 +85,28 @@ fn request_set(lines: Vec<String>) -> BTreeSet<String> {
     lines.into_iter().collect()
 }
 
+/// Runs `traffic` in the client namespace and returns what the clients' side of it looked like
+/// on the wire (tcpdump's `filter`), as a pcap file.
+fn record(tb: &Testbed, filter: &str, traffic: impl FnOnce() + Send + 'static) -> PathBuf {
+    let dump = Tcpdump::start(tb, Host::Client, iface::CLIENT_TO_ONLINE, filter, "clients").unwrap();
+    tb.client.run(traffic).unwrap();
+    dump.finish().unwrap()
+}
+
 #[test]
 fn a_captured_pcap_replays_every_request_to_the_target_through_raw_sockets() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
 
-    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
-    tb.client
-        .run(|| {
-            for i in 0..20 {
-                assert_eq!(traffic::http_get(online_http(), &format!("/short/{i}")).unwrap(), 200);
-            }
-            for k in 0..3 {
-                let paths: Vec<String> = (0..5).map(|i| format!("/keepalive/{k}/{i}")).collect();
-                assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
-            }
-        })
-        .unwrap();
-    let pcap = dump.finish().unwrap();
+    let pcap = record(&tb, "tcp port 80", || {
+        for i in 0..20 {
+            assert_eq!(traffic::http_get(online_http(), &format!("/short/{i}")).unwrap(), 200);
+        }
+        for k in 0..3 {
+            let paths: Vec<String> = (0..5).map(|i| format!("/keepalive/{k}/{i}")).collect();
+            assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
+        }
+    });
     assert_eq!(online.requests().len(), 35);
 
     // Raw sockets here; the AF_XDP path (the default) has its own test below.
@@ -115,15 +124,11 @@ fn a_captured_pcap_replays_every_request_to_the_target_through_raw_sockets() {
 fn a_truncated_capture_file_replays_what_it_holds_and_says_where_it_ended() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
-    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
-    tb.client
-        .run(|| {
-            for i in 0..10 {
-                assert_eq!(traffic::http_get(online_http(), &format!("/cut/{i}")).unwrap(), 200);
-            }
-        })
-        .unwrap();
-    let pcap = dump.finish().unwrap();
+    let pcap = record(&tb, "tcp port 80", || {
+        for i in 0..10 {
+            assert_eq!(traffic::http_get(online_http(), &format!("/cut/{i}")).unwrap(), 200);
+        }
+    });
     assert_eq!(online.requests().len(), 10);
     // Cut the file inside its last record (the last session's final ACK).
     let bytes = std::fs::read(&pcap).unwrap();
@@ -200,15 +205,11 @@ fn live_traffic_is_copied_while_production_answers_every_client() {
 fn two_workers_multiply_with_client_ranges_and_deliver_every_request_three_times() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
-    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
-    tb.client
-        .run(|| {
-            for i in 0..10 {
-                traffic::http_get(online_http(), &format!("/copy/{i}")).unwrap();
-            }
-        })
-        .unwrap();
-    let pcap = dump.finish().unwrap();
+    let pcap = record(&tb, "tcp port 80", || {
+        for i in 0..10 {
+            traffic::http_get(online_http(), &format!("/copy/{i}")).unwrap();
+        }
+    });
     // Copies come from 10.100.1.100-10.100.1.110, inside the network the test server routes
     // through the assistant host. Two workers, each with an AF_XDP socket on a TX queue of its
     // own; -c crowds many sessions onto few addresses, where the workers' ports must not clash.
@@ -342,17 +343,13 @@ fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
 fn af_xdp_transmit_replays_every_request_like_raw_sockets() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
-    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
-    tb.client
-        .run(|| {
-            for i in 0..15 {
-                assert_eq!(traffic::http_get(online_http(), &format!("/xdp/{i}")).unwrap(), 200);
-            }
-            let paths: Vec<String> = (0..5).map(|i| format!("/xdp-keepalive/{i}")).collect();
-            assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
-        })
-        .unwrap();
-    let pcap = dump.finish().unwrap();
+    let pcap = record(&tb, "tcp port 80", || {
+        for i in 0..15 {
+            assert_eq!(traffic::http_get(online_http(), &format!("/xdp/{i}")).unwrap(), 200);
+        }
+        let paths: Vec<String> = (0..5).map(|i| format!("/xdp-keepalive/{i}")).collect();
+        assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
+    });
     let mut copier = replay(&tb, &pcap, &["--tx", "xdp"]);
     assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
     assert!(copier.stderr().contains("AF_XDP transmit on to-target"), "{}", copier.describe());

@@ -60,6 +60,16 @@ pub fn load_with(object: &[u8], globals: &[(&str, u8)]) -> anyhow::Result<Ebpf> 
     loader.load(object).context("loading the eBPF object into the kernel")
 }
 
+/// A task that ends with its owner: aborted when this is dropped (a connection's writer or
+/// flusher goes with the connection).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Forwards the program's aya-log records to the `log` crate from a background task.
 pub fn forward_logs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let logger = aya_log::EbpfLogger::init(ebpf).context("setting up eBPF logging")?;

@@ -26,6 +26,7 @@ use tokio::{
     net::TcpStream,
     sync::mpsc,
 };
+use xdp_runtime::AbortOnDrop;
 
 use super::worker::{split_token, sync_token, Announced, FactsBatch, FactsSender};
 use crate::engine::{rewrite::PortClass, Event};
@@ -271,15 +272,6 @@ async fn session(
             Ok(_) => {}
             Err(e) => return Err(format!("read failed: {e}")),
         }
-    }
-}
-
-/// Ends a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
