@@ -12,11 +12,12 @@ pub mod rewrite;
 mod rto;
 pub mod session;
 mod stream;
+mod table;
 mod time_wait;
 mod timers;
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{hash_map, HashMap, HashSet, VecDeque},
     net::SocketAddr,
     ops::Range,
 };
@@ -31,6 +32,7 @@ use self::{
     capture::{ClientSegment, Link},
     rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
     session::{Session, SynParams},
+    table::{Entry, SessionId, Table},
     time_wait::TimeWait,
     timers::Wheel,
 };
@@ -232,8 +234,6 @@ impl Ctx<'_> {
     }
 }
 
-type SessionId = u64;
-
 /// A captured flow and which copy of it.
 type CaptureKey = (Endpoint, Endpoint, u16);
 
@@ -242,11 +242,9 @@ pub struct Engine {
     counters: Counters,
     out: Outbox,
     scratch: Vec<u8>,
-    sessions: HashMap<SessionId, Session, Hasher>,
-    /// Sessions that closed cleanly and linger, kept small; their ids stay in the other tables.
-    time_wait: HashMap<SessionId, TimeWait, Hasher>,
+    /// Sessions, live and lingering (closed cleanly, kept small; their ids stay in the maps).
+    table: Table,
     by_capture: HashMap<CaptureKey, SessionId, Hasher>,
-    capture_keys: HashMap<SessionId, CaptureKey, Hasher>,
     by_replay: HashMap<Endpoint, SessionId, Hasher>,
     timers: Wheel<SessionId>,
     /// Timer entries being fired, kept for its allocation.
@@ -254,7 +252,6 @@ pub struct Engine {
     /// Flows not replayed (sampled out, mid-stream under `-O`, or shed), so that their later
     /// packets are neither counted again nor start them half-way; a new SYN clears the entry.
     declined: HashSet<CaptureKey, Hasher>,
-    next_id: SessionId,
     buffered: usize,
     /// Live sessions for which [`Session::is_opening`] holds, kept by [`Self::with_session`]
     /// and [`Self::remove`], the only places sessions change.
@@ -271,15 +268,12 @@ impl Engine {
             counters: Counters::default(),
             out: Outbox::default(),
             scratch: Vec::new(),
-            sessions: HashMap::default(),
-            time_wait: HashMap::default(),
+            table: Table::default(),
             by_capture: HashMap::default(),
-            capture_keys: HashMap::default(),
             by_replay: HashMap::default(),
             timers: Wheel::default(),
             due: Vec::new(),
             declined: HashSet::default(),
-            next_id: 1,
             buffered: 0,
             opening: 0,
             held: VecDeque::new(),
@@ -295,13 +289,13 @@ impl Engine {
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.sessions.len() + self.time_wait.len()
+        self.table.len()
     }
 
     /// Sessions still retransmitting (see [`Session::awaiting_ack`]). A scan of every
     /// session: for the end of a replay, not for every packet.
     pub fn sessions_awaiting_ack(&self) -> usize {
-        self.sessions.values().filter(|s| s.awaiting_ack()).count()
+        self.table.sessions().filter(|(_, s)| s.awaiting_ack()).count()
     }
 
     /// Captured payload bytes held now.
@@ -357,7 +351,7 @@ impl Engine {
     fn release_held(&mut self, now: u64) {
         while self.opening < self.config.max_opening.max(1) {
             let Some(id) = self.held.pop_front() else { break };
-            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            let Some(session) = self.table.session_mut(id) else { continue };
             session.held = false;
             self.opening += usize::from(session.is_opening());
             self.with_session(now, id, |s, ctx| s.transmit(ctx));
@@ -371,12 +365,10 @@ impl Engine {
 
     /// A SYN with another ISN on a known 4-tuple is a new connection.
     fn is_new_incarnation(&self, id: SessionId, seg: &ClientSegment<'_>) -> bool {
-        let isn = match self.sessions.get(&id) {
-            Some(s) => s.client_isn(),
-            None => match self.time_wait.get(&id) {
-                Some(t) => t.client_isn,
-                None => return false,
-            },
+        let isn = match self.table.get(id) {
+            Some(Entry::Live(s)) => s.client_isn(),
+            Some(Entry::Lingering(t)) => t.client_isn,
+            None => return false,
         };
         seg.flags & SYN != 0 && isn != seg.seq
     }
@@ -419,16 +411,13 @@ impl Engine {
             }
         };
         let online_base = (!has_syn && seg.flags & common::tcp::flags::ACK != 0).then_some(seg.ack);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.sessions.insert(id, Session::new(replay_client, target, syn, online_base, now));
+        let id = self.table.insert(key, Session::new(replay_client, target, syn, online_base, now));
         self.by_capture.insert(key, id);
-        self.capture_keys.insert(id, key);
         self.by_replay.insert(replay_client, id);
         self.counters.sessions_started += 1;
         self.out.events.push(Event::Own(replay_client));
         if self.opening >= self.config.max_opening.max(1) {
-            self.sessions.get_mut(&id).expect("just inserted").held = true;
+            self.table.session_mut(id).expect("just inserted").held = true;
             self.held.push_back(id);
             self.counters.sessions_queued += 1;
             self.counters.queued_peak = self.counters.queued_peak.max(self.held.len() as u64);
@@ -474,14 +463,16 @@ impl Engine {
         let Some(id) = self.by_replay.get(&facts.client).copied() else {
             return self.counters.replies_unmatched += 1;
         };
-        if self.sessions.get(&id).is_some_and(|s| s.target == facts.target) {
-            self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
-            self.release_held(now);
-        } else if let Some(tw) = self.time_wait.get_mut(&id).filter(|t| t.target == facts.target) {
-            let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: Vec::new() };
-            tw.on_reply(&mut ctx, facts);
-        } else {
-            self.counters.replies_unmatched += 1;
+        match self.table.get_mut(id) {
+            Some(Entry::Live(s)) if s.target == facts.target => {
+                self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
+                self.release_held(now);
+            }
+            Some(Entry::Lingering(tw)) if tw.target == facts.target => {
+                let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: Vec::new() };
+                tw.on_reply(&mut ctx, facts);
+            }
+            _ => self.counters.replies_unmatched += 1,
         }
     }
 
@@ -493,6 +484,9 @@ impl Engine {
             if due.is_empty() {
                 break;
             }
+            // The records come due about a second after they were touched, out of cache: start
+            // loading them all before the first is read.
+            due.iter().for_each(|&(_, id)| self.table.prefetch(id));
             for (at, id) in due.drain(..) {
                 self.fire(now, at, id);
             }
@@ -503,23 +497,21 @@ impl Engine {
 
     /// Runs the timer entry `(at, id)` if it is still its session's (or record's) live one.
     fn fire(&mut self, now: u64, at: u64, id: SessionId) {
-        let live = self.sessions.get_mut(&id).is_some_and(|s| {
-            let live = s.timer_at == Some(at);
-            if live {
+        match self.table.get_mut(id) {
+            Some(Entry::Live(s)) if s.timer_at == Some(at) => {
                 s.timer_at = None;
+                self.with_session(now, id, |s, ctx| s.on_timer(ctx));
             }
-            live
-        });
-        if live {
-            self.with_session(now, id, |s, ctx| s.on_timer(ctx));
-        } else if let Some(tw) = self.time_wait.get_mut(&id).filter(|t| t.timer_at == Some(at)) {
-            tw.timer_at = None;
-            if now >= tw.until() {
-                self.remove(id);
-            } else {
-                let until = tw.until();
-                schedule(&mut self.timers, &mut tw.timer_at, id, until);
+            Some(Entry::Lingering(tw)) if tw.timer_at == Some(at) => {
+                tw.timer_at = None;
+                if now >= tw.until() {
+                    self.remove(id);
+                } else {
+                    let until = tw.until();
+                    schedule(&mut self.timers, &mut tw.timer_at, id, until);
+                }
             }
+            _ => {}
         }
     }
 
@@ -531,7 +523,7 @@ impl Engine {
 
     /// Runs `f` on a session with a context, then settles its timer, memory and end.
     fn with_session(&mut self, now: u64, id: SessionId, f: impl FnOnce(&mut Session, &mut Ctx<'_>)) {
-        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Some(session) = self.table.session_mut(id) else { return };
         let before = session.buffered();
         let was_opening = session.is_opening();
         let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: std::mem::take(&mut self.scratch) };
@@ -544,10 +536,11 @@ impl Engine {
             match session.closed() {
                 Some(closed) => {
                     let mut tw = TimeWait::new(closed, now, session.timer_at);
-                    self.take_session(id);
                     let until = tw.until();
                     schedule(&mut self.timers, &mut tw.timer_at, id, until);
-                    self.time_wait.insert(id, tw);
+                    if let Some(session) = self.table.linger(id, tw) {
+                        self.forget(&session);
+                    }
                 }
                 None => self.remove(id),
             }
@@ -557,27 +550,27 @@ impl Engine {
         }
     }
 
-    /// Takes a session out of the live table (its ids stay in the others).
-    fn take_session(&mut self, id: SessionId) -> Option<Session> {
-        let s = self.sessions.remove(&id)?;
+    /// Settles the counts of a live session that leaves (its ids may stay in the maps).
+    fn forget(&mut self, s: &Session) {
         self.opening -= usize::from(s.is_opening());
         self.buffered -= s.buffered();
-        Some(s)
     }
 
     /// Forgets a session, live or lingering, and releases its replay endpoint.
     fn remove(&mut self, id: SessionId) {
-        let replay_client = match self.take_session(id) {
-            Some(s) => s.replay_client,
-            None => match self.time_wait.remove(&id) {
-                Some(t) => t.replay_client,
-                None => return,
-            },
+        let Some((key, entry)) = self.table.remove(id) else { return };
+        let replay_client = match entry {
+            Entry::Live(s) => {
+                self.forget(&s);
+                s.replay_client
+            }
+            Entry::Lingering(t) => t.replay_client,
         };
         self.by_replay.remove(&replay_client);
-        if let Some(key) = self.capture_keys.remove(&id) {
-            if self.by_capture.get(&key) == Some(&id) {
-                self.by_capture.remove(&key);
+        // A new incarnation of the flow may have taken the key over.
+        if let hash_map::Entry::Occupied(e) = self.by_capture.entry(key) {
+            if *e.get() == id {
+                e.remove();
             }
         }
         self.out.events.push(Event::Disown(replay_client));
@@ -586,13 +579,9 @@ impl Engine {
     /// Ends every session (the copier stops): those still open are reset on the test server so
     /// nothing is left half-open there, and counted as timed out.
     pub fn shutdown(&mut self, now: u64) {
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for id in ids {
+        for id in self.table.ids() {
+            // Lingering records have nothing to abort.
             self.with_session(now, id, |s, ctx| s.abort(ctx));
-            self.remove(id);
-        }
-        let lingering: Vec<SessionId> = self.time_wait.keys().copied().collect();
-        for id in lingering {
             self.remove(id);
         }
     }
@@ -600,9 +589,9 @@ impl Engine {
     /// Sheds the sessions holding the most captured bytes until under the `-m` bound.
     fn enforce_memory_bound(&mut self) {
         while self.buffered > self.config.max_buffered_bytes {
-            let Some((&id, _)) = self.sessions.iter().max_by_key(|(_, s)| s.buffered()) else { break };
+            let Some((id, _)) = self.table.sessions().max_by_key(|(_, s)| s.buffered()) else { break };
             self.counters.sessions_shed += 1;
-            if let Some(&key) = self.capture_keys.get(&id) {
+            if let Some(key) = self.table.key(id) {
                 self.decline(key);
             }
             self.remove(id);
@@ -618,8 +607,10 @@ impl Engine {
     /// Sequence number of a live session's client ISN, for tests.
     #[cfg(test)]
     fn isn_of(&self, replay_client: &Endpoint) -> Option<common::seq::SeqNum> {
-        let id = self.by_replay.get(replay_client)?;
-        self.sessions.get(id).map(|s| s.client_isn()).or_else(|| self.time_wait.get(id).map(|t| t.client_isn))
+        match self.table.get(*self.by_replay.get(replay_client)?)? {
+            Entry::Live(s) => Some(s.client_isn()),
+            Entry::Lingering(t) => Some(t.client_isn),
+        }
     }
 }
 

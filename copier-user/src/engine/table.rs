@@ -1,0 +1,226 @@
+//! The engine's sessions, live and lingering, in one slab indexed by [`SessionId`].
+//!
+//! A session is reached from its captured flow, from its replay endpoint (the intercepts'
+//! facts) and from the timer wheel. The first two need hash maps; the timer wheel and the
+//! maps' values need only an index. Kept as two hash maps (live, lingering) plus a third for
+//! each session's capture key, every fired timer cost two lookups (live, then lingering) and
+//! every session's end three removals, nearly all cache misses: a fired record is a second
+//! old. Here both are one slot, which also holds the capture key, and a closing session turns
+//! into its [`TimeWait`] in place. Measured in the bench (six interleaved runs of 60 000 short
+//! sessions): the engine's share of the copier's profile 46 → 37 %, copier 19.0 → 17.2 µs
+//! per session on average.
+
+use super::{session::Session, time_wait::TimeWait, CaptureKey};
+
+/// A session's slot and the generation that occupies it: an id outlives its session (in a
+/// timer entry) and must not reach the slot's next occupant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    index: u32,
+    generation: u32,
+}
+
+/// What a slot holds.
+#[derive(Debug)]
+pub enum Entry {
+    Live(Session),
+    /// Closed cleanly; kept small while it lingers.
+    Lingering(TimeWait),
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    /// The captured flow (and copy) it replays, to forget it when the session goes.
+    key: CaptureKey,
+    entry: Option<Entry>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    slots: Vec<Slot>,
+    /// Vacant slots, the most recently vacated last: reused first, while still in cache.
+    free: Vec<u32>,
+    live: usize,
+    lingering: usize,
+}
+
+impl Table {
+    /// Sessions held, live or lingering.
+    pub fn len(&self) -> usize {
+        self.live + self.lingering
+    }
+
+    pub fn insert(&mut self, key: CaptureKey, session: Session) -> SessionId {
+        self.live += 1;
+        let entry = Some(Entry::Live(session));
+        match self.free.pop() {
+            Some(index) => {
+                let slot = &mut self.slots[index as usize];
+                (slot.key, slot.entry) = (key, entry);
+                SessionId { index, generation: slot.generation }
+            }
+            None => {
+                let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 sessions");
+                self.slots.push(Slot { generation: 0, key, entry });
+                SessionId { index, generation: 0 }
+            }
+        }
+    }
+
+    fn slot(&self, id: SessionId) -> Option<&Slot> {
+        self.slots.get(id.index as usize).filter(|s| s.generation == id.generation && s.entry.is_some())
+    }
+
+    fn slot_mut(&mut self, id: SessionId) -> Option<&mut Slot> {
+        self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation && s.entry.is_some())
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Entry> {
+        self.slot(id)?.entry.as_ref()
+    }
+
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Entry> {
+        self.slot_mut(id)?.entry.as_mut()
+    }
+
+    pub fn session_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        match self.get_mut(id)? {
+            Entry::Live(s) => Some(s),
+            Entry::Lingering(_) => None,
+        }
+    }
+
+    /// The captured flow of a session held, live or lingering.
+    pub fn key(&self, id: SessionId) -> Option<CaptureKey> {
+        self.slot(id).map(|s| s.key)
+    }
+
+    /// Replaces a live session by its time-wait record; returns the session.
+    pub fn linger(&mut self, id: SessionId, record: TimeWait) -> Option<Session> {
+        let slot = self.slot_mut(id)?;
+        match slot.entry.replace(Entry::Lingering(record))? {
+            Entry::Live(session) => {
+                self.live -= 1;
+                self.lingering += 1;
+                Some(session)
+            }
+            lingering => {
+                slot.entry = Some(lingering);
+                None
+            }
+        }
+    }
+
+    /// Vacates a slot: its id reaches nothing from now on.
+    pub fn remove(&mut self, id: SessionId) -> Option<(CaptureKey, Entry)> {
+        let slot = self.slot_mut(id)?;
+        let entry = slot.entry.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        let key = slot.key;
+        match entry {
+            Entry::Live(_) => self.live -= 1,
+            Entry::Lingering(_) => self.lingering -= 1,
+        }
+        self.free.push(id.index);
+        Some((key, entry))
+    }
+
+    /// Starts loading a slot into the cache, to overlap the misses of a batch of ids.
+    pub fn prefetch(&self, id: SessionId) {
+        if let Some(slot) = self.slots.get(id.index as usize) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint; it reads nothing and faults on nothing.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((slot as *const Slot).cast());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = slot;
+        }
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &Session)> {
+        self.occupied().filter_map(|(id, e)| match e {
+            Entry::Live(s) => Some((id, s)),
+            Entry::Lingering(_) => None,
+        })
+    }
+
+    /// Every id held, live or lingering.
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.occupied().map(|(id, _)| id).collect()
+    }
+
+    fn occupied(&self) -> impl Iterator<Item = (SessionId, &Entry)> {
+        self.slots.iter().enumerate().filter_map(|(index, slot)| {
+            let entry = slot.entry.as_ref()?;
+            Some((SessionId { index: index as u32, generation: slot.generation }, entry))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::{endpoint::Endpoint, seq::SeqNum};
+
+    use super::*;
+    use crate::engine::{session::SynParams, time_wait::Closed};
+
+    fn key(port: u16) -> CaptureKey {
+        (Endpoint::v4([10, 0, 0, 2], port), Endpoint::v4([10, 0, 0, 1], 80), 0)
+    }
+
+    fn session(port: u16) -> Session {
+        let syn = SynParams { isn: SeqNum(port as u32), mss: 1460, window_scale: None, sack_permitted: false, timestamps: false };
+        Session::new(Endpoint::v4([10, 0, 0, 2], port), Endpoint::v4([10, 0, 0, 3], 80), syn, None, 0)
+    }
+
+    fn record(s: &Session) -> TimeWait {
+        let closed = Closed {
+            replay_client: s.replay_client,
+            target: s.target,
+            client_isn: s.client_isn(),
+            seq: s.client_isn() + 1,
+            ack: SeqNum(0),
+            ts_recent: None,
+            quiet: 1,
+        };
+        TimeWait::new(closed, 0, None)
+    }
+
+    #[test]
+    fn an_id_reaches_its_session_until_removed_and_never_the_slots_next_occupant() {
+        let mut t = Table::default();
+        let a = t.insert(key(1), session(1));
+        assert_eq!(t.session_mut(a).map(|s| s.replay_client.port), Some(1));
+        assert_eq!(t.key(a), Some(key(1)));
+        let (k, entry) = t.remove(a).expect("held");
+        assert!(k == key(1) && matches!(entry, Entry::Live(_)));
+        assert!(t.get(a).is_none() && t.remove(a).is_none(), "a removed id reaches nothing");
+        let b = t.insert(key(2), session(2));
+        assert_ne!(a, b, "the slot is reused under another generation");
+        assert!(t.get(a).is_none(), "the old id does not reach the new session");
+        assert_eq!(t.session_mut(b).map(|s| s.replay_client.port), Some(2));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_lingering_session_keeps_its_id_and_key_but_is_no_longer_live() {
+        let mut t = Table::default();
+        let (a, b) = (t.insert(key(1), session(1)), t.insert(key(2), session(2)));
+        let tw = record(t.session_mut(a).unwrap());
+        assert_eq!(t.linger(a, tw).map(|s| s.replay_client.port), Some(1), "the live session is handed back");
+        assert!(matches!(t.get(a), Some(Entry::Lingering(_))) && t.session_mut(a).is_none());
+        assert_eq!(t.key(a), Some(key(1)));
+        let tw = record(t.session_mut(b).unwrap());
+        assert!(t.linger(a, tw).is_none(), "only a live session lingers");
+        assert!(matches!(t.get(a), Some(Entry::Lingering(t)) if t.replay_client.port == 1), "the first record stays");
+        assert_eq!(t.sessions().map(|(id, _)| id).collect::<Vec<_>>(), vec![b]);
+        let mut ids = t.ids();
+        ids.sort_by_key(|id| id.index);
+        assert_eq!((ids, t.len()), (vec![a, b], 2));
+        assert!(matches!(t.remove(a), Some((_, Entry::Lingering(_)))));
+        assert_eq!(t.len(), 1);
+    }
+}
