@@ -242,7 +242,7 @@ pub struct Engine {
     counters: Counters,
     out: Outbox,
     scratch: Vec<u8>,
-    /// Sessions, live and lingering (closed cleanly, kept small; their ids stay in the maps).
+    /// Sessions, live and lingering (closed cleanly; their ids stay in the maps).
     table: Table,
     by_capture: HashMap<CaptureKey, SessionId, Hasher>,
     by_replay: HashMap<Endpoint, SessionId, Hasher>,
