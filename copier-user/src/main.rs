@@ -242,6 +242,8 @@ struct Pipeline {
     shared: Vec<Arc<Shared>>,
     links: Arc<LinkStats>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// The first worker's runtime, which also runs the links and the readers.
+    first_worker: tokio::runtime::Handle,
     /// Why the capture file ended early, if it did (its reader says so when done).
     file_error: Arc<Mutex<Option<String>>>,
     started: Instant,
@@ -311,9 +313,11 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
         let error = Arc::clone(&file_error);
         tasks.push(Box::pin(async move { *error.lock().expect("not poisoned") = reader.feed(source).await }));
     }
+    let runtimes = (0..n).map(|_| Worker::runtime()).collect::<Result<Vec<_>, _>>().context("building the workers' runtimes")?;
+    let first_worker = runtimes[0].handle().clone();
     let mut workers = Vec::new();
-    let queues = input_rxs.into_iter().zip(facts_rxs).zip(announced).zip(&shared);
-    for ((index, tx), (((inputs, facts), announced), shared)) in (0..args.workers).zip(transmit).zip(queues) {
+    let queues = input_rxs.into_iter().zip(facts_rxs).zip(announced).zip(&shared).zip(runtimes);
+    for ((index, tx), ((((inputs, facts), announced), shared), runtime)) in (0..args.workers).zip(transmit).zip(queues) {
         let worker = Worker {
             index,
             core: Some(cores[index as usize % cores.len()]),
@@ -329,9 +333,9 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
             tasks: std::mem::take(&mut tasks),
             running: Arc::clone(&running),
         };
-        workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run())?);
+        workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run(runtime))?);
     }
-    Ok(Pipeline { inputs, stop, shared, links, workers, file_error, started: Instant::now() })
+    Ok(Pipeline { inputs, stop, shared, links, workers, first_worker, file_error, started: Instant::now() })
 }
 
 /// The copier's own `name=value` counters, summed over the workers.
@@ -488,7 +492,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Mode::Copy => online::OnlineMode::Copy,
             Mode::Mirror => online::OnlineMode::Mirror { drop_other: args.mirror_other == Some(Other::Drop) },
         };
-        online = Some(online::Capture::start(iface, &args.mappings, args.force, mode, args.coalesce_us, pipeline.inputs.clone())?);
+        online = Some(online::Capture::start(
+            iface,
+            &args.mappings,
+            args.force,
+            mode,
+            args.coalesce_us,
+            pipeline.inputs.clone(),
+            &pipeline.first_worker,
+        )?);
     }
 
     let interval = Duration::from_secs_f64(args.stats_interval);

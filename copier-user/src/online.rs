@@ -1,21 +1,27 @@
-//! The online interface: the copier's XDP program and the threads that hand its frames to the
+//! The online interface: the copier's XDP program and the readers that hand its frames to the
 //! workers.
 //!
 //! Copy mode: the program copies matching frames into a ring buffer and passes every frame on;
-//! one reader drains the ring every 50 µs while traffic flows (1 ms while idle). Mirror mode:
-//! the program redirects matching frames into one AF_XDP socket per RX queue, each drained by a
-//! reader of its own.
+//! one reader, a task on the first worker's runtime, drains the ring, woken by the program
+//! when the ring turns non-empty and pausing between partial batches (`--coalesce-us`). As a
+//! thread of its own it woke the worker for every batch: in the bench's unpaced copy-mode step
+//! a quarter of the copier's profile was the two threads switching. As a task, the copier's
+//! CPU at 50 000 frames/s fell from 104 to 66–78 ms per second (two interleaved bench runs,
+//! 3 s steps); at the higher steps the difference is within the noise. Mirror mode: the program
+//! redirects matching frames into one AF_XDP socket per RX queue, each drained by a reader
+//! thread of its own (queues can outnumber what one worker's core reads).
 
 use std::{
-    os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::Context as _;
+use tokio::io::unix::AsyncFd;
 use aya::{
     maps::{HashMap, MapData, RingBuf, XskMap},
     programs::Xdp,
@@ -40,11 +46,11 @@ use xdp_runtime::{coalesce::Coalesce, counters::Counters, xsk_rx::RxSocket, Atta
 /// The eBPF object built from `copier-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/copier"));
 
-/// How long the ring reader waits in poll(2) on an empty ring. The XDP program wakes it with
-/// the record that makes the ring non-empty ([`common::capture::wakes_reader`]); the timeout
-/// bounds the delay when two CPUs fill an empty ring at once and neither wakes it, and how
-/// late the stop flag is seen.
-const RING_POLL_MS: i32 = 10;
+/// How long the ring reader waits on an empty ring. The XDP program wakes it with the record
+/// that makes the ring non-empty ([`common::capture::wakes_reader`]); the timeout bounds the
+/// delay when two CPUs fill an empty ring at once and neither wakes it, and how late the stop
+/// flag is seen.
+const RING_POLL: Duration = Duration::from_millis(10);
 /// How long an AF_XDP reader waits in poll(2) before it looks at the stop flag.
 const XSK_POLL_MS: i32 = 100;
 /// `--coalesce-us`: a millisecond, and 2 Mpps for that long fits
@@ -66,6 +72,7 @@ pub enum OnlineMode {
 pub struct Capture {
     counters: Counters<CopierCounter>,
     stop: Arc<AtomicBool>,
+    /// Mirror mode's reader threads (copy mode's reader is a task of the first worker).
     readers: Vec<JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
     // Last: dropping it detaches the program.
@@ -80,6 +87,7 @@ impl Capture {
         mode: OnlineMode,
         coalesce_us: u32,
         workers: Vec<InputSender>,
+        first_worker: &tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
         let (program_name, globals) = match mode {
             OnlineMode::Copy => ("copier", vec![]),
@@ -104,7 +112,8 @@ impl Capture {
                 let ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
                 let (stop, dispatch) = (Arc::clone(&stop), dispatch());
                 let coalesce = Coalesce::from_micros(coalesce_us, copier_user::pcap::BATCH);
-                readers.push(std::thread::Builder::new().name("copier-capture".into()).spawn(move || read_ring(ring, dispatch, coalesce, stop))?);
+                // Stopped by the flag, or cancelled with the worker's runtime.
+                drop(first_worker.spawn(read_ring(ring, dispatch, coalesce, stop)));
             }
             OnlineMode::Mirror { .. } => {
                 let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
@@ -159,24 +168,20 @@ impl Drop for Capture {
     }
 }
 
-/// Waits until the ring is readable or `timeout_ms` passed.
-fn wait_readable(ring: &RingBuf<MapData>, timeout_ms: i32) -> std::io::Result<()> {
-    let mut fd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd, and the ring's fd outlives the call.
-    if unsafe { libc::poll(&mut fd, 1, timeout_ms) } < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
+async fn read_ring(ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
+    // SAFETY: the ring owns its map's fd, which stays open and the same until it is dropped,
+    // and the AsyncFd owns the ring.
+    let mut ring = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+        Ok(ring) => ring,
+        Err(err) => {
+            log::error!("capture ring: cannot wait on it: {err}");
+            return;
         }
-    }
-    Ok(())
-}
-
-fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
+    };
     while !stop.load(Ordering::Relaxed) {
         let mut taken = 0;
         while taken < copier_user::pcap::BATCH {
-            let Some(item) = ring.next() else { break };
+            let Some(item) = ring.get_mut().next() else { break };
             if let Some(frame) = CaptureRecord::frame(&item) {
                 if dispatch.push(0, Link::Ethernet, frame).is_err() {
                     return;
@@ -189,12 +194,21 @@ fn read_ring(mut ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coale
             return;
         }
         if taken == 0 {
-            if let Err(err) = wait_readable(&ring, RING_POLL_MS) {
-                log::error!("capture ring: poll failed: {err}");
-                return;
+            // Readiness is cleared only if no wake-up came after the one that set it (tokio
+            // keeps the count): a record that arrived during the pass is not slept through.
+            match tokio::time::timeout(RING_POLL, ring.readable()).await {
+                Ok(Ok(mut ready)) => ready.clear_ready(),
+                Ok(Err(err)) => {
+                    log::error!("capture ring: waiting failed: {err}");
+                    return;
+                }
+                Err(_) => {}
             }
         } else if let Some(pause) = coalesce.pause_after(taken) {
-            std::thread::sleep(pause);
+            tokio::time::sleep(pause).await;
+        } else {
+            // A full batch: let the worker take it before the next.
+            tokio::task::yield_now().await;
         }
     }
 }

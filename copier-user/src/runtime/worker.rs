@@ -2,8 +2,8 @@
 //! facts, runs its timers, and transmits what it builds.
 //!
 //! Each worker waits in a single-threaded async runtime of its own, and the first worker's
-//! also runs the intercept links and a capture file's reader: the facts and frames they hand
-//! over reach that worker without waking another thread. When the copier's main thread ran
+//! also runs the intercept links and a capture file's (or copy mode's ring) reader: the facts
+//! and frames they hand over reach that worker without waking another thread. When the copier's main thread ran
 //! the links, it was woken for every batch of facts and woke the worker in turn; in the bench
 //! (interleaved runs) moving them here took the copier from 21–27 to 19–22 µs per short
 //! session with one worker, from 22–26 to 16–20 with two, and from 57–64 to 41–46 per
@@ -196,7 +196,8 @@ pub struct Worker {
     /// finishing before the rest are reset, unless some are still retransmitting and the test
     /// server still answers (a large replay drains for as long as it drains).
     pub grace: Duration,
-    /// The first worker's: the intercept links and a capture file's reader.
+    /// The first worker's: the intercept links and a capture file's reader (the live ring
+    /// reader is spawned onto its runtime once the capture starts).
     pub tasks: Vec<Task>,
     /// Workers still replaying: the one running the tasks keeps them up until this is 0.
     pub running: Arc<AtomicUsize>,
@@ -252,23 +253,18 @@ impl Announcements {
 const ANNOUNCE_WAIT: Duration = Duration::from_millis(10);
 
 impl Worker {
-    /// Runs until stopped, or until the source is done and its sessions finished (and, with
-    /// tasks to run, until every worker is).
-    pub fn run(mut self) {
+    /// A worker's runtime: built before its thread starts, so that others may spawn tasks on
+    /// it through its handle (the first worker's carries the live capture's ring reader).
+    pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    }
+
+    /// Runs on `runtime` until stopped, or until the source is done and its sessions finished
+    /// (and, with tasks to run, until every worker is).
+    pub fn run(mut self, runtime: tokio::runtime::Runtime) {
         if let Some(core) = self.core {
             xdp_runtime::pin_to(core);
         }
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        let runtime = match runtime {
-            Ok(rt) => rt,
-            Err(err) => {
-                // Nothing can replay without it; closing the backlog stops the readers waiting.
-                log::error!("worker {}: cannot start its runtime: {err}", self.index);
-                drop(self.shared.backlog.close_on_drop());
-                self.running.fetch_sub(1, Ordering::AcqRel);
-                return;
-            }
-        };
         runtime.block_on(async move {
             let tasks: Vec<_> = self.tasks.drain(..).map(tokio::spawn).collect();
             {
