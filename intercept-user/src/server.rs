@@ -299,18 +299,13 @@ async fn connection(id: CopierId, stream: TcpStream, peer: SocketAddr, secret: O
                 if announced > MAX_OWNED_PER_COPIER {
                     break Err(format!("announced more than {MAX_OWNED_PER_COPIER} client endpoints"));
                 }
-                let mut routes = Routes::lock(&routes);
-                for e in entries {
-                    if let Err(err) = routes.ownership.own(id, e) {
-                        log::warn!("{err}; ignoring the rest of its announcement");
-                        break;
-                    }
+                if let Err(err) = Routes::lock(&routes).ownership.own_all(id, &entries) {
+                    log::warn!("{err}; ignoring the rest of its announcement");
                 }
             }
             Ok(Some(Incoming::Disown(entries))) => {
                 announced = announced.saturating_sub(entries.len());
-                let mut routes = Routes::lock(&routes);
-                entries.into_iter().for_each(|e| routes.ownership.disown(id, e));
+                Routes::lock(&routes).ownership.disown_all(id, &entries);
             }
             Ok(Some(Incoming::Sync(token))) => {
                 // Every announcement before it is in effect: they were applied as they came.
