@@ -624,3 +624,29 @@ fn shutdown_resets_what_is_open_on_the_target() {
 }
 
 mod simulated;
+
+#[test]
+fn a_batch_of_replies_does_what_the_same_replies_one_at_a_time_do() {
+    let ports: Vec<u16> = (40000..40020).collect();
+    let mut batch: Vec<ReplyFacts> = ports.iter().map(|&p| syn_ack(ep(CLIENT, p), 1460, 65535, 5000)).collect();
+    // A session the batch resets, answered again later in the same batch (and lookahead chunk),
+    // and a client nobody replays.
+    batch.insert(5, reply(ep(CLIENT, 40003), 0, 0, 0, RST));
+    batch.insert(9, reply(ep(CLIENT, 40003), 0, 0, 0, 0));
+    batch.push(reply(ep(CLIENT, 1), 0, 0, 0, 0));
+    let start = || {
+        let mut e = Engine::new(config());
+        ports.iter().for_each(|&p| handshake(&mut e, 0, p));
+        sent(&mut e);
+        e
+    };
+    let (mut one_by_one, mut batched) = (start(), start());
+    batch.iter().for_each(|f| one_by_one.on_reply(1_000, f));
+    batched.on_replies(1_000, &batch);
+    let expected = sent(&mut one_by_one);
+    assert_eq!(expected.len(), ports.len(), "each session answers its SYN-ACK (the reset one before its reset)");
+    assert_eq!(sent(&mut batched), expected);
+    let counts = |e: &Engine| (e.counters().sessions_reset, e.counters().replies_unmatched, e.active_sessions());
+    assert_eq!(counts(&batched), (1, 2, ports.len() - 1));
+    assert_eq!(counts(&batched), counts(&one_by_one));
+}

@@ -380,7 +380,7 @@ impl Worker {
     /// captured input); returns how many batches there were.
     fn take_facts(&mut self, now: u64) -> usize {
         let engine = &mut self.engine;
-        self.facts.drain(FACTS_PER_PASS, |facts| facts.iter().for_each(|f| engine.on_reply(now, f)))
+        self.facts.drain(FACTS_PER_PASS, |facts| engine.on_replies(now, &facts))
     }
 
     async fn flush(&mut self, announcements: &mut Announcements) {
