@@ -24,6 +24,13 @@ fn online_http() -> SocketAddr {
     SocketAddr::new(addr::ONLINE.into(), 80)
 }
 
+/// `n` short sessions to the online server (one GET of `/{prefix}/{i}` each), every one answered.
+fn short_gets(prefix: &str, n: usize) {
+    for i in 0..n {
+        assert_eq!(traffic::http_get(online_http(), &format!("/{prefix}/{i}")).unwrap(), 200, "/{prefix}/{i}");
+    }
+}
+
 fn target_http() -> SocketAddr {
     SocketAddr::new(addr::TARGET.into(), 8080)
 }
@@ -99,9 +106,7 @@ fn a_captured_pcap_replays_every_request_to_the_target_through_raw_sockets() {
     let Servers { online, target, _intercept } = servers(&tb);
 
     let pcap = record(&tb, "tcp port 80", || {
-        for i in 0..20 {
-            assert_eq!(traffic::http_get(online_http(), &format!("/short/{i}")).unwrap(), 200);
-        }
+        short_gets("short", 20);
         for k in 0..3 {
             let paths: Vec<String> = (0..5).map(|i| format!("/keepalive/{k}/{i}")).collect();
             assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
@@ -125,9 +130,7 @@ fn a_truncated_capture_file_replays_what_it_holds_and_says_where_it_ended() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
     let pcap = record(&tb, "tcp port 80", || {
-        for i in 0..10 {
-            assert_eq!(traffic::http_get(online_http(), &format!("/cut/{i}")).unwrap(), 200);
-        }
+        short_gets("cut", 10);
     });
     assert_eq!(online.requests().len(), 10);
     // Cut the file inside its last record (the last session's final ACK).
@@ -268,7 +271,7 @@ fn replay_survives_an_intercept_restart() {
     let mut copier = start_online_copier(&tb, &[]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
-    tb.client.run(|| (0..5).for_each(|i| assert_eq!(traffic::http_get(online_http(), &format!("/before/{i}")).unwrap(), 200))).unwrap();
+    tb.client.run(|| short_gets("before", 5)).unwrap();
     assert_eq!(wait_requests(&target, 5, Duration::from_secs(10)).len(), 5);
 
     intercept.signal(libc::SIGTERM).unwrap();
@@ -278,7 +281,7 @@ fn replay_survives_an_intercept_restart() {
         .wait_for_line(Duration::from_secs(15), |l| stats::parse(l).is_some_and(|s| s.get("reconnects") >= 1 && s.get("intercepts") == 1))
         .unwrap();
 
-    tb.client.run(|| (0..5).for_each(|i| assert_eq!(traffic::http_get(online_http(), &format!("/after/{i}")).unwrap(), 200))).unwrap();
+    tb.client.run(|| short_gets("after", 5)).unwrap();
     let got = wait_requests(&target, 10, Duration::from_secs(15));
     let after: Vec<_> = got.iter().filter(|l| l.contains("/after/")).collect();
     assert_eq!(after.len(), 5, "sessions after the restart complete: {got:?}\n{}", copier.describe());
@@ -344,9 +347,7 @@ fn af_xdp_transmit_replays_every_request_like_raw_sockets() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
     let pcap = record(&tb, "tcp port 80", || {
-        for i in 0..15 {
-            assert_eq!(traffic::http_get(online_http(), &format!("/xdp/{i}")).unwrap(), 200);
-        }
+        short_gets("xdp", 15);
         let paths: Vec<String> = (0..5).map(|i| format!("/xdp-keepalive/{i}")).collect();
         assert_eq!(traffic::http_keepalive(online_http(), &paths).unwrap(), vec![200; 5]);
     });
