@@ -35,11 +35,19 @@ pub struct Flooded {
     /// Frames the transmit path refused.
     pub errors: u64,
     pub seconds: f64,
+    /// CPU the generator's thread spent transmitting (system time, mostly: the kernel's
+    /// transmit path, which is also what the copier pays per replayed frame).
+    pub cpu_us: u64,
 }
 
 impl Flooded {
     pub fn pps(&self) -> f64 {
         self.sent as f64 / self.seconds.max(1e-9)
+    }
+
+    /// The sender's CPU per frame handed over, in microseconds.
+    pub fn cpu_us_per_frame(&self) -> f64 {
+        self.cpu_us as f64 / self.sent.max(1) as f64
     }
 }
 
@@ -63,7 +71,7 @@ pub fn flood(path: Path, iface: &str, frames: &[Vec<u8>], rate: Option<u64>, dur
     if let Some(&last) = xdp_runtime::cpu::allowed_cores().last() {
         xdp_runtime::cpu::pin_to(last);
     }
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), xdp_runtime::cpu::thread_cpu_us());
     let (mut offered, mut next) = (0u64, 0usize);
     while start.elapsed() < duration {
         if let Some(rate) = rate {
@@ -79,7 +87,7 @@ pub fn flood(path: Path, iface: &str, frames: &[Vec<u8>], rate: Option<u64>, dur
         offered += (end - next) as u64;
         next = if end == frames.len() { 0 } else { end };
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let (seconds, cpu_us) = (start.elapsed().as_secs_f64(), xdp_runtime::cpu::thread_cpu_us() - cpu_start);
     let errors = tx.errors();
-    Ok(Flooded { sent: offered - errors, errors, seconds })
+    Ok(Flooded { sent: offered - errors, errors, seconds, cpu_us })
 }

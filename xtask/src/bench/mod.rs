@@ -130,7 +130,7 @@ pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
         std::fs::write(out.join("capture.svg"), capture::plot(&steps))?;
     }
     if !outcomes.is_empty() {
-        md += &replay::markdown(&outcomes);
+        md += &replay::markdown(&outcomes, extras.as_ref().map(|e| e.tx_af_xdp.cpu_us_per_frame()));
     }
     let json = serde_json::json!({
         "machine": machine,

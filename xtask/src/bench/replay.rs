@@ -113,6 +113,9 @@ impl Outcome {
     pub fn pps_per_worker_core(&self) -> f64 {
         self.sent as f64 / (self.worker_cpu_us.max(1) as f64 / 1e6)
     }
+    fn frames_per_session(&self) -> f64 {
+        self.sent as f64 / self.sessions.max(1) as f64
+    }
 }
 
 pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
@@ -186,7 +189,9 @@ pub fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
     ]
 }
 
-pub fn markdown(outcomes: &[Outcome]) -> String {
+/// `af_xdp_tx_us_per_frame`: the AF_XDP generator's CPU per frame on this link, when the
+/// capture path ran in the same run: what the kernel's transmit alone costs the copier.
+pub fn markdown(outcomes: &[Outcome], af_xdp_tx_us_per_frame: Option<f64>) -> String {
     let mut md = String::from(
         "### Replay path (maximum replay speed; the test server and the control link receive in NAPI threads of their own, \
          except where it says inline)\n\n",
@@ -223,6 +228,17 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
             two.sessions_per_s() / one.sessions_per_s(),
             one.sessions_per_s() / raw.sessions_per_s(),
             raw.copier_us_per_session() / one.copier_us_per_session(),
+        );
+    }
+    if let (Some(short), Some(per_frame)) = (find("short"), af_xdp_tx_us_per_frame) {
+        let floor = short.frames_per_session() * per_frame;
+        let _ = writeln!(
+            md,
+            "\nThe kernel's part of transmit: a short session is {:.2} frames to the test server; at the AF_XDP generator's \
+             {per_frame:.2} µs of CPU per (smaller, 64-per-kick) frame on this link, measured above, that is at least {floor:.1} \
+             of the copier's {:.1} µs per session.",
+            short.frames_per_session(),
+            short.copier_us_per_session(),
         );
     }
     if let (Some(napi), Some(inline)) = (find("short"), find(INLINE)) {
