@@ -101,11 +101,11 @@ impl Config {
         }
     }
 
+    /// Per captured packet: the address is converted only for a mapping that names one.
     fn target_for(&self, online: &Endpoint) -> Option<SocketAddr> {
-        let online_addr = SocketAddr::from(*online);
         self.mappings
             .iter()
-            .find(|m| m.online.port == online.port && m.online.addr.is_none_or(|a| a == online_addr.ip()))
+            .find(|m| m.online.port == online.port && m.online.addr.is_none_or(|a| a == SocketAddr::from(*online).ip()))
             .map(|m| m.target)
     }
 }

@@ -524,6 +524,23 @@ fn ipv6_sessions_are_replayed_over_ipv6() {
 }
 
 #[test]
+fn a_mapping_that_names_an_online_address_takes_only_that_address_and_a_port_only_one_the_rest() {
+    let mut e = Engine::new(Config::new(parse_mappings("10.100.1.7:80-10.100.2.7:8080, 80-10.100.2.2:8080").unwrap()));
+    let syn = |client_port: u16, online: Endpoint| {
+        let mut p = Vec::new();
+        emit::write(&mut p, &emit::Segment { src: ep(CLIENT, client_port), dst: online, seq: SeqNum(1), ack: SeqNum(0), flags: SYN, window: 1, options: &[], payload: &[] });
+        p
+    };
+    e.on_captured(0, Link::Ip, &syn(40000, ep(Ipv4Addr::new(10, 100, 1, 7), 80)));
+    e.on_captured(0, Link::Ip, &syn(40001, ep(ONLINE, 80)));
+    let s = sent(&mut e);
+    assert_eq!(s.iter().map(|p| p.dst).collect::<Vec<_>>(), [ep(Ipv4Addr::new(10, 100, 2, 7), 8080), target()]);
+    e.on_captured(0, Link::Ip, &syn(40002, ep(ONLINE, 81)));
+    assert!(sent(&mut e).is_empty(), "no mapping for port 81");
+    assert_eq!(e.counters().captured_ignored, 1);
+}
+
+#[test]
 fn multiply_replays_each_session_n_times_from_distinct_rewritten_clients() {
     let mut cfg = config();
     cfg.multiply = 3;
