@@ -35,8 +35,9 @@ pub struct Flooded {
     /// Frames the transmit path refused.
     pub errors: u64,
     pub seconds: f64,
-    /// CPU the generator's thread spent transmitting (system time, mostly: the kernel's
-    /// transmit path, which is also what the copier pays per replayed frame).
+    /// CPU the generator's thread spent transmitting, user and system. Its frames are built
+    /// beforehand, so this is the transmit path: copying into the UMEM or `sendmmsg`, and the
+    /// kernel's part, which the copier pays per replayed frame too.
     pub cpu_us: u64,
 }
 

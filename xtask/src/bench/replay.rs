@@ -190,7 +190,8 @@ pub fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
 }
 
 /// `af_xdp_tx_us_per_frame`: the AF_XDP generator's CPU per frame on this link, when the
-/// capture path ran in the same run: what the kernel's transmit alone costs the copier.
+/// capture path ran in the same run: a lower bound on what the kernel's transmit costs the
+/// copier (its frames are larger and go fewer to a kick).
 pub fn markdown(outcomes: &[Outcome], af_xdp_tx_us_per_frame: Option<f64>) -> String {
     let mut md = String::from(
         "### Replay path (maximum replay speed; the test server and the control link receive in NAPI threads of their own, \
