@@ -6,7 +6,11 @@ fn main() -> anyhow::Result<()> {
     // aya-build watches the eBPF crate itself; the shared types live in `common`.
     println!("cargo:rerun-if-changed={root}/common/src");
     build_ebpf(
-        [Package { name: "copier-ebpf", root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../copier-ebpf"), ..Default::default() }],
+        [Package {
+            name: "copier-ebpf",
+            root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../copier-ebpf"),
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -6,7 +6,11 @@ fn main() -> anyhow::Result<()> {
     // aya-build watches the eBPF crate itself; the shared types live in `common`.
     println!("cargo:rerun-if-changed={root}/common/src");
     build_ebpf(
-        [Package { name: "intercept-ebpf", root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../intercept-ebpf"), ..Default::default() }],
+        [Package {
+            name: "intercept-ebpf",
+            root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../intercept-ebpf"),
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

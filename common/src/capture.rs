@@ -58,17 +58,17 @@ mod tests {
 
     #[test]
     fn only_the_record_that_makes_the_ring_non_empty_wakes_the_reader() {
-        let small = core::mem::size_of::<SmallCaptureRecord>();
+        let small = size_of::<SmallCaptureRecord>();
         assert!(wakes_reader(small as u64 + 8, small), "alone in the ring");
         assert!(!wakes_reader(2 * (small as u64 + 8), small), "another record was waiting: the reader knows");
-        let big = core::mem::size_of::<CaptureRecord>();
+        let big = size_of::<CaptureRecord>();
         assert!(wakes_reader(big as u64 + 8, big));
         assert!(!wakes_reader(big as u64 + 8 + small as u64 + 8, big));
     }
 
     #[test]
     fn records_are_two_kib_and_their_frames_bounded() {
-        assert_eq!(core::mem::size_of::<CaptureRecord>(), 2048);
+        assert_eq!(size_of::<CaptureRecord>(), 2048);
         let mut bytes = vec![0u8; 2048];
         bytes[0..2].copy_from_slice(&60u16.to_ne_bytes());
         assert_eq!(CaptureRecord::frame(&bytes).unwrap().len(), 60);
@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn small_records_are_256_bytes_and_read_alike() {
-        assert_eq!(core::mem::size_of::<SmallCaptureRecord>(), 256);
+        assert_eq!(size_of::<SmallCaptureRecord>(), 256);
         let mut bytes = vec![0u8; 256];
         bytes[0..2].copy_from_slice(&54u16.to_ne_bytes());
         bytes[8] = 0xaa;

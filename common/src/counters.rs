@@ -89,12 +89,17 @@ mod tests {
         indices_are_dense::<InterceptCounter>();
     }
 
-    #[test]
-    fn counter_names_are_unique() {
-        let names: Vec<_> = InterceptCounter::ALL.iter().map(|c| c.name()).collect();
+    fn names_are_unique<C: Counter>() {
+        let names: Vec<_> = C::ALL.iter().map(|c| c.name()).collect();
         let mut dedup = names.clone();
         dedup.sort();
         dedup.dedup();
-        assert_eq!(names.len(), dedup.len());
+        assert_eq!(names.len(), dedup.len(), "{names:?}");
+    }
+
+    #[test]
+    fn counter_names_are_unique() {
+        names_are_unique::<CopierCounter>();
+        names_are_unique::<InterceptCounter>();
     }
 }

@@ -1,5 +1,10 @@
 //! TCP endpoints as map keys, the same for IPv4 and IPv6.
 
+use core::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
+
 /// An address and TCP port, as a fixed-size map key.
 ///
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one map serves both families.
@@ -22,8 +27,8 @@ impl Endpoint {
         let p = V4_MAPPED_PREFIX;
         Self {
             addr: [
-                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], addr[0],
-                addr[1], addr[2], addr[3],
+                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], addr[0], addr[1], addr[2],
+                addr[3],
             ],
             port,
             _pad: [0; 2],
@@ -42,60 +47,52 @@ impl Endpoint {
     }
 }
 
+// SAFETY: `Endpoint` is `repr(C)`, `Copy`, has no padding and every bit pattern is valid.
 #[cfg(feature = "user")]
-mod user {
-    use core::fmt;
+unsafe impl aya::Pod for Endpoint {}
 
-    use std::net::{IpAddr, SocketAddr};
-
-    use super::Endpoint;
-
-    // SAFETY: `Endpoint` is `repr(C)`, `Copy`, has no padding and every bit pattern is valid.
-    unsafe impl aya::Pod for Endpoint {}
-
-    impl From<Endpoint> for SocketAddr {
-        fn from(e: Endpoint) -> Self {
-            let v6 = std::net::Ipv6Addr::from(e.addr);
-            match v6.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::new(IpAddr::V4(v4), e.port),
-                None => SocketAddr::new(IpAddr::V6(v6), e.port),
-            }
-        }
-    }
-
-    impl fmt::Display for Endpoint {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            SocketAddr::from(*self).fmt(f)
-        }
-    }
-
-    impl From<SocketAddr> for Endpoint {
-        fn from(sa: SocketAddr) -> Self {
-            match sa.ip() {
-                IpAddr::V4(ip) => Self::v4(ip.octets(), sa.port()),
-                IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
-                    Some(v4) => Self::v4(v4.octets(), sa.port()),
-                    None => Self::v6(ip.octets(), sa.port()),
-                },
-            }
+impl From<Endpoint> for SocketAddr {
+    fn from(e: Endpoint) -> Self {
+        let v6 = Ipv6Addr::from(e.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), e.port),
+            None => SocketAddr::new(IpAddr::V6(v6), e.port),
         }
     }
 }
 
-#[cfg(all(test, feature = "user"))]
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        SocketAddr::from(*self).fmt(f)
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(sa: SocketAddr) -> Self {
+        match sa.ip() {
+            IpAddr::V4(ip) => Self::v4(ip.octets(), sa.port()),
+            IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) => Self::v4(v4.octets(), sa.port()),
+                None => Self::v6(ip.octets(), sa.port()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ipv4_and_its_mapped_ipv6_form_are_the_same_key() {
-        let v4: Endpoint = "10.0.0.1:80".parse::<std::net::SocketAddr>().unwrap().into();
-        let v6: Endpoint = "[::ffff:10.0.0.1]:80".parse::<std::net::SocketAddr>().unwrap().into();
+        let v4: Endpoint = "10.0.0.1:80".parse::<SocketAddr>().unwrap().into();
+        let v6: Endpoint = "[::ffff:10.0.0.1]:80".parse::<SocketAddr>().unwrap().into();
         assert_eq!(v4, v6);
         assert_eq!(v4, Endpoint::v4([10, 0, 0, 1], 80));
     }
 
     #[test]
     fn key_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+        assert_eq!(size_of::<Endpoint>(), 20);
     }
 }

@@ -12,8 +12,8 @@ pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
 /// Ring buffer of [`crate::capture::CaptureRecordOf`]s (two sizes): the copier's copy-mode capture.
 pub const CAPTURE: &str = "CAPTURE";
 /// Its size: 8 192 full records or about 63 000 small ones (each with the ring's 8-byte
-/// header): tens of milliseconds of small-frame line rate for a reader that wakes every 50 µs
-/// to 1 ms.
+/// header): tens of milliseconds of small-frame line rate, more than the reader's coalescing
+/// pause (`--coalesce-us`) lets pile up.
 pub const CAPTURE_RING_BYTES: u32 = 16 << 20;
 /// `XskMap` of the intercept and of the copier in mirror mode: RX queue index -> AF_XDP socket.
 pub const XSKS: &str = "XSKS";

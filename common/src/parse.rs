@@ -96,11 +96,13 @@ unsafe fn load<T: Copy>(start: usize, end: usize, off: usize) -> Result<T, Malfo
     if start + off + size_of::<T>() > end {
         return Err(Malformed::Truncated);
     }
+    // SAFETY: the caller's `start..end` is readable and the check above keeps the read inside it.
     Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
 }
 
 #[inline(always)]
 unsafe fn load_be16(start: usize, end: usize, off: usize) -> Result<u16, Malformed> {
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     Ok(u16::from_be_bytes(unsafe { load::<[u8; 2]>(start, end, off) }?))
 }
 
@@ -114,17 +116,21 @@ unsafe fn load_be16(start: usize, end: usize, off: usize) -> Result<u16, Malform
 #[inline(always)]
 pub unsafe fn parse_ethernet(start: usize, end: usize) -> Result<Option<TcpSegment>, Malformed> {
     let mut off = ETH_HLEN - 2;
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let mut ethertype = unsafe { load_be16(start, end, off) }?;
     off += 2;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
+        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
         ethertype = unsafe { load_be16(start, end, off + 2) }?;
         off += VLAN_HLEN;
     }
     match ethertype {
+        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
         ETH_P_IPV4 => unsafe { parse_ipv4(start, end, off) },
+        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
         ETH_P_IPV6 => unsafe { parse_ipv6(start, end, off) },
         _ => Ok(None),
     }
@@ -136,6 +142,7 @@ pub unsafe fn parse_ethernet(start: usize, end: usize) -> Result<Option<TcpSegme
 /// `start..end` must be readable memory.
 #[inline(always)]
 pub unsafe fn parse_ipv4(start: usize, end: usize, l3: usize) -> Result<Option<TcpSegment>, Malformed> {
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let hdr: [u8; IPV4_MIN_HLEN] = unsafe { load(start, end, l3) }?;
     if hdr[0] >> 4 != 4 {
         return Err(Malformed::BadIpVersion);
@@ -157,6 +164,7 @@ pub unsafe fn parse_ipv4(start: usize, end: usize, l3: usize) -> Result<Option<T
         return Err(Malformed::BadIpLength);
     }
     let l4 = l3 + ihl;
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let (src_port, dst_port, tcp_header_len, flags) = unsafe { parse_tcp(start, end, l4) }?;
     if total_len < ihl + tcp_header_len {
         return Err(Malformed::BadIpLength);
@@ -181,13 +189,18 @@ pub unsafe fn parse_ipv4(start: usize, end: usize, l3: usize) -> Result<Option<T
 pub unsafe fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<Option<TcpSegment>, Malformed> {
     // No single-byte loads in this file: LLVM turns `p + 1 > end` into `p >= end`, from which
     // the verifier learns no packet range.
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let [version, _]: [u8; 2] = unsafe { load(start, end, l3) }?;
     if version >> 4 != 6 {
         return Err(Malformed::BadIpVersion);
     }
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let payload_len = unsafe { load_be16(start, end, l3 + 4) }? as usize;
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let [mut next, _hop_limit]: [u8; 2] = unsafe { load(start, end, l3 + 6) }?;
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let src: [u8; 16] = unsafe { load(start, end, l3 + 8) }?;
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let dst: [u8; 16] = unsafe { load(start, end, l3 + 24) }?;
     let mut l4 = l3 + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -197,10 +210,12 @@ pub unsafe fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<Option<T
         ) {
             break;
         }
+        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
         let [ext_next, ext_len]: [u8; 2] = unsafe { load(start, end, l4) }?;
         let ext_len = match next {
             IPV6_EXT_AUTH => (ext_len as usize + 2) * 4,
             IPV6_EXT_FRAGMENT => {
+                // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
                 let frag = unsafe { load_be16(start, end, l4 + 2) }?;
                 if frag & 0xfff8 != 0 {
                     // A later fragment carries no TCP header.
@@ -218,11 +233,13 @@ pub unsafe fn parse_ipv6(start: usize, end: usize, l3: usize) -> Result<Option<T
     }
     if next != IPPROTO_TCP {
         return match next {
-            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_AUTH
-            | IPV6_EXT_FRAGMENT => Err(Malformed::HeaderChainTooLong),
+            IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS | IPV6_EXT_AUTH | IPV6_EXT_FRAGMENT => {
+                Err(Malformed::HeaderChainTooLong)
+            }
             _ => Ok(None),
         };
     }
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let (src_port, dst_port, tcp_header_len, flags) = unsafe { parse_tcp(start, end, l4) }?;
     let l4_end = l3 + IPV6_HLEN + payload_len;
     if l4_end < l4 + tcp_header_len {
@@ -246,6 +263,7 @@ unsafe fn parse_tcp(start: usize, end: usize, l4: usize) -> Result<(u16, u16, us
     if l4 > MAX_L4_OFFSET {
         return Err(Malformed::HeaderChainTooLong);
     }
+    // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let hdr: [u8; TCP_MIN_HLEN] = unsafe { load(start, end, l4) }?;
     let header_len = ((hdr[tcp_offset::DATA_OFFSET] >> 4) as usize) * 4;
     if header_len < TCP_MIN_HLEN {

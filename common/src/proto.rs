@@ -62,7 +62,9 @@ pub enum ProtoError {
     BadMagic,
     UnsupportedVersion(u16),
     /// A body shorter or longer than its own counts say.
-    BadLength { kind: u8 },
+    BadLength {
+        kind: u8,
+    },
     SecretTooLong,
     BadReason,
     /// The output buffer cannot hold the frame, or too many items for one frame.
@@ -76,7 +78,9 @@ impl fmt::Display for ProtoError {
             Self::Oversize(len) => write!(f, "frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte limit"),
             Self::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
             Self::BadMagic => write!(f, "not an xdpcopy peer (bad magic)"),
-            Self::UnsupportedVersion(v) => write!(f, "protocol version {v} is not supported (this side speaks {VERSION})"),
+            Self::UnsupportedVersion(v) => {
+                write!(f, "protocol version {v} is not supported (this side speaks {VERSION})")
+            }
             Self::BadLength { kind } => write!(f, "frame of kind {kind} has a body of the wrong length"),
             Self::SecretTooLong => write!(f, "secret longer than {MAX_SECRET_LEN} bytes"),
             Self::BadReason => write!(f, "BYE reason is not UTF-8"),
@@ -254,7 +258,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
         kind::BYE => Message::Bye(core::str::from_utf8(body).map_err(|_| ProtoError::BadReason)?),
         kind::SYNC | kind::SYNCED => {
             let token = u64::from_be_bytes(body.try_into().map_err(|_| bad)?);
-            if kind == kind::SYNC { Message::Sync(token) } else { Message::Synced(token) }
+            if kind == kind::SYNC {
+                Message::Sync(token)
+            } else {
+                Message::Synced(token)
+            }
         }
         other => return Err(ProtoError::UnknownKind(other)),
     };
@@ -387,7 +395,10 @@ mod tests {
 
     #[test]
     fn oversize_empty_and_unknown_frames_are_errors() {
-        assert_eq!(decode(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()), Err(ProtoError::Oversize(MAX_FRAME_LEN as u32 + 1)));
+        assert_eq!(
+            decode(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()),
+            Err(ProtoError::Oversize(MAX_FRAME_LEN as u32 + 1))
+        );
         assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
         assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
         assert_eq!(decode(&[0, 0, 0, 1, 9]), Err(ProtoError::UnknownKind(9)));
@@ -424,22 +435,38 @@ mod tests {
     }
 
     fn any_facts() -> impl Strategy<Value = ReplyFacts> {
-        (any::<[u8; 16]>(), any::<u16>(), any::<[u8; 16]>(), any::<u16>(), any::<(u32, u32, u16, u8, u8)>(), any::<(u16, u16, u8, u32, u32)>())
-            .prop_map(|(ca, cp, ta, tp, (seq, ack, window, flags, options), (payload_len, mss, window_scale, ts_val, ts_ecr))| ReplyFacts {
-                client: Endpoint::v6(ca, cp),
-                target: Endpoint::v6(ta, tp),
-                seq: SeqNum(seq),
-                ack: SeqNum(ack),
-                window,
-                flags,
-                options,
-                payload_len,
-                mss,
-                window_scale,
-                _pad: [0; 3],
-                ts_val,
-                ts_ecr,
-            })
+        (
+            any::<[u8; 16]>(),
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            any::<u16>(),
+            any::<(u32, u32, u16, u8, u8)>(),
+            any::<(u16, u16, u8, u32, u32)>(),
+        )
+            .prop_map(
+                |(
+                    ca,
+                    cp,
+                    ta,
+                    tp,
+                    (seq, ack, window, flags, options),
+                    (payload_len, mss, window_scale, ts_val, ts_ecr),
+                )| ReplyFacts {
+                    client: Endpoint::v6(ca, cp),
+                    target: Endpoint::v6(ta, tp),
+                    seq: SeqNum(seq),
+                    ack: SeqNum(ack),
+                    window,
+                    flags,
+                    options,
+                    payload_len,
+                    mss,
+                    window_scale,
+                    _pad: [0; 3],
+                    ts_val,
+                    ts_ecr,
+                },
+            )
     }
 
     proptest! {

@@ -1,6 +1,6 @@
 //! TCP sequence numbers: 32-bit, compared and advanced with wrapping arithmetic (RFC 793 §3.3).
 
-use core::{cmp::Ordering, fmt, ops};
+use core::{fmt, ops};
 
 /// A TCP sequence or acknowledgement number.
 #[repr(transparent)]
@@ -13,12 +13,6 @@ impl SeqNum {
     #[inline]
     pub const fn since(self, earlier: SeqNum) -> i32 {
         self.0.wrapping_sub(earlier.0) as i32
-    }
-
-    /// Sequence-space order (RFC 1982 serial number arithmetic).
-    #[inline]
-    pub fn cmp_seq(self, other: SeqNum) -> Ordering {
-        self.since(other).cmp(&0)
     }
 
     #[inline]

@@ -116,7 +116,10 @@ mod tests {
         // MSS 1460, SACK-permitted, timestamps, NOP, window scale 7: what Linux sends.
         let opts = [2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
         let o = TcpOptions::parse(&opts).unwrap();
-        assert_eq!(o, TcpOptions { mss: Some(1460), window_scale: Some(7), sack_permitted: true, timestamps: Some((1, 0)) });
+        assert_eq!(
+            o,
+            TcpOptions { mss: Some(1460), window_scale: Some(7), sack_permitted: true, timestamps: Some((1, 0)) }
+        );
     }
 
     #[test]

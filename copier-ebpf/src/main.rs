@@ -2,8 +2,8 @@
 //!
 //! Copy mode (`copier`): every frame goes on to the kernel stack untouched (`XDP_PASS`);
 //! production traffic is never stolen, delayed or altered. Segments addressed to an online
-//! endpoint are copied into a ring buffer without waking the reader (it polls: a wakeup per
-//! record costs half the rate).
+//! endpoint are copied into a ring buffer; only the record that finds the ring empty wakes the
+//! reader, which sleeps in poll(2) otherwise (a wake-up per record cost half the rate).
 //!
 //! Mirror mode (`copier_mirror`), for a NIC that only receives mirrored traffic: segments
 //! addressed to an online endpoint are redirected into the AF_XDP socket of their RX queue, no
@@ -150,7 +150,8 @@ fn copy_into<const N: usize>(ctx: &XdpContext, frame_len: usize) {
         return;
     }
     let avail = CAPTURE.query(BPF_RB_AVAIL_DATA as u64);
-    let wake = if wakes_reader(avail, size_of::<CaptureRecordOf<N>>()) { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let wake =
+        if wakes_reader(avail, size_of::<CaptureRecordOf<N>>()) { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     entry.submit(wake as u64);
     count(CopierCounter::Copied);
     if frame_len > N {

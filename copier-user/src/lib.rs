@@ -1,11 +1,6 @@
-//! The copier's logic, kept free of I/O so it is tested without root.
+//! The copier's runtime around its session engine (`copier-engine`): capture files, the
+//! workers that own the engines, the dispatch of captured frames to them and the links to the
+//! intercepts. The binary (`main.rs`, `online.rs`) adds the XDP program and live capture.
 
-pub mod engine;
-pub mod mapping;
 pub mod pcap;
 pub mod runtime;
-
-/// The hasher of tables looked up per packet: SipHash took a sixth of the engine's time in a
-/// profile. foldhash is seeded per process, which keeps crafted client endpoints from choosing
-/// collisions.
-pub type Hasher = foldhash::fast::RandomState;

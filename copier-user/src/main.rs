@@ -15,20 +15,22 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use common::proto::DEFAULT_PORT;
-use copier_user::{
-    engine::{
-        rewrite::{ClientAddrs, PortClass},
-        Config, Counters, Engine, DEFAULT_MAX_OPENING,
-    },
+use copier_engine::{
     mapping::Mappings,
+    rewrite::{ClientAddrs, PortClass},
+    Config, Counters, Engine, DEFAULT_MAX_OPENING,
+};
+use copier_user::{
     pcap::{Batch, PcapSource},
     runtime::{
         dispatch::{Backpressure, Dispatch},
         intercepts::{self, LinkStats},
-        tx::{RawTx, Transmit},
         worker::{self, facts_queue, input_queue, Announced, InputSender, Shared, Worker},
-        xdp_tx::XdpTx,
     },
+};
+use xdp_runtime::{
+    tx::{RawTx, Transmit},
+    xdp_tx::XdpTx,
 };
 
 mod online;
@@ -254,15 +256,22 @@ fn open_transmit(args: &Args) -> anyhow::Result<Vec<Transmit>> {
     let n = args.workers as u32;
     let raw = || -> anyhow::Result<Vec<Transmit>> {
         (0..n)
-            .map(|_| Ok(Transmit::Raw(RawTx::open().context("opening raw IP sockets for --tx raw (needs CAP_NET_RAW)")?)))
+            .map(|_| {
+                Ok(Transmit::Raw(RawTx::open().context("opening raw IP sockets for --tx raw (needs CAP_NET_RAW)")?))
+            })
             .collect()
     };
     let xdp = || -> anyhow::Result<Vec<Transmit>> {
         let targets: Vec<IpAddr> = args.mappings.0.iter().map(|m| m.target.ip()).collect();
         let mut out = Vec::new();
         for queue in 0..n {
-            let xdp = XdpTx::open(args.out_iface.as_deref(), &targets, queue).context("setting up AF_XDP transmit (--tx xdp)")?;
-            log::info!("AF_XDP transmit on {} queue {queue} ({})", xdp.iface, if xdp.zero_copy { "zero-copy" } else { "copy mode" });
+            let xdp = XdpTx::open(args.out_iface.as_deref(), &targets, queue)
+                .context("setting up AF_XDP transmit (--tx xdp)")?;
+            log::info!(
+                "AF_XDP transmit on {} queue {queue} ({})",
+                xdp.iface,
+                if xdp.zero_copy { "zero-copy" } else { "copy mode" }
+            );
             out.push(Transmit::Xdp(Box::new(xdp)));
         }
         Ok(out)
@@ -290,10 +299,17 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
     let n = args.workers as usize;
     let running = Arc::new(AtomicUsize::new(n));
     let (inputs, input_rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| input_queue(INPUT_QUEUE)).unzip();
-    let (facts, facts_rxs): (Vec<_>, Vec<_>) = inputs.iter().map(|doorbell| facts_queue(doorbell.clone(), FACTS_QUEUE)).unzip();
+    let (facts, facts_rxs): (Vec<_>, Vec<_>) =
+        inputs.iter().map(|doorbell| facts_queue(doorbell.clone(), FACTS_QUEUE)).unzip();
     let announced: Vec<Arc<Announced>> = (0..n).map(|_| Arc::default()).collect();
-    let mut tasks: Vec<worker::Task> =
-        vec![Box::pin(intercepts::run(args.intercepts.0.clone(), secret, events_rx, announced.clone(), facts, Arc::clone(&links)))];
+    let mut tasks: Vec<worker::Task> = vec![Box::pin(intercepts::run(
+        args.intercepts.0.clone(),
+        secret,
+        events_rx,
+        announced.clone(),
+        facts,
+        Arc::clone(&links),
+    ))];
     let shared: Vec<Arc<Shared>> = (0..n).map(|_| Arc::default()).collect();
     let file_error = Arc::new(Mutex::new(None));
     if let Some(source) = file {
@@ -313,11 +329,13 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
         let error = Arc::clone(&file_error);
         tasks.push(Box::pin(async move { *error.lock().expect("not poisoned") = reader.feed(source).await }));
     }
-    let runtimes = (0..n).map(|_| Worker::runtime()).collect::<Result<Vec<_>, _>>().context("building the workers' runtimes")?;
+    let runtimes =
+        (0..n).map(|_| Worker::runtime()).collect::<Result<Vec<_>, _>>().context("building the workers' runtimes")?;
     let first_worker = runtimes[0].handle().clone();
     let mut workers = Vec::new();
     let queues = input_rxs.into_iter().zip(facts_rxs).zip(announced).zip(&shared).zip(runtimes);
-    for ((index, tx), ((((inputs, facts), announced), shared), runtime)) in (0..args.workers).zip(transmit).zip(queues) {
+    for ((index, tx), ((((inputs, facts), announced), shared), runtime)) in (0..args.workers).zip(transmit).zip(queues)
+    {
         let worker = Worker {
             index,
             core: Some(cores[index as usize % cores.len()]),
@@ -333,7 +351,9 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
             tasks: std::mem::take(&mut tasks),
             running: Arc::clone(&running),
         };
-        workers.push(std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run(runtime))?);
+        workers.push(
+            std::thread::Builder::new().name(format!("copier-worker-{index}")).spawn(move || worker.run(runtime))?,
+        );
     }
     Ok(Pipeline { inputs, stop, shared, links, workers, first_worker, file_error, started: Instant::now() })
 }
@@ -451,7 +471,8 @@ impl Reader {
                     }
                 }
                 last = ts;
-                let due = Duration::from_secs_f64(ts.saturating_sub(base).saturating_sub(skipped) as f64 / 1e6 / self.speed);
+                let due =
+                    Duration::from_secs_f64(ts.saturating_sub(base).saturating_sub(skipped) as f64 / 1e6 / self.speed);
                 let now = start.elapsed();
                 if due > now + Duration::from_millis(1) {
                     if dispatch.flush_waiting().await.is_err() {
@@ -568,8 +589,29 @@ mod tests {
     #[test]
     fn tcpcopy_flags_reach_the_engine() {
         let args = Args::try_parse_from([
-            "copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3", "-i", "x.pcap", "-c", "10.9.0.1-10.9.0.4", "-n", "3", "-f", "7",
-            "-r", "40", "-t", "9", "-m", "2", "-W", "-O", "--max-opening", "64",
+            "copier",
+            "-x",
+            "80-10.0.0.2:8080",
+            "-s",
+            "10.0.0.3",
+            "-i",
+            "x.pcap",
+            "-c",
+            "10.9.0.1-10.9.0.4",
+            "-n",
+            "3",
+            "-f",
+            "7",
+            "-r",
+            "40",
+            "-t",
+            "9",
+            "-m",
+            "2",
+            "-W",
+            "-O",
+            "--max-opening",
+            "64",
         ])
         .unwrap();
         let c = args.engine_config();
@@ -606,7 +648,17 @@ mod tests {
             let args = Args::try_parse_from(base.iter().chain(extra)).unwrap();
             assert!(args.inconsistent().is_some_and(|w| w.contains(why)), "{extra:?}");
         }
-        let fine = Args::try_parse_from(base.iter().chain(&["--iface", "m0", "--mode", "mirror", "--mirror-other", "drop", "--workers", "2"])).unwrap();
+        let fine = Args::try_parse_from(base.iter().chain(&[
+            "--iface",
+            "m0",
+            "--mode",
+            "mirror",
+            "--mirror-other",
+            "drop",
+            "--workers",
+            "2",
+        ]))
+        .unwrap();
         assert_eq!(fine.inconsistent(), None);
         assert_eq!(fine.worker_config(1).ports, PortClass::new(1, 2));
         assert!(Args::try_parse_from(base.iter().chain(&["--iface", "m0", "--workers", "0"])).is_err());

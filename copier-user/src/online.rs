@@ -34,14 +34,8 @@ use common::{
     endpoint::Endpoint,
     maps::{CAPTURE, MIRROR_DROP_OTHER, ONLINE_ENDPOINTS, XSKS},
 };
-use copier_user::{
-    engine::capture::Link,
-    mapping::Mappings,
-    runtime::{
-        dispatch::Dispatch,
-        worker::InputSender,
-    },
-};
+use copier_engine::{capture::Link, mapping::Mappings};
+use copier_user::runtime::{dispatch::Dispatch, worker::InputSender};
 use tokio::io::unix::AsyncFd;
 use xdp_runtime::{coalesce::Coalesce, counters::Counters, xsk_rx::RxSocket, Attached};
 
@@ -111,7 +105,8 @@ impl Capture {
         let dispatch = || Dispatch::counting_into(workers.clone(), Arc::clone(&dropped));
         match mode {
             OnlineMode::Copy => {
-                let ring: RingBuf<MapData> = RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
+                let ring: RingBuf<MapData> =
+                    RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
                 let (stop, dispatch) = (Arc::clone(&stop), dispatch());
                 let coalesce = Coalesce::from_micros(coalesce_us, copier_user::pcap::BATCH);
                 // Stopped by the flag, or cancelled with the worker's runtime.
@@ -122,8 +117,12 @@ impl Capture {
                 let queues = xdp_runtime::xsk_rx::rx_queue_count(iface);
                 for queue in 0..queues.min(common::maps::MAX_QUEUES) {
                     let socket = RxSocket::open(iface, queue)?;
-                    xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
-                    log::info!("AF_XDP receive on {iface} queue {queue} ({})", if socket.zero_copy { "zero-copy" } else { "copy mode" });
+                    xsks.set(queue, socket.fd(), 0)
+                        .with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
+                    log::info!(
+                        "AF_XDP receive on {iface} queue {queue} ({})",
+                        if socket.zero_copy { "zero-copy" } else { "copy mode" }
+                    );
                     let (stop, dispatch) = (Arc::clone(&stop), dispatch());
                     let coalesce = Coalesce::from_micros(coalesce_us, xdp_runtime::xsk_rx::BATCH);
                     readers.push(
@@ -134,7 +133,8 @@ impl Capture {
                 }
             }
         }
-        let program: &mut Xdp = ebpf.program_mut(program_name).context("eBPF object has no copier program")?.try_into()?;
+        let program: &mut Xdp =
+            ebpf.program_mut(program_name).context("eBPF object has no copier program")?.try_into()?;
         program.load().context("loading the copier XDP program (verifier)")?;
         let what = match mode {
             OnlineMode::Copy => "copy mode",
@@ -142,7 +142,9 @@ impl Capture {
             OnlineMode::Mirror { drop_other: false } => "mirror mode, other frames passed",
         };
         match xdp_runtime::attach(program, iface, force)? {
-            Attached::Link => log::info!("XDP program attached to {iface} in {what} (bpf_link: detached when this process exits)"),
+            Attached::Link => {
+                log::info!("XDP program attached to {iface} in {what} (bpf_link: detached when this process exits)")
+            }
             Attached::Netlink => log::warn!(
                 "XDP program attached to {iface} in {what} through netlink (no bpf_link support): it is detached on \
                  SIGINT/SIGTERM, but not if this process is killed"
@@ -218,13 +220,14 @@ async fn read_ring(ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coa
 fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let mut gone = false;
-        let received = match socket.receive(XSK_POLL_MS, |frame| gone |= dispatch.push(0, Link::Ethernet, frame).is_err()) {
-            Ok(n) => n,
-            Err(err) => {
-                log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
-                return;
-            }
-        };
+        let received =
+            match socket.receive(XSK_POLL_MS, |frame| gone |= dispatch.push(0, Link::Ethernet, frame).is_err()) {
+                Ok(n) => n,
+                Err(err) => {
+                    log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
+                    return;
+                }
+            };
         if gone || dispatch.flush().is_err() {
             return;
         }

@@ -9,7 +9,7 @@ use pcap_file::{
     DataLink, PcapError,
 };
 
-use crate::engine::capture::Link;
+use copier_engine::capture::Link;
 
 /// Packets per batch handed to a worker.
 pub const BATCH: usize = 256;
@@ -55,8 +55,8 @@ pub enum SourceError {
     NotACapture { path: String, source: PcapError },
     #[error("{path}: link type {link:?} is not supported (Ethernet, Linux SLL/SLL2, raw IP and BSD loopback are)")]
     LinkType { path: String, link: DataLink },
-    #[error("{path} is truncated or corrupt after {packets} packets ({source}); those packets were replayed")]
-    Truncated { path: String, packets: u64, source: PcapError },
+    #[error("{path} is truncated or corrupt after {records} packet records ({source}); the IP packets among them were replayed")]
+    Truncated { path: String, records: u64, source: PcapError },
 }
 
 /// Where the IP packet starts in a captured record of `link`, or `None` if this record does not
@@ -93,7 +93,8 @@ enum Reader {
 pub struct PcapSource {
     path: String,
     reader: Reader,
-    packets: u64,
+    /// Packet records read (replayed or skipped; pcapng's other blocks are not counted).
+    records: u64,
     /// Records skipped: not IP (ARP under SLL), or of an interface with an unknown link type.
     pub skipped: u64,
 }
@@ -111,7 +112,8 @@ fn units_ns(resolution: Option<u8>) -> u64 {
 impl PcapSource {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         let name = path.display().to_string();
-        let open = || File::open(path).map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
+        let open =
+            || File::open(path).map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
         let reader = match PcapReader::new(open()?) {
             Ok(reader) => {
                 let link = reader.header().datalink;
@@ -123,7 +125,7 @@ impl PcapSource {
                 Err(source) => return Err(SourceError::NotACapture { path: name, source }),
             },
         };
-        Ok(Self { path: name, reader, packets: 0, skipped: 0 })
+        Ok(Self { path: name, reader, records: 0, skipped: 0 })
     }
 
     /// Fills `batch` with up to [`BATCH`] packets; `Ok(false)` at the end of the file.
@@ -140,7 +142,7 @@ impl PcapSource {
                             Ok(Some((l, ip))) => batch.push(ts, l, ip),
                             _ => self.skipped += 1,
                         }
-                        Some(Ok(()))
+                        Some(Ok(true))
                     }
                 },
                 Reader::PcapNg { reader, interfaces } => match reader.next_block() {
@@ -152,7 +154,7 @@ impl PcapSource {
                             _ => None,
                         });
                         interfaces.push((idb.linktype, units_ns(resolution)));
-                        Some(Ok(()))
+                        Some(Ok(false))
                     }
                     Some(Ok(Block::EnhancedPacket(epb))) => {
                         // pcap-file hands the raw tick count over as nanoseconds.
@@ -164,23 +166,24 @@ impl PcapSource {
                             },
                             None => self.skipped += 1,
                         }
-                        Some(Ok(()))
+                        Some(Ok(true))
                     }
                     Some(Ok(Block::SimplePacket(spb))) => {
                         match interfaces.first().map(|&(link, _)| strip_link(link, &spb.data)) {
                             Some(Ok(Some((l, ip)))) => batch.push(0, l, ip),
                             _ => self.skipped += 1,
                         }
-                        Some(Ok(()))
+                        Some(Ok(true))
                     }
-                    Some(Ok(_)) => Some(Ok(())),
+                    Some(Ok(_)) => Some(Ok(false)),
                 },
             };
+            // `Some(Ok(true))`: a packet record was read, whatever became of it.
             match outcome {
                 None => return Ok(!batch.is_empty()),
-                Some(Ok(())) => self.packets += 1,
+                Some(Ok(record)) => self.records += u64::from(record),
                 Some(Err(source)) => {
-                    return Err(SourceError::Truncated { path: self.path.clone(), packets: self.packets, source });
+                    return Err(SourceError::Truncated { path: self.path.clone(), records: self.records, source });
                 }
             }
         }
@@ -296,9 +299,41 @@ mod tests {
         let mut source = PcapSource::open(&path).unwrap();
         let mut batch = Batch::default();
         let err = source.next_batch(&mut batch).unwrap_err();
-        assert!(matches!(err, SourceError::Truncated { packets: 2, .. }), "{err}");
+        assert!(matches!(err, SourceError::Truncated { records: 2, .. }), "{err}");
         assert_eq!(batch.len(), 2, "the complete packets are kept");
         assert!(err.to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn a_truncated_pcapng_counts_packet_records_not_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.pcapng");
+        let mut w = PcapNgWriter::new(File::create(&path).unwrap()).unwrap();
+        for linktype in [DataLink::ETHERNET, DataLink::USB_LINUX] {
+            w.write_pcapng_block(InterfaceDescriptionBlock { linktype, snaplen: 65535, options: vec![] }).unwrap();
+        }
+        let ip = [vec![0; 12], vec![0x08, 0x00], ipv4_tcp()].concat();
+        // The first record is of the interface whose link type is not replayed: skipped.
+        for interface_id in [1, 0, 0] {
+            let epb = EnhancedPacketBlock {
+                interface_id,
+                timestamp: Duration::from_micros(1),
+                original_len: ip.len() as u32,
+                data: Cow::Borrowed(&ip),
+                options: vec![],
+            };
+            w.write_pcapng_block(epb).unwrap();
+        }
+        drop(w);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
+
+        let mut source = PcapSource::open(&path).unwrap();
+        let mut batch = Batch::default();
+        let err = source.next_batch(&mut batch).unwrap_err();
+        // The interface block is no packet record; the skipped record is one, not replayed.
+        assert!(matches!(err, SourceError::Truncated { records: 2, .. }), "{err}");
+        assert_eq!((batch.len(), source.skipped), (1, 1));
     }
 
     #[test]

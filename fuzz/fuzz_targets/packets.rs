@@ -3,12 +3,10 @@
 #![no_main]
 
 use common::facts::ReplyFacts;
-use copier_user::{
-    engine::{
-        capture::{self, Link},
-        Config, Engine,
-    },
+use copier_engine::{
+    capture::{self, Link},
     mapping::parse_mappings,
+    Config, Engine,
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -22,7 +22,8 @@ pub fn parse_filter(filter: &str) -> Result<Endpoint, FilterError> {
         match words.as_slice() {
             ["tcp"] => {}
             ["src", "port", p] => {
-                let p: u16 = p.parse().ok().filter(|&p| p != 0).ok_or_else(|| unsupported(&format!("bad port {p:?}")))?;
+                let p: u16 =
+                    p.parse().ok().filter(|&p| p != 0).ok_or_else(|| unsupported(&format!("bad port {p:?}")))?;
                 if port.replace(p).is_some() {
                     return Err(unsupported("two ports"));
                 }

@@ -27,7 +27,11 @@ use xdp_runtime::{coalesce::Coalesce, counters::Counters, Attached};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/intercept"));
 
 #[derive(Debug, Parser)]
-#[command(name = "intercept", version, about = "Steal a test server's replies (XDP + AF_XDP) and serve their header facts to copiers.")]
+#[command(
+    name = "intercept",
+    version,
+    about = "Steal a test server's replies (XDP + AF_XDP) and serve their header facts to copiers."
+)]
 #[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["target", "filter"])))]
 struct Args {
     /// The interface the test server's replies arrive on.
@@ -120,14 +124,21 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     for queue in 0..workers {
         let socket = xdp_runtime::xsk_rx::RxSocket::open(&args.iface, queue)?;
         xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
-        log::info!("AF_XDP socket on {} queue {queue} ({})", args.iface, if socket.zero_copy { "zero-copy" } else { "copy mode" });
+        log::info!(
+            "AF_XDP socket on {} queue {queue} ({})",
+            args.iface,
+            if socket.zero_copy { "zero-copy" } else { "copy mode" }
+        );
         sockets.push(socket);
     }
 
-    let program: &mut Xdp = ebpf.program_mut("intercept").context("eBPF object has no intercept program")?.try_into()?;
+    let program: &mut Xdp =
+        ebpf.program_mut("intercept").context("eBPF object has no intercept program")?.try_into()?;
     program.load().context("loading the intercept XDP program (verifier)")?;
     match xdp_runtime::attach(program, &args.iface, args.force)? {
-        Attached::Link => log::info!("XDP program attached to {} (bpf_link: detached when this process exits)", args.iface),
+        Attached::Link => {
+            log::info!("XDP program attached to {} (bpf_link: detached when this process exits)", args.iface)
+        }
         Attached::Netlink => log::warn!(
             "XDP program attached to {} through netlink (no bpf_link support): it is detached on \
              SIGINT/SIGTERM, but not if this process is killed",
@@ -144,10 +155,21 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
         let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
-        threads.push(xsk::spawn_worker(socket, cores[i % cores.len()], coalesce, Arc::clone(&routes), Arc::clone(&stop), Arc::clone(&stats))?);
+        threads.push(xsk::spawn_worker(
+            socket,
+            cores[i % cores.len()],
+            coalesce,
+            Arc::clone(&routes),
+            Arc::clone(&stop),
+            Arc::clone(&stats),
+        )?);
     }
 
-    let report = xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || stats.snapshot()).await;
+    let report =
+        xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || {
+            stats.snapshot()
+        })
+        .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in threads {
         let _ = t.join();

@@ -6,11 +6,7 @@
 
 use std::collections::{hash_map::Entry, HashMap};
 
-use common::{endpoint::Endpoint, facts::ReplyFacts};
-
-/// The tables' hasher: a lookup or two per reply, where SipHash showed in the intercept's
-/// profile. foldhash is seeded per process, so announced endpoints cannot choose collisions.
-pub type Hasher = foldhash::fast::RandomState;
+use common::{endpoint::Endpoint, facts::ReplyFacts, hash::Hasher};
 
 /// A connected copier, numbered by the server.
 pub type CopierId = u64;
@@ -172,7 +168,12 @@ mod tests {
         let mut o = Ownership::default();
         o.own(1, client(2, 40001)).unwrap();
         o.own(2, client(2, 40002)).unwrap();
-        let replies = [reply_to(client(2, 40001)), reply_to(client(2, 40002)), reply_to(client(2, 40001)), reply_to(client(9, 1))];
+        let replies = [
+            reply_to(client(2, 40001)),
+            reply_to(client(2, 40002)),
+            reply_to(client(2, 40001)),
+            reply_to(client(9, 1)),
+        ];
         let mut out = HashMap::default();
         assert_eq!(o.route(&replies, &mut out), 1, "the reply to 10.100.1.9 is nobody's");
         assert_eq!(out[&1].len(), 2);
@@ -188,7 +189,8 @@ mod tests {
         let mut out = HashMap::default();
         assert_eq!(o.route(&replies, &mut out), 33);
         for (id, last) in [(1, 2), (2, 3)] {
-            let expected: Vec<u16> = replies.iter().filter(|r| r.client.addr[15] == last).map(|r| r.client.port).collect();
+            let expected: Vec<u16> =
+                replies.iter().filter(|r| r.client.addr[15] == last).map(|r| r.client.port).collect();
             assert_eq!(out[&id].iter().map(|r| r.client.port).collect::<Vec<_>>(), expected);
         }
     }

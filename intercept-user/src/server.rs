@@ -19,6 +19,7 @@ use std::{
 use common::{
     endpoint::Endpoint,
     facts::ReplyFacts,
+    hash::Hasher,
     proto::{self, Message, MAX_FRAME_LEN, MAX_RECORDS},
 };
 use tokio::{
@@ -33,7 +34,7 @@ use xdp_runtime::AbortOnDrop;
 
 use crate::{
     outbound::{Outbound, Sent},
-    router::{CopierId, Hasher, Ownership, MAX_OWNED_PER_COPIER},
+    router::{CopierId, Ownership, MAX_OWNED_PER_COPIER},
     stats::Stats,
 };
 
@@ -130,7 +131,12 @@ pub type SharedRoutes = Arc<Mutex<Routes>>;
 
 impl<L> Default for Routes<L> {
     fn default() -> Self {
-        Self { ownership: Ownership::default(), links: HashMap::default(), grouped: HashMap::default(), frame: Vec::new() }
+        Self {
+            ownership: Ownership::default(),
+            links: HashMap::default(),
+            grouped: HashMap::default(),
+            frame: Vec::new(),
+        }
     }
 }
 
@@ -254,7 +260,12 @@ fn incoming(m: Message<'_>) -> Incoming {
     }
 }
 
-async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, buf: &mut Vec<u8>, secret: Option<&[u8]>) -> Result<(), String> {
+async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut Vec<u8>,
+    secret: Option<&[u8]>,
+) -> Result<(), String> {
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_frame(rd, buf, incoming))
         .await
         .map_err(|_| format!("no HELLO within {HANDSHAKE_TIMEOUT:?}"))??;
@@ -273,7 +284,14 @@ async fn handshake(rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, buf: &mut Ve
     wr.write_all(&welcome).await.map_err(|err| format!("write failed: {err}"))
 }
 
-async fn connection(id: CopierId, stream: TcpStream, peer: SocketAddr, secret: Option<Arc<[u8]>>, routes: SharedRoutes, stats: Arc<Stats>) {
+async fn connection(
+    id: CopierId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    secret: Option<Arc<[u8]>>,
+    routes: SharedRoutes,
+    stats: Arc<Stats>,
+) {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::with_capacity(16 * 1024);
     if let Err(reason) = handshake(&mut rd, &mut wr, &mut buf, secret.as_deref()).await {

@@ -55,12 +55,16 @@ struct LinkCreate {
 }
 
 /// bpf(2) with `attr` laid into the zeroed `union bpf_attr` the kernel expects.
-fn bpf<T>(cmd: libc::c_long, attr: T) -> io::Result<OwnedFd> {
-    const { assert!(std::mem::size_of::<T>() <= std::mem::size_of::<xdp_runtime::bpf::Attr>()) };
+///
+/// # Safety
+/// Every pointer in `attr` must be valid, for the length given beside it, during the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: T) -> io::Result<OwnedFd> {
+    const { assert!(size_of::<T>() <= size_of::<xdp_runtime::bpf::Attr>()) };
     let mut raw: xdp_runtime::bpf::Attr = [0; 16];
     // SAFETY: `T` is a plain #[repr(C)] struct no larger than `raw` (checked above).
     unsafe { std::ptr::write_unaligned(raw.as_mut_ptr().cast::<T>(), attr) };
-    let fd = xdp_runtime::bpf::call(cmd, &mut raw)?;
+    // SAFETY: the pointers in `raw` are this function's contract.
+    let fd = unsafe { xdp_runtime::bpf::call(cmd, &mut raw) }?;
     // SAFETY: a fresh descriptor the kernel gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -89,14 +93,16 @@ impl BareXdp {
             expected_attach_type: BPF_XDP,
             ..ProgLoad::default()
         };
-        let prog = bpf(BPF_PROG_LOAD, attr).context("loading a bare XDP program")?;
+        // SAFETY: `insns` and `license` outlive the call; the lengths match.
+        let prog = unsafe { bpf(BPF_PROG_LOAD, attr) }.context("loading a bare XDP program")?;
         let iface = iface.to_owned();
         let prog_fd = prog.as_raw_fd() as u32;
         // Interface indexes are per namespace: look it up and attach from inside.
         let link = ns.run(move || -> anyhow::Result<OwnedFd> {
             let index = xdp_runtime::iface::index(&iface)?;
             let attr = LinkCreate { prog_fd, target_ifindex: index, attach_type: BPF_XDP, flags: XDP_FLAGS_DRV_MODE };
-            bpf(BPF_LINK_CREATE, attr).with_context(|| format!("attaching a bare XDP program to {iface}"))
+            // SAFETY: this command's attr holds no pointer.
+            unsafe { bpf(BPF_LINK_CREATE, attr) }.with_context(|| format!("attaching a bare XDP program to {iface}"))
         })??;
         Ok(Self { _link: link, _prog: prog })
     }

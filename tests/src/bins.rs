@@ -23,9 +23,7 @@ pub fn testbed_server() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // Test binaries live in target/<profile>/deps, xtask in target/<profile>.
     let candidates = exe.ancestors().skip(1).take(2).map(|d| d.join("testbed-server")).collect::<Vec<_>>();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| panic!("testbed-server not built (looked at {candidates:?}): build the xdpcopy-testbed package's binaries"))
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!("testbed-server not built (looked at {candidates:?}): build the xdpcopy-testbed package's binaries")
+    })
 }

@@ -17,7 +17,12 @@ impl Tcpdump {
     pub fn start(tb: &Testbed, host: Host, iface: &str, filter: &str, name: &str) -> anyhow::Result<Self> {
         let path = tb.dir().join(format!("{name}.pcap"));
         let file = path.to_string_lossy().into_owned();
-        let mut process = tb.spawn(host, name, "tcpdump", &["-i", iface, "--immediate-mode", "-B", "131072", "-U", "-s", "0", "-w", &file, filter])?;
+        let mut process = tb.spawn(
+            host,
+            name,
+            "tcpdump",
+            &["-i", iface, "--immediate-mode", "-B", "131072", "-U", "-s", "0", "-w", &file, filter],
+        )?;
         process.wait_for_line(Duration::from_secs(10), |l| l.contains("listening on"))?;
         Ok(Self { process, path })
     }
@@ -29,10 +34,8 @@ impl Tcpdump {
         self.process.wait_timeout(Duration::from_secs(10))?;
         // A capture that lost packets would make any replay test meaningless.
         let err = self.process.stderr();
-        let dropped: u64 = err
-            .lines()
-            .find_map(|l| l.strip_suffix(" packets dropped by kernel")?.trim().parse().ok())
-            .unwrap_or(0);
+        let dropped: u64 =
+            err.lines().find_map(|l| l.strip_suffix(" packets dropped by kernel")?.trim().parse().ok()).unwrap_or(0);
         anyhow::ensure!(dropped == 0, "tcpdump lost {dropped} packets:\n{err}");
         Ok(self.path)
     }

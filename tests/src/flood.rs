@@ -8,7 +8,7 @@ use std::{
 };
 
 use common::tcp::flags::{ACK, RST};
-use copier_user::runtime::{
+use xdp_runtime::{
     tx::{RawTx, Transmit},
     xdp_tx::XdpTx,
 };
@@ -61,7 +61,13 @@ pub fn resets(src: Ipv4Addr, dst: (Ipv4Addr, u16)) -> Vec<Vec<u8>> {
 
 /// Sends `frames` round-robin for `duration` through `path` (AF_XDP on `iface`), paced to
 /// `rate` frames per second, or unpaced when `rate` is `None`.
-pub fn flood(path: Path, iface: &str, frames: &[Vec<u8>], rate: Option<u64>, duration: Duration) -> anyhow::Result<Flooded> {
+pub fn flood(
+    path: Path,
+    iface: &str,
+    frames: &[Vec<u8>],
+    rate: Option<u64>,
+    duration: Duration,
+) -> anyhow::Result<Flooded> {
     let dst = IpAddr::from(<[u8; 4]>::try_from(&frames[0][16..20]).expect("an IPv4 packet"));
     let mut tx = match path {
         Path::AfXdp => Transmit::Xdp(Box::new(XdpTx::open(Some(iface), &[dst], 0)?)),

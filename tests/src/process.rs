@@ -23,9 +23,7 @@ impl Process {
     pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<Self> {
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout)?)
-            .stderr(File::create(&stderr)?);
+        cmd.stdin(Stdio::null()).stdout(File::create(&stdout)?).stderr(File::create(&stderr)?);
         let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Self { name: name.into(), child, stdout, stderr, exited: None })
     }

@@ -76,7 +76,9 @@ impl ProtoClient {
     pub fn recv(&mut self, timeout: Duration) -> anyhow::Result<Received> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((message, used)) = proto::decode(&self.buf).map_err(|e| anyhow::anyhow!("intercept sent garbage: {e}"))? {
+            if let Some((message, used)) =
+                proto::decode(&self.buf).map_err(|e| anyhow::anyhow!("intercept sent garbage: {e}"))?
+            {
                 let out = match message {
                     Message::Welcome { version } => Received::Welcome(version),
                     Message::Facts(records) => Received::Facts(records.collect()),

@@ -1,11 +1,14 @@
 //! Hand-made packets: TCP SYNs from any source address (as the copier sends them), and a
 //! sniffer that shows which packets a namespace's kernel saw.
 
-use std::{net::Ipv4Addr, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 use anyhow::bail;
 use common::{endpoint::Endpoint, seq::SeqNum};
-use copier_user::engine::emit::{self, Options};
+use copier_engine::emit::{self, Options};
 
 /// The options Linux puts on a SYN: MSS, SACK-permitted, timestamps, window scale.
 pub fn linux_syn_options(mss: u16, ts_val: u32, window_scale: u8) -> Options {
@@ -13,7 +16,15 @@ pub fn linux_syn_options(mss: u16, ts_val: u32, window_scale: u8) -> Options {
 }
 
 /// An IPv4 TCP segment with correct checksums, built by the copier's own packet writer.
-pub fn ipv4_tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn ipv4_tcp(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     emit::write(
         &mut out,
@@ -51,7 +62,7 @@ pub fn send_ipv4(packet: &[u8]) -> anyhow::Result<()> {
             packet.len(),
             0,
             (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
+            size_of::<libc::sockaddr_in>() as u32,
         );
         if n < 0 {
             bail!("sending a raw IPv4 packet to {dst}: {}", std::io::Error::last_os_error());
@@ -68,7 +79,9 @@ impl Sniffer {
     /// Opens it; call inside [`crate::Netns::run`].
     pub fn open() -> anyhow::Result<Self> {
         // SAFETY: socket(2) with a protocol in network byte order, as packet(7) wants.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, (libc::ETH_P_ALL as u16).to_be() as i32) };
+        let fd = unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, (libc::ETH_P_ALL as u16).to_be() as i32)
+        };
         if fd < 0 {
             bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
         }

@@ -8,13 +8,18 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::{process::Process, topology::{Host, Testbed}};
+use crate::{
+    process::Process,
+    topology::{Host, Testbed},
+};
 
 /// Waits until `addr` accepts TCP connections from inside `host`.
 pub fn wait_listening(tb: &Testbed, host: Host, addr: SocketAddr, server: &mut Process) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ok = tb.host(host).run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
+        let ok = tb
+            .host(host)
+            .run(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
         if ok {
             return Ok(());
         }
@@ -106,7 +111,11 @@ http {{
 }
 
 /// Per-command call counts from `INFO commandstats`, without the INFO calls that read them.
-pub fn redis_command_counts(tb: &Testbed, host: Host, addr: SocketAddr) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+pub fn redis_command_counts(
+    tb: &Testbed,
+    host: Host,
+    addr: SocketAddr,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
     let out = tb.host(host).exec("redis-cli", &["-h", &ip, "-p", &port, "info", "commandstats"])?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -132,7 +141,8 @@ impl Redis {
         let dir = tb.dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let (ip, port, d) = (addr.ip().to_string(), addr.port().to_string(), dir.to_string_lossy().into_owned());
-        let args = ["--bind", &ip, "--port", &port, "--save", "", "--appendonly", "no", "--dir", &d, "--protected-mode", "no"];
+        let args =
+            ["--bind", &ip, "--port", &port, "--save", "", "--appendonly", "no", "--dir", &d, "--protected-mode", "no"];
         let mut process = tb.spawn(host, name, "redis-server", &args)?;
         wait_listening(tb, host, addr, &mut process)?;
         Ok(Self { addr, host, _process: process })

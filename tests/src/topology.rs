@@ -1,10 +1,6 @@
 //! The four hosts of DESIGN.md §5 and the links between them.
 
-use std::{
-    net::Ipv4Addr,
-    path::Path,
-    process::Command,
-};
+use std::{net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::Context as _;
 
@@ -77,11 +73,37 @@ fn link(a: &Netns, a_if: &str, a_ip: Ipv4Addr, b: &Netns, b_if: &str, b_ip: Ipv4
     link_with_queues(a, a_if, a_ip, b, b_if, b_ip, 1)
 }
 
-fn link_with_queues(a: &Netns, a_if: &str, a_ip: Ipv4Addr, b: &Netns, b_if: &str, b_ip: Ipv4Addr, queues: u32) -> anyhow::Result<()> {
+fn link_with_queues(
+    a: &Netns,
+    a_if: &str,
+    a_ip: Ipv4Addr,
+    b: &Netns,
+    b_if: &str,
+    b_ip: Ipv4Addr,
+    queues: u32,
+) -> anyhow::Result<()> {
     let q = queues.to_string();
     netns::ip(&[
-        "link", "add", a_if, "netns", a.name(), "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", b_if, "netns",
-        b.name(), "numtxqueues", &q, "numrxqueues", &q,
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
     ])?;
     for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
@@ -106,7 +128,15 @@ impl Testbed {
         };
         use self::{addr as a, iface as i};
         link(&tb.client, i::CLIENT_TO_ONLINE, a::CLIENT, &tb.online, i::ONLINE_TO_CLIENT, a::ONLINE)?;
-        link_with_queues(&tb.online, i::ONLINE_TO_TARGET, a::ONLINE_TO_TARGET, &tb.target, i::TARGET_TO_ONLINE, a::TARGET, ONLINE_TO_TARGET_QUEUES)?;
+        link_with_queues(
+            &tb.online,
+            i::ONLINE_TO_TARGET,
+            a::ONLINE_TO_TARGET,
+            &tb.target,
+            i::TARGET_TO_ONLINE,
+            a::TARGET,
+            ONLINE_TO_TARGET_QUEUES,
+        )?;
         link(&tb.target, i::TARGET_TO_ASSIST, a::TARGET_TO_ASSIST, &tb.assist, i::ASSIST_TO_TARGET, a::ASSIST)?;
         link(&tb.online, i::ONLINE_TO_ASSIST, a::ONLINE_CONTROL, &tb.assist, i::ASSIST_TO_ONLINE, a::ASSIST_CONTROL)?;
         // The assistant host reaches the test server too (as a real one would).
@@ -138,8 +168,24 @@ impl Testbed {
         for direction in ["ingress", "egress"] {
             tc(&[
                 // u32 matching every frame: this kernel has no matchall classifier.
-                "filter", "add", "dev", i::ONLINE_TO_CLIENT, direction, "protocol", "all", "u32", "match", "u32", "0", "0", "action",
-                "mirred", "egress", "mirror", "dev", i::ONLINE_MIRROR_FEED,
+                "filter",
+                "add",
+                "dev",
+                i::ONLINE_TO_CLIENT,
+                direction,
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "u32",
+                "0",
+                "0",
+                "action",
+                "mirred",
+                "egress",
+                "mirror",
+                "dev",
+                i::ONLINE_MIRROR_FEED,
             ])?;
         }
         Ok(())
@@ -164,7 +210,10 @@ impl Testbed {
         let ns = self.host(host);
         ns.exec("sh", &["-c", &format!("echo 1 > /sys/class/net/{iface}/threaded")])?;
         let threaded = ns.exec("cat", &[&format!("/sys/class/net/{iface}/threaded")])?;
-        anyhow::ensure!(String::from_utf8_lossy(&threaded.stdout).trim() == "1", "{iface}: threaded NAPI did not stick");
+        anyhow::ensure!(
+            String::from_utf8_lossy(&threaded.stdout).trim() == "1",
+            "{iface}: threaded NAPI did not stick"
+        );
         Ok(())
     }
 
@@ -193,7 +242,13 @@ impl Testbed {
     }
 
     /// Starts `program args...` inside `host`.
-    pub fn spawn(&self, host: Host, name: &str, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> anyhow::Result<Process> {
+    pub fn spawn(
+        &self,
+        host: Host,
+        name: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+    ) -> anyhow::Result<Process> {
         let mut cmd = self.command(host, program);
         cmd.args(args);
         self.start(name, cmd)

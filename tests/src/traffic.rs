@@ -64,7 +64,7 @@ pub fn send_raw_frame(iface: &str, frame: &[u8]) -> anyhow::Result<()> {
             frame.len(),
             0,
             (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         );
         let err = std::io::Error::last_os_error();
         libc::close(fd);
@@ -108,7 +108,8 @@ pub fn http_keepalive(addr: SocketAddr, paths: &[String]) -> anyhow::Result<Vec<
 /// One HTTP/1.1 POST with `body` on its own connection; returns the status code.
 pub fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<u16> {
     let mut stream = connect(addr)?;
-    let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     stream.write_all(&[head.as_bytes(), body].concat())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -126,7 +127,13 @@ pub fn http_get_then_reset(addr: SocketAddr, path: &str) -> anyhow::Result<u16> 
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: setsockopt on our socket with a valid linger struct; closing then sends RST.
     unsafe {
-        libc::setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32);
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        );
     }
     drop(stream);
     Ok(status)

@@ -46,8 +46,12 @@ fn start_intercept(tb: &Testbed, name: &str) -> Process {
 fn start_intercept_for(tb: &Testbed, name: &str, targets: &[SocketAddr]) -> Process {
     let targets: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
     let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets.join(",")])
-        .args(["--listen", &control().to_string(), "--stats-interval", "1"]);
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets.join(",")]).args([
+        "--listen",
+        &control().to_string(),
+        "--stats-interval",
+        "1",
+    ]);
     let mut p = tb.start(name, cmd).unwrap();
     p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
     p
@@ -216,7 +220,8 @@ fn two_workers_multiply_with_client_ranges_and_deliver_every_request_three_times
     // Copies come from 10.100.1.100-10.100.1.110, inside the network the test server routes
     // through the assistant host. Two workers, each with an AF_XDP socket on a TX queue of its
     // own; -c crowds many sessions onto few addresses, where the workers' ports must not clash.
-    let mut copier = replay(&tb, &pcap, &["-n", "3", "-c", "10.100.1.100-10.100.1.110", "--workers", "2", "--tx", "xdp"]);
+    let mut copier =
+        replay(&tb, &pcap, &["-n", "3", "-c", "10.100.1.100-10.100.1.110", "--workers", "2", "--tx", "xdp"]);
     assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
     let got = target.requests();
     assert_eq!(got.len(), 30, "{}", copier.describe());
@@ -224,10 +229,19 @@ fn two_workers_multiply_with_client_ranges_and_deliver_every_request_three_times
         assert_eq!(got.iter().filter(|l| **l == line).count(), 3, "{line}");
     }
     for queue in 0..2 {
-        assert!(copier.stderr().contains(&format!("AF_XDP transmit on to-target queue {queue}")), "{}", copier.describe());
+        assert!(
+            copier.stderr().contains(&format!("AF_XDP transmit on to-target queue {queue}")),
+            "{}",
+            copier.describe()
+        );
     }
     let summary = stats::last(&copier.stdout()).unwrap();
-    assert_eq!((summary.get("completed"), summary.get("requests"), summary.get("workers")), (30, 30, 2), "{}", copier.describe());
+    assert_eq!(
+        (summary.get("completed"), summary.get("requests"), summary.get("workers")),
+        (30, 30, 2),
+        "{}",
+        copier.describe()
+    );
     assert_eq!((summary.get("unmatched_replies"), summary.get("tx_errors")), (0, 0), "{}", copier.describe());
 }
 
@@ -236,13 +250,15 @@ fn mirror_mode_replays_what_a_span_port_sees_with_two_workers() {
     let tb = Testbed::new().unwrap();
     let Servers { online, target, _intercept } = servers(&tb);
     tb.mirror_client_link().unwrap();
-    let mut copier = start_copier_on(&tb, iface::ONLINE_MIRROR, &["--mode", "mirror", "--mirror-other", "drop", "--workers", "2"]);
+    let mut copier =
+        start_copier_on(&tb, iface::ONLINE_MIRROR, &["--mode", "mirror", "--mirror-other", "drop", "--workers", "2"]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
     let statuses = tb
         .client
         .run(|| {
-            let mut all: Vec<u16> = (0..30).map(|i| traffic::http_get(online_http(), &format!("/mirror/{i}")).unwrap()).collect();
+            let mut all: Vec<u16> =
+                (0..30).map(|i| traffic::http_get(online_http(), &format!("/mirror/{i}")).unwrap()).collect();
             let paths: Vec<String> = (0..5).map(|i| format!("/mirror-keepalive/{i}")).collect();
             all.extend(traffic::http_keepalive(online_http(), &paths).unwrap());
             all
@@ -278,7 +294,9 @@ fn replay_survives_an_intercept_restart() {
     intercept.wait_timeout(Duration::from_secs(10)).unwrap();
     let _restarted = start_intercept(&tb, "intercept-again");
     copier
-        .wait_for_line(Duration::from_secs(15), |l| stats::parse(l).is_some_and(|s| s.get("reconnects") >= 1 && s.get("intercepts") == 1))
+        .wait_for_line(Duration::from_secs(15), |l| {
+            stats::parse(l).is_some_and(|s| s.get("reconnects") >= 1 && s.get("intercepts") == 1)
+        })
         .unwrap();
 
     tb.client.run(|| short_gets("after", 5)).unwrap();
@@ -297,12 +315,15 @@ fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
     let redis_target = SocketAddr::new(addr::TARGET.into(), 6379);
     let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
     let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
-    let _online_redis = xdpcopy_testbed::servers::Redis::start(&tb, Host::Online, "online-redis", redis_online).unwrap();
-    let _target_redis = xdpcopy_testbed::servers::Redis::start(&tb, Host::Target, "target-redis", redis_target).unwrap();
+    let _online_redis =
+        xdpcopy_testbed::servers::Redis::start(&tb, Host::Online, "online-redis", redis_online).unwrap();
+    let _target_redis =
+        xdpcopy_testbed::servers::Redis::start(&tb, Host::Target, "target-redis", redis_target).unwrap();
     let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), redis_target]);
 
     // Captured where the clients send, offloads on: the capture holds TSO super-segments.
-    let dump = Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80 or tcp port 6379", "clients").unwrap();
+    let dump =
+        Tcpdump::start(&tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80 or tcp port 6379", "clients").unwrap();
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     tb.client
         .run(move || {
@@ -316,7 +337,24 @@ fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
         .unwrap();
     let bench = tb
         .client
-        .exec("redis-benchmark", &["-h", &addr::ONLINE.to_string(), "-p", "6379", "-n", "2000", "-c", "4", "-P", "16", "-t", "set,get", "-q"])
+        .exec(
+            "redis-benchmark",
+            &[
+                "-h",
+                &addr::ONLINE.to_string(),
+                "-p",
+                "6379",
+                "-n",
+                "2000",
+                "-c",
+                "4",
+                "-P",
+                "16",
+                "-t",
+                "set,get",
+                "-q",
+            ],
+        )
         .unwrap();
     assert!(bench.status.success());
     let pcap = dump.finish().unwrap();
@@ -378,7 +416,11 @@ fn a_burst_larger_than_the_af_xdp_ring_and_the_opening_limit_waits_and_loses_not
     assert_eq!(summary.get("tx_errors"), 0, "{}", copier.describe());
     assert!(summary.get("queued") > 0, "the limit held sessions back: {}", copier.describe());
     // Without backpressure the whole file would be read at once and nearly all 5 000 wait.
-    assert!(summary.get("queued_peak") <= 256 + 256, "the file was read no faster than sessions opened (one 256-frame batch over): {}", copier.describe());
+    assert!(
+        summary.get("queued_peak") <= 256 + 256,
+        "the file was read no faster than sessions opened (one 256-frame batch over): {}",
+        copier.describe()
+    );
     let received = target.requests().iter().filter(|r| r.starts_with("GET /bench/")).count();
     assert_eq!(received, 5_000, "{}", copier.describe());
     assert_eq!(summary.get("completed"), 5_000, "{}", copier.describe());
@@ -397,6 +439,11 @@ fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retrans
     let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "{}", copier.describe());
     let summary = stats::last(&copier.stdout()).unwrap();
-    assert_eq!((summary.get("sessions"), summary.get("timed_out"), summary.get("facts")), (20, 20, 0), "{}", copier.describe());
+    assert_eq!(
+        (summary.get("sessions"), summary.get("timed_out"), summary.get("facts")),
+        (20, 20, 0),
+        "{}",
+        copier.describe()
+    );
     assert!(summary.get("retransmitted") > 0, "sessions were still retransmitting: {}", copier.describe());
 }

@@ -2,10 +2,7 @@
 //! assistant host, go nowhere else, and reach exactly the copier that owns their client, with
 //! the right header facts. Peers that do not speak the protocol are closed, not obeyed.
 
-use std::{
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use common::{
     endpoint::Endpoint,
@@ -150,12 +147,16 @@ fn garbage_wrong_version_and_wrong_secret_close_only_that_connection() {
     // A copier that turns to garbage after its HELLO is told why on its link, and dropped.
     let mut turned = ProtoClient::connect(&tb.online, control(), b"let-me-in").unwrap();
     turned.send_bytes(&[0, 0, 0, 1, 99]).unwrap();
-    assert!(matches!(turned.recv(Duration::from_secs(5)).unwrap(), Received::Bye(r) if r.contains("unknown frame kind 99")));
+    assert!(
+        matches!(turned.recv(Duration::from_secs(5)).unwrap(), Received::Bye(r) if r.contains("unknown frame kind 99"))
+    );
 
     // The intercept still serves copiers that know the secret.
     let _copier = ProtoClient::connect(&tb.online, control(), b"let-me-in").unwrap();
     intercept
-        .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("rejected") >= 4 && s.get("copiers") == 1))
+        .wait_for_line(Duration::from_secs(5), |l| {
+            stats::parse(l).is_some_and(|s| s.get("rejected") >= 4 && s.get("copiers") == 1)
+        })
         .unwrap();
     intercept.signal(libc::SIGINT).unwrap();
     assert!(intercept.wait_timeout(Duration::from_secs(10)).unwrap().success(), "{}", intercept.describe());

@@ -11,7 +11,8 @@ use xdpcopy_testbed::{
 };
 
 fn namespaces() -> String {
-    String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned()
+    String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+        .into_owned()
 }
 
 #[test]
@@ -25,7 +26,10 @@ fn servers_count_exactly_what_they_receive() {
     let server = LineServer::start(&tb, Host::Target, "line", line).unwrap();
 
     // The online host reaches the test server directly, as the copier will.
-    tb.online.run(move || (0..3).try_for_each(|i| traffic::http_get(http, &format!("/p/{i}")).map(drop))).unwrap().unwrap();
+    tb.online
+        .run(move || (0..3).try_for_each(|i| traffic::http_get(http, &format!("/p/{i}")).map(drop)))
+        .unwrap()
+        .unwrap();
     assert_eq!(nginx.requests(), ["GET /p/0 HTTP/1.1", "GET /p/1 HTTP/1.1", "GET /p/2 HTTP/1.1"]);
 
     for key in ["a", "b"] {

@@ -31,8 +31,17 @@ fn start_copier(tb: &Testbed, name: &str, extra: &[&str]) -> Process {
     let mapping = format!("80-{}", target_line());
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
     // No intercept runs in these tests: the copier keeps trying to reach one, and captures anyway.
-    cmd.args(["-x", &mapping, "-s", &addr::ASSIST_CONTROL.to_string(), "--iface", iface::ONLINE_TO_CLIENT, "--stats-interval", "0.2"])
-        .args(extra);
+    cmd.args([
+        "-x",
+        &mapping,
+        "-s",
+        &addr::ASSIST_CONTROL.to_string(),
+        "--iface",
+        iface::ONLINE_TO_CLIENT,
+        "--stats-interval",
+        "0.2",
+    ])
+    .args(extra);
     cmd.env("RUST_LOG", "debug");
     tb.start(name, cmd).unwrap()
 }
@@ -111,7 +120,8 @@ fn both_programs_count_real_traffic_and_detach_on_sigint() {
 fn sigterm_and_sigkill_leave_no_program_behind() {
     let tb = Testbed::new().unwrap();
     for signal in [libc::SIGTERM, libc::SIGKILL] {
-        let mut intercept = start_intercept(&tb, &format!("intercept-{signal}"), iface::ASSIST_TO_TARGET, Host::Assist, &[]);
+        let mut intercept =
+            start_intercept(&tb, &format!("intercept-{signal}"), iface::ASSIST_TO_TARGET, Host::Assist, &[]);
         wait_attached(&mut intercept);
         assert!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap().is_some());
         intercept.signal(signal).unwrap();

@@ -50,9 +50,18 @@ pub fn attach(program: &mut Xdp, iface: &str, force: bool) -> Result<Attached, A
     if let Some(existing) = netlink::xdp_program(index).map_err(query)? {
         let name = program_name(existing.id);
         if !force {
-            return Err(AttachError::Foreign { iface: iface.into(), id: existing.id, name, mode: existing.mode_name() });
+            return Err(AttachError::Foreign {
+                iface: iface.into(),
+                id: existing.id,
+                name,
+                mode: existing.mode_name(),
+            });
         }
-        log::warn!("--force: removing XDP program id {} ({name}, {} mode) from {iface}", existing.id, existing.mode_name());
+        log::warn!(
+            "--force: removing XDP program id {} ({name}, {} mode) from {iface}",
+            existing.id,
+            existing.mode_name()
+        );
         let remove = |source| AttachError::Remove { iface: iface.into(), id: existing.id, source };
         match netlink::detach_xdp(index, existing.mode_flags) {
             Ok(()) => {}
@@ -64,9 +73,7 @@ pub fn attach(program: &mut Xdp, iface: &str, force: bool) -> Result<Attached, A
             Err(err) => return Err(remove(err)),
         }
     }
-    program
-        .attach(iface, XdpMode::Driver)
-        .map_err(|source| AttachError::Attach { iface: iface.into(), source })?;
+    program.attach(iface, XdpMode::Driver).map_err(|source| AttachError::Attach { iface: iface.into(), source })?;
     // The link stays owned by `program`: dropping the `Ebpf` detaches it. aya falls back to
     // netlink silently on old kernels, so look for our bpf_link to tell which we got.
     let our_id = program.info().ok().map(|info| info.id());

@@ -5,7 +5,10 @@
 //! walk link ids, keep the XDP link on our interface running the program netlink reported, and
 //! `BPF_LINK_DETACH` it.
 
-use std::{io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
@@ -17,16 +20,26 @@ const BPF_LINK_TYPE_XDP: u32 = 6;
 pub type Attr = [u64; 16];
 
 /// bpf(2) with command `cmd`; the kernel's return value (often a new descriptor).
-pub fn call(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
-    // SAFETY: attr is a zeroed, sufficiently large bpf_attr for every command used here.
+///
+/// # Safety
+/// The kernel reads and writes through any pointer `attr` holds for `cmd` (an info buffer, a
+/// program's instructions, a log buffer): each must be valid for the length given beside it
+/// for the duration of the call. Unused bytes must be zero.
+pub unsafe fn call(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: attr is as large as the kernel reads; the pointers in it are the caller's contract.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of::<Attr>()) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 fn next_link_id(start: u32) -> io::Result<Option<u32>> {
     let mut attr: Attr = [0; 16];
     attr[0] = start as u64; // start_id
-    match call(BPF_LINK_GET_NEXT_ID, &mut attr) {
+                            // SAFETY: this command's attr holds no pointer.
+    match unsafe { call(BPF_LINK_GET_NEXT_ID, &mut attr) } {
         Ok(_) => Ok(Some((attr[0] >> 32) as u32)), // next_id follows start_id
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(err) => Err(err),
@@ -36,7 +49,8 @@ fn next_link_id(start: u32) -> io::Result<Option<u32>> {
 fn link_fd(id: u32) -> io::Result<OwnedFd> {
     let mut attr: Attr = [0; 16];
     attr[0] = id as u64;
-    let fd = call(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: this command's attr holds no pointer.
+    let fd = unsafe { call(BPF_LINK_GET_FD_BY_ID, &mut attr) }?;
     // SAFETY: the kernel returned a fresh descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -58,7 +72,8 @@ fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
     let mut attr: Attr = [0; 16];
     attr[0] = fd.as_raw_fd() as u64 | ((size_of::<LinkInfo>() as u64) << 32); // bpf_fd, info_len
     attr[1] = (&mut info as *mut LinkInfo) as u64;
-    call(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: attr points at `info`, as long as the length it gives, alive for the call.
+    unsafe { call(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(info)
 }
 
@@ -79,7 +94,8 @@ pub fn detach_xdp_link(if_index: u32, prog_id: u32) -> io::Result<bool> {
         if info.kind == BPF_LINK_TYPE_XDP && info.xdp_ifindex == if_index && info.prog_id == prog_id {
             let mut attr: Attr = [0; 16];
             attr[0] = fd.as_raw_fd() as u64;
-            call(BPF_LINK_DETACH, &mut attr)?;
+            // SAFETY: this command's attr holds no pointer.
+            unsafe { call(BPF_LINK_DETACH, &mut attr) }?;
             return Ok(true);
         }
     }

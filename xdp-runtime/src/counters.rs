@@ -17,10 +17,7 @@ impl<C: Counter> Counters<C> {
     }
 
     pub fn read(&self) -> anyhow::Result<Vec<u64>> {
-        C::ALL
-            .iter()
-            .map(|c| Ok(self.map.get(&c.index(), 0)?.iter().sum()))
-            .collect()
+        C::ALL.iter().map(|c| Ok(self.map.get(&c.index(), 0)?.iter().sum())).collect()
     }
 }
 

@@ -4,7 +4,8 @@ use std::{ffi::CString, io};
 
 /// The index of interface `name`.
 pub fn index(name: &str) -> io::Result<u32> {
-    let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name with a NUL byte"))?;
+    let c = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name with a NUL byte"))?;
     // SAFETY: a valid C string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(io::Error::new(io::ErrorKind::NotFound, format!("no network interface named {name:?}"))),

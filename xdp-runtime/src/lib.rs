@@ -9,6 +9,8 @@ pub mod counters;
 pub mod cpu;
 pub mod iface;
 pub mod netlink;
+pub mod tx;
+pub mod xdp_tx;
 pub mod xsk;
 pub mod xsk_rx;
 
@@ -17,13 +19,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
 use common::counters::Counter;
-use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
 
+use crate::counters::{stats_line, summary_line, Counters};
 pub use crate::{
     attach::{attach, AttachError, Attached},
     cpu::{allowed_cores, pin_to, thread_cpu_us},
 };
-use crate::counters::{stats_line, summary_line, Counters};
 
 /// Reads `--secret-file`: the shared secret of the intercept ↔ copier protocol (trailing
 /// whitespace and newline removed; an empty file is an error, not "no secret").

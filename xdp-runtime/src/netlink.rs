@@ -3,7 +3,11 @@
 //! interface and next hop lead to this address?", "what is that neighbour's MAC?" and "what is
 //! this interface's MAC?".
 
-use std::{io, mem::size_of, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -84,9 +88,10 @@ impl Socket {
     }
 
     fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: msg is a valid buffer; a zeroed sockaddr_nl addresses the kernel.
+        // SAFETY: sockaddr_nl is plain data; zeroed, it addresses the kernel.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: msg and addr are valid for the lengths passed, for the length of the call.
         let n = unsafe {
             libc::sendto(
                 self.0.as_raw_fd(),
@@ -97,13 +102,21 @@ impl Socket {
                 size_of::<libc::sockaddr_nl>() as u32,
             )
         };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
         // SAFETY: buf is writable for its length.
         let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(&buf[..n as usize]) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(&buf[..n as usize])
+        }
     }
 }
 
@@ -133,7 +146,12 @@ fn message<T: Copy>(kind: u16, flags: u16, header: &T, attrs: &[u8]) -> Vec<u8> 
 }
 
 fn request(kind: u16, flags: u16, if_index: u32, attrs: &[u8]) -> Vec<u8> {
-    message(kind, flags, &IfInfoMsg { family: libc::AF_UNSPEC as u8, index: if_index as i32, ..Default::default() }, attrs)
+    message(
+        kind,
+        flags,
+        &IfInfoMsg { family: libc::AF_UNSPEC as u8, index: if_index as i32, ..Default::default() },
+        attrs,
+    )
 }
 
 /// Sends one request and returns the reply's body after its `header_len`-byte family header,

@@ -21,9 +21,12 @@ pub struct Bound {
 /// Binds a socket on `umem` to `iface`'s queue `queue` with rings of `rx_ring` and `tx_ring`
 /// entries (powers of two).
 ///
-/// # Safety
-/// `umem` must outlive the returned rings.
-pub unsafe fn bind(umem: &Umem, iface: &str, queue: u32, rx_ring: u32, tx_ring: u32) -> anyhow::Result<Bound> {
+/// Safe, although `Socket::new` is not: its one condition (a UMEM shared by sockets bound to a
+/// queue already bound must not load libxdp's program, or dropping them double-frees) is met by
+/// `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`, set on every bind. The rings keep the UMEM alive
+/// themselves. What stays the caller's duty is xsk-rs's usage rule: hand the rings only
+/// descriptors of this UMEM, and none twice before the kernel has returned it.
+pub fn bind(umem: &Umem, iface: &str, queue: u32, rx_ring: u32, tx_ring: u32) -> anyhow::Result<Bound> {
     let name: Interface = iface.parse().context("interface name")?;
     let bind = |extra: BindFlags| -> anyhow::Result<_> {
         let config = SocketConfig::builder()
@@ -32,14 +35,19 @@ pub unsafe fn bind(umem: &Umem, iface: &str, queue: u32, rx_ring: u32, tx_ring: 
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP | extra)
             .build();
-        // SAFETY: the caller keeps the UMEM alive as long as the rings.
+        // SAFETY: XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD is set above, as `Socket::new` requires of
+        // a UMEM shared with a bound queue.
         Ok(unsafe { Socket::new(config, umem, &name, queue) }?)
     };
     let (zero_copy, (tx, rx, rings)) = match bind(BindFlags::XDP_ZEROCOPY) {
         Ok(socket) => (true, socket),
         Err(zc_err) => {
             log::debug!("{iface} queue {queue}: zero-copy bind failed ({zc_err:#}); using copy mode");
-            (false, bind(BindFlags::XDP_COPY).with_context(|| format!("binding an AF_XDP socket to {iface} queue {queue}"))?)
+            (
+                false,
+                bind(BindFlags::XDP_COPY)
+                    .with_context(|| format!("binding an AF_XDP socket to {iface} queue {queue}"))?,
+            )
         }
     };
     let (fill, completion) = rings.context("the socket came without fill and completion rings")?;

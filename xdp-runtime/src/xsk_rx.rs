@@ -46,11 +46,12 @@ impl RxSocket {
     /// mode. Our own XDP program redirects into it (libxdp's default program is not loaded).
     pub fn open(iface: &str, queue: u32) -> anyhow::Result<Self> {
         let fill_size = QueueSize::new(FRAMES)?;
-        let umem_config = UmemConfig::builder().fill_queue_size(fill_size).comp_queue_size(QueueSize::new(64)?).build()?;
+        let umem_config =
+            UmemConfig::builder().fill_queue_size(fill_size).comp_queue_size(QueueSize::new(64)?).build()?;
         let (umem, frames) =
             Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false).context("creating the UMEM")?;
-        // SAFETY: the UMEM outlives the rings: all live in the returned RxSocket.
-        let crate::xsk::Bound { zero_copy, tx, rx, mut fill, completion } = unsafe { crate::xsk::bind(&umem, iface, queue, RX_RING, 64) }?;
+        let crate::xsk::Bound { zero_copy, tx, rx, mut fill, completion } =
+            crate::xsk::bind(&umem, iface, queue, RX_RING, 64)?;
         // SAFETY: every frame is ours and none is in any ring yet.
         let filled = unsafe { fill.produce(&frames) };
         anyhow::ensure!(filled == frames.len(), "could only put {filled} of {} frames in the fill ring", frames.len());

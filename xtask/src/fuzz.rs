@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-pub const TARGETS: &[&str] = &["packets", "protocol"];
+const TARGETS: &[&str] = &["packets", "protocol"];
 
 fn cargo_fuzz_installed() -> bool {
     Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success())
@@ -26,15 +26,20 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         println!("xtask: fuzzing {target} for {seconds} s");
         let out = Command::new("cargo")
             .args(["+nightly", "fuzz", "run", target, "--", &format!("-max_total_time={seconds}")])
-            .env("AYA_BUILD_SKIP", "1") // the library needs no eBPF object
             .current_dir(&dir)
             .output()
             .context("running cargo fuzz")?;
         let log = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            bail!("fuzz target {target} failed:\n{}", log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "fuzz target {target} failed:\n{}",
+                log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
-        let runs = log.lines().find_map(|l| l.strip_prefix("Done ").map(str::to_owned)).unwrap_or_else(|| "(no summary)".into());
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("Done ").map(str::to_owned))
+            .unwrap_or_else(|| "(no summary)".into());
         println!("xtask: {target}: {runs}, no crash");
     }
     Ok(())

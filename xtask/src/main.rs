@@ -1,11 +1,17 @@
-//! `cargo xtask`: set-up, build, test, demo and run, so a fresh machine needs two commands.
+//! `cargo xtask`: set-up, build, test, demo, bench and run, so a fresh machine needs two commands.
+//!
+//! xtask depends on no product crate and on nothing with a build script that needs a system
+//! package, a nightly or bpf-linker: it must build before `setup` has installed them. Everything
+//! else (the binaries, the test bed, the demo, the bench) is built by `cargo` after setup.
 
-mod bench;
-mod demo;
+mod fresh;
 mod fuzz;
 mod setup;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -26,7 +32,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Unit tests and the namespace/XDP integration tests (needs root).
+    /// Checks (fresh-machine build of xtask, rustfmt, clippy), unit tests and the
+    /// namespace/XDP integration tests (needs root).
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(last = true)]
@@ -38,23 +45,12 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// Measure the capture path (stepped flood rates, copy and mirror mode, transmit paths) and
-    /// the replay path (sessions/s, success, CPU per session, RSS), amplification and scaling on
-    /// a namespace test bed; writes target/bench/bench.{json,md} and capture.svg (root).
+    /// Measure the capture and replay paths on a namespace test bed; writes
+    /// target/bench/bench.{json,md} and capture.svg (root). Arguments go to `xdpcopy-bench`
+    /// (`cargo xtask bench -- --help`).
     Bench {
-        /// Short sessions (one request each) in the generated capture.
-        #[arg(long, default_value_t = 100_000)]
-        short: u32,
-        /// Keep-alive sessions (ten requests each).
-        #[arg(long, default_value_t = 10_000)]
-        keepalive: u32,
-        /// Run only the scenario of this name ("capture" is the capture path), or those whose
-        /// name contains it.
-        #[arg(long)]
-        only: Option<String>,
-        /// Seconds each capture-path step floods for.
-        #[arg(long, default_value_t = 1.0)]
-        step_seconds: f64,
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Run the cargo-fuzz targets (packet parsers, engine, wire protocol) for a while each.
     Fuzz {
@@ -74,14 +70,15 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// Runs a command in the workspace root, failing if it fails.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs `cargo ARGS` in the workspace root, failing if it fails.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(args)
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    let status = cargo_command().args(args).status().with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
@@ -90,19 +87,38 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 
 fn build(release: bool) -> anyhow::Result<()> {
     println!("xtask: building copier and intercept (eBPF programs embedded){}", if release { ", release" } else { "" });
-    let mut args = vec!["build", "--quiet"];
+    let mut args = vec!["build", "--quiet", "--locked", "--bins"];
     if release {
         args.push("--release");
     }
     cargo(&args)
 }
 
-fn require_root(what: &str) -> anyhow::Result<()> {
+/// Runs a binary of the test bed crate, optimised (the bench's generator lives in it).
+fn testbed_bin(name: &str, args: &[String]) -> anyhow::Result<()> {
+    let mut all = vec!["run", "--quiet", "--locked", "--release", "--package", "xdpcopy-testbed", "--bin", name, "--"];
+    all.extend(args.iter().map(String::as_str));
+    cargo(&all)
+}
+
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
         bail!("{what} needs root (network namespaces, veth, XDP): run it as root");
     }
     Ok(())
+}
+
+/// rustfmt and clippy over the host crates, warnings as errors.
+fn lint() -> anyhow::Result<()> {
+    println!("xtask: cargo fmt --check");
+    cargo(&["fmt", "--all", "--check"]).context("the code is not formatted: run `cargo fmt --all`")?;
+    println!("xtask: cargo clippy (warnings are errors)");
+    cargo(&["clippy", "--quiet", "--locked", "--release", "--all-targets", "--", "-D", "warnings"])
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -114,10 +130,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             require_root("cargo xtask test")?;
+            fresh::check()?;
             setup::run()?;
+            lint()?;
             build(true)?;
             println!("xtask: running unit and integration tests");
-            let mut test_args = vec!["test", "--release"];
+            let mut test_args = vec!["test", "--locked", "--release"];
             test_args.extend(args.iter().map(String::as_str));
             cargo(&test_args)
         }
@@ -125,22 +143,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_root("cargo xtask demo")?;
             setup::run()?;
             build(true)?;
-            demo::run(std::time::Duration::from_secs(seconds))
+            testbed_bin("xdpcopy-demo", &["--seconds".into(), seconds.to_string()])
         }
-        Task::Bench { short, keepalive, only, step_seconds } => {
+        Task::Bench { args } => {
             require_root("cargo xtask bench")?;
             setup::run()?;
             build(true)?;
-            if cfg!(debug_assertions) {
-                // The capture path's traffic generator runs in this process: built for debugging
-                // it topped out at 0.3–0.5 Mpps, and the figures measured the generator.
-                println!("xtask: the bench runs as an optimised build of itself");
-                let mut args = vec!["run", "--quiet", "--release", "--package", "xtask", "--"];
-                let own: Vec<String> = std::env::args().skip(1).collect();
-                args.extend(own.iter().map(String::as_str));
-                return cargo(&args);
-            }
-            bench::run_all(&workspace_root(), &bench::Plan { short, keepalive, only, step_seconds }).map(|_| ())
+            testbed_bin("xdpcopy-bench", &args)
         }
         Task::Fuzz { seconds } => {
             setup::run()?;
@@ -150,18 +159,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::run()?;
             build(true)?;
             let path = workspace_root().join("target/release").join(&binary);
-            let status = Command::new(&path).args(&args).status().with_context(|| format!("running {}", path.display()))?;
+            let status =
+                Command::new(&path).args(&args).status().with_context(|| format!("running {}", path.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
     }
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xtask: error: {err:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -66,7 +66,10 @@ fn debian_packages() -> anyhow::Result<()> {
     println!("setup: Debian packages: installing {}", missing.join(" "));
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("installing Debian packages needs root: run `apt-get install {}` as root, then this again", missing.join(" "));
+        bail!(
+            "installing Debian packages needs root: run `apt-get install {}` as root, then this again",
+            missing.join(" ")
+        );
     }
     status(Command::new("apt-get").args(["update", "-qq"]))
         .context("apt-get update failed: is a Debian package mirror reachable?")?;
@@ -129,11 +132,7 @@ fn bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
     let link = prefix_lib.join("libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)?;
-    let rustflags = format!(
-        "-L {} -C link-arg=-Wl,-rpath,{}",
-        prefix_lib.display(),
-        sysroot.join("lib").display()
-    );
+    let rustflags = format!("-L {} -C link-arg=-Wl,-rpath,{}", prefix_lib.display(), sysroot.join("lib").display());
     status(
         Command::new("cargo")
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])

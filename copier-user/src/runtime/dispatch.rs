@@ -17,13 +17,12 @@ use std::{
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::worker::{Input, InputSender};
-use crate::{
-    engine::{
-        capture::{endpoints, Link},
-        rewrite::symmetric_flow_hash,
-    },
-    pcap::{Batch, BATCH},
+use copier_engine::{
+    capture::{endpoints, Link},
+    rewrite::symmetric_flow_hash,
 };
+
+use crate::pcap::{Batch, BATCH};
 
 /// Every worker has gone: nothing more can be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -215,14 +214,14 @@ mod tests {
     use common::{endpoint::Endpoint, seq::SeqNum};
 
     use super::*;
-    use crate::{
-        engine::emit,
-        runtime::worker::{input_queue, InputReceiver},
-    };
+    use copier_engine::emit;
+
+    use crate::runtime::worker::{input_queue, InputReceiver};
 
     fn packet(src: Endpoint, dst: Endpoint) -> Vec<u8> {
         let mut out = Vec::new();
-        let seg = emit::Segment { src, dst, seq: SeqNum(1), ack: SeqNum(0), flags: 2, window: 1, options: &[], payload: b"" };
+        let seg =
+            emit::Segment { src, dst, seq: SeqNum(1), ack: SeqNum(0), flags: 2, window: 1, options: &[], payload: b"" };
         emit::write(&mut out, &seg);
         out
     }
@@ -285,8 +284,12 @@ mod tests {
     }
 
     /// Runs a file reader's `f` on a thread of its own, as the copier runs it on a worker's.
-    fn reader<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> std::thread::JoinHandle<T> {
-        std::thread::spawn(move || tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f))
+    fn reader<T: Send + 'static>(
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+        })
     }
 
     /// Pushes one frame and flushes it, waiting as a file's reader does; returns when it was sent.

@@ -19,8 +19,10 @@ use std::{
 
 use common::{
     endpoint::Endpoint,
+    hash::Hasher,
     proto::{self, Message, MAX_ENTRIES},
 };
+use copier_engine::{rewrite::PortClass, Event};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -29,7 +31,6 @@ use tokio::{
 use xdp_runtime::AbortOnDrop;
 
 use super::worker::{split_token, sync_token, Announced, FactsBatch, FactsSender};
-use crate::engine::{rewrite::PortClass, Event};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -124,7 +125,7 @@ pub async fn run(
         tokio::spawn(connection(i, addr, secret.clone(), ctl_tx.clone(), workers.clone(), Arc::clone(&stats)));
     }
     drop(ctl_tx);
-    let mut owned: HashSet<Endpoint, crate::Hasher> = HashSet::default();
+    let mut owned: HashSet<Endpoint, Hasher> = HashSet::default();
     let mut links: Vec<Option<mpsc::Sender<Vec<u8>>>> = vec![None; intercepts.len()];
     let mut pending = Pending::new(announced.len());
     let publish = |pending: &Pending| {

@@ -29,11 +29,11 @@ use tokio::sync::{
     Notify,
 };
 
-use super::{dispatch::Backlog, tx::Transmit};
-use crate::{
-    engine::{Counters, Engine, Event},
-    pcap::Batch,
-};
+use copier_engine::{Counters, Engine, Event};
+use xdp_runtime::tx::Transmit;
+
+use super::dispatch::Backlog;
+use crate::pcap::Batch;
 
 /// What a worker is given.
 pub enum Input {
@@ -171,7 +171,7 @@ impl Drop for Done {
 #[derive(Default)]
 pub struct Shared {
     /// CPU time of the worker thread, microseconds.
-    pub cpu_us: std::sync::atomic::AtomicU64,
+    pub cpu_us: AtomicU64,
     pub counters: Mutex<Counters>,
     pub active: Mutex<(usize, usize)>,
     pub tx_errors: Mutex<u64>,
@@ -372,7 +372,11 @@ impl Worker {
         self.flush(&mut announcements).await;
         self.publish();
         if let Some(why) = self.tx.last_error() {
-            log::warn!("worker {}: {} packets could not be sent; the last because: {why}", self.index, self.tx.errors());
+            log::warn!(
+                "worker {}: {} packets could not be sent; the last because: {why}",
+                self.index,
+                self.tx.errors()
+            );
         }
     }
 
@@ -401,7 +405,8 @@ impl Worker {
 
     fn publish(&self) {
         *self.shared.counters.lock().expect("not poisoned") = *self.engine.counters();
-        *self.shared.active.lock().expect("not poisoned") = (self.engine.active_sessions(), self.engine.buffered_bytes());
+        *self.shared.active.lock().expect("not poisoned") =
+            (self.engine.active_sessions(), self.engine.buffered_bytes());
         *self.shared.tx_errors.lock().expect("not poisoned") = self.tx.errors();
         self.shared.cpu_us.store(xdp_runtime::thread_cpu_us(), Ordering::Relaxed);
     }
@@ -460,7 +465,11 @@ mod tests {
         let mut a = Announcements::default();
         assert_eq!(a.take(&mut vec![Event::Disown(ep(1))]), None);
         std::thread::sleep(RELEASE_EVERY);
-        assert_eq!(a.take(&mut vec![]), Some((vec![Event::Disown(ep(1))], false)), "due after RELEASE_EVERY, without new events");
+        assert_eq!(
+            a.take(&mut vec![]),
+            Some((vec![Event::Disown(ep(1))], false)),
+            "due after RELEASE_EVERY, without new events"
+        );
         assert_eq!(a.take(&mut vec![Event::Disown(ep(2))]), None);
         a.release_now = true;
         assert_eq!(a.take(&mut vec![]), Some((vec![Event::Disown(ep(2))], false)));

@@ -61,21 +61,59 @@ impl Chart {
         let sx = |v: f64| LEFT + v / x_max * pw;
         let sy = |v: f64| TOP + ph - v / y_max * ph;
         let mut g = format!("<g transform=\"translate(0,{y})\">\n");
-        let _ = writeln!(g, "<text x=\"{}\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>", LEFT, escape(&self.title));
+        let _ = writeln!(
+            g,
+            "<text x=\"{}\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+            LEFT,
+            escape(&self.title)
+        );
         let mut tick = 0.0;
         while tick <= x_max + 1e-9 {
-            let _ = writeln!(g, "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"#ddd\"/>", sx(tick), TOP, TOP + ph);
-            let _ = writeln!(g, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>", sx(tick), TOP + ph + 16.0, number(tick));
+            let _ = writeln!(
+                g,
+                "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"#ddd\"/>",
+                sx(tick),
+                TOP,
+                TOP + ph
+            );
+            let _ = writeln!(
+                g,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+                sx(tick),
+                TOP + ph + 16.0,
+                number(tick)
+            );
             tick += x_step;
         }
         let mut tick = 0.0;
         while tick <= y_max + 1e-9 {
-            let _ = writeln!(g, "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{2:.1}\" y2=\"{1:.1}\" stroke=\"#ddd\"/>", LEFT, sy(tick), LEFT + pw);
-            let _ = writeln!(g, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>", LEFT - 6.0, sy(tick) + 4.0, number(tick));
+            let _ = writeln!(
+                g,
+                "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{2:.1}\" y2=\"{1:.1}\" stroke=\"#ddd\"/>",
+                LEFT,
+                sy(tick),
+                LEFT + pw
+            );
+            let _ = writeln!(
+                g,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+                LEFT - 6.0,
+                sy(tick) + 4.0,
+                number(tick)
+            );
             tick += y_step;
         }
-        let _ = writeln!(g, "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>");
-        let _ = writeln!(g, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text>", LEFT + pw / 2.0, H - 12.0, escape(&self.x_label));
+        let _ = writeln!(
+            g,
+            "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>"
+        );
+        let _ = writeln!(
+            g,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text>",
+            LEFT + pw / 2.0,
+            H - 12.0,
+            escape(&self.x_label)
+        );
         let _ = writeln!(
             g,
             "<text x=\"18\" y=\"{0:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 18 {0:.1})\">{1}</text>",
@@ -98,14 +136,30 @@ impl Chart {
             let mut sorted = s.points.clone();
             sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
             let points: Vec<String> = sorted.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-            let _ = writeln!(g, "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>", points.join(" "), s.color);
+            let _ = writeln!(
+                g,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>",
+                points.join(" "),
+                s.color
+            );
             for (x, y) in &s.points {
                 let _ = writeln!(g, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>", sx(*x), sy(*y), s.color);
             }
             let ly = TOP + 10.0 + 20.0 * i as f64;
             let lx = LEFT + pw + 12.0;
-            let _ = writeln!(g, "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/>", lx + 18.0, s.color);
-            let _ = writeln!(g, "<text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>", lx + 24.0, ly + 4.0, escape(&s.label));
+            let _ = writeln!(
+                g,
+                "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/>",
+                lx + 18.0,
+                s.color
+            );
+            let _ = writeln!(
+                g,
+                "<text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>",
+                lx + 24.0,
+                ly + 4.0,
+                escape(&s.label)
+            );
         }
         g + "</g>\n"
     }

@@ -111,7 +111,13 @@ const DEFAULT_TARGET_MSS: u16 = 536;
 pub(super) const OUR_WINDOW: u16 = 0xffff;
 
 impl Session {
-    pub fn new(replay_client: Endpoint, target: Endpoint, syn: SynParams, online_base: Option<SeqNum>, now: u64) -> Self {
+    pub fn new(
+        replay_client: Endpoint,
+        target: Endpoint,
+        syn: SynParams,
+        online_base: Option<SeqNum>,
+        now: u64,
+    ) -> Self {
         Self {
             replay_client,
             target,
@@ -178,7 +184,8 @@ impl Session {
 
     /// Response bytes the test server has sent so far.
     fn response_bytes(&self) -> u32 {
-        self.target_isn.map_or(0, |isn| (self.rcv_nxt.since(isn + 1).max(0) as u32).saturating_sub(u32::from(self.target_fin)))
+        self.target_isn
+            .map_or(0, |isn| (self.rcv_nxt.since(isn + 1).max(0) as u32).saturating_sub(u32::from(self.target_fin)))
     }
 
     /// A captured client segment of this session (not its first SYN).
@@ -414,9 +421,12 @@ impl Session {
             }
             let pacing = ctx.config.wait_for_response && !self.target_fin;
             let limit = if pacing { self.marks.get(self.current_mark).map_or(u32::MAX, |m| m.start) } else { u32::MAX };
-            let stop = self.stream.end().min(limit).min(self.rst_at.unwrap_or(u32::MAX)).min(self.fin_at.unwrap_or(u32::MAX));
+            let stop =
+                self.stream.end().min(limit).min(self.rst_at.unwrap_or(u32::MAX)).min(self.fin_at.unwrap_or(u32::MAX));
             let window_end = self.snd_una.saturating_add(self.window.max(1));
-            let len = (stop.saturating_sub(self.snd_nxt) as usize).min(mss).min(window_end.saturating_sub(self.snd_nxt) as usize);
+            let len = (stop.saturating_sub(self.snd_nxt) as usize)
+                .min(mss)
+                .min(window_end.saturating_sub(self.snd_nxt) as usize);
             if len == 0 {
                 break;
             }
@@ -596,7 +606,11 @@ impl Session {
         if self.end.is_none() {
             if self.stream.buffered() > 0 {
                 // Unsent or unacknowledged bytes, or bytes past a hole the capture never filled.
-                log::warn!("ending a session with {} bytes not delivered: {}", self.stream.buffered(), self.describe(ctx.now));
+                log::warn!(
+                    "ending a session with {} bytes not delivered: {}",
+                    self.stream.buffered(),
+                    self.describe(ctx.now)
+                );
             }
             if self.syn_acked {
                 self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);

@@ -75,7 +75,8 @@ pub struct Segment<'a> {
 }
 
 fn v4(e: &Endpoint) -> Option<[u8; 4]> {
-    (e.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]).then(|| [e.addr[12], e.addr[13], e.addr[14], e.addr[15]])
+    (e.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff])
+        .then(|| [e.addr[12], e.addr[13], e.addr[14], e.addr[15]])
 }
 
 /// Appends the IP packet (IPv4 when both ends are IPv4, else IPv6) to `out`; returns its length.
@@ -126,7 +127,7 @@ mod tests {
     use common::tcp::{flags::*, TcpOptions};
 
     use super::*;
-    use crate::engine::capture::{self, Link};
+    use crate::capture::{self, Link};
 
     fn seg<'a>(src: Endpoint, dst: Endpoint, options: &'a [u8], payload: &'a [u8]) -> Segment<'a> {
         Segment { src, dst, seq: SeqNum(7), ack: SeqNum(9), flags: ACK | PSH, window: 1000, options, payload }
@@ -178,7 +179,10 @@ mod tests {
                     let o = Options::syn(1460, ws, sack, ts);
                     assert_eq!(o.as_bytes().len() % 4, 0);
                     let parsed = TcpOptions::parse(o.as_bytes()).unwrap();
-                    assert_eq!(parsed, TcpOptions { mss: Some(1460), window_scale: ws, sack_permitted: sack, timestamps: ts });
+                    assert_eq!(
+                        parsed,
+                        TcpOptions { mss: Some(1460), window_scale: ws, sack_permitted: sack, timestamps: ts }
+                    );
                 }
             }
         }

@@ -21,13 +21,14 @@ use xdpcopy_testbed::{
     traffic, Host, Process, Testbed,
 };
 
-use super::{napi_cpu_us, process_cpu_us, start_intercept, svg, STARTUP};
+use crate::{napi_cpu_us, process_cpu_us, start_intercept, svg, STARTUP};
 
 /// Production probes per step (one HTTP GET each, on its own connection).
 const PROBES: u32 = 10;
 
 /// The offered rates, frames per second; `None` is as fast as the generator goes.
-pub const RATES: [Option<u64>; 7] = [Some(50_000), Some(100_000), Some(200_000), Some(300_000), Some(500_000), Some(700_000), None];
+pub const RATES: [Option<u64>; 7] =
+    [Some(50_000), Some(100_000), Some(200_000), Some(300_000), Some(500_000), Some(700_000), None];
 
 /// One rate step.
 #[derive(Clone, Debug)]
@@ -183,8 +184,15 @@ const DRAIN: Duration = Duration::from_millis(500);
 fn start_copier(tb: &Testbed, mode: &str) -> anyhow::Result<Process> {
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &format!("80-{target}"), "-s", &addr::ASSIST_CONTROL.to_string(), "--iface", iface::ONLINE_TO_CLIENT])
-        .args(["--mode", mode, "--stats-interval", "60"]);
+    cmd.args([
+        "-x",
+        &format!("80-{target}"),
+        "-s",
+        &addr::ASSIST_CONTROL.to_string(),
+        "--iface",
+        iface::ONLINE_TO_CLIENT,
+    ])
+    .args(["--mode", mode, "--stats-interval", "60"]);
     let mut copier = tb.start("copier", cmd)?;
     copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
     Ok(copier)
@@ -197,7 +205,9 @@ fn stop_copier(mut copier: Process) -> anyhow::Result<Stats> {
     if !status.success() {
         bail!("the copier failed ({status})\n{}", copier.describe());
     }
-    stats::last(&copier.stdout()).filter(|s| s.summary).with_context(|| format!("no copier summary\n{}", copier.describe()))
+    stats::last(&copier.stdout())
+        .filter(|s| s.summary)
+        .with_context(|| format!("no copier summary\n{}", copier.describe()))
 }
 
 /// Moves the online interface's receive path (the XDP program, the stack) into a NAPI thread of
@@ -243,7 +253,8 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
     let copier = start_copier(&tb, "copy")?;
     receive_in_napi_thread(&tb)?;
     let before = tb.online.nstat(IP_RECEIVED)?;
-    let ((flooded, probes_answered), copier_cpu, copier_napi) = measure_cpu(&copier, || flood_with_probes(&tb, Path::AfXdp, rate, seconds))?;
+    let ((flooded, probes_answered), copier_cpu, copier_napi) =
+        measure_cpu(&copier, || flood_with_probes(&tb, Path::AfXdp, rate, seconds))?;
     let copier_stats = stop_copier(copier)?;
     let copier_ip_received = tb.online.nstat(IP_RECEIVED)? - before;
     Ok(Step {
@@ -263,11 +274,20 @@ pub fn step(rate: Option<u64>, seconds: f64) -> anyhow::Result<Step> {
 /// Frames XDP programs dropped on the online host's client-facing interface (veth's
 /// `rx_queue_N_xdp_drops`, summed).
 fn xdp_drops(tb: &Testbed) -> anyhow::Result<u64> {
-    let out = tb.command(Host::Online, "ethtool").args(["-S", iface::ONLINE_TO_CLIENT]).output().context("running ethtool")?;
+    let out = tb
+        .command(Host::Online, "ethtool")
+        .args(["-S", iface::ONLINE_TO_CLIENT])
+        .output()
+        .context("running ethtool")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let counts: Vec<u64> = text
         .lines()
-        .filter_map(|l| l.trim().split_once(": ").filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with("_xdp_drops")).and_then(|(_, v)| v.parse().ok()))
+        .filter_map(|l| {
+            l.trim()
+                .split_once(": ")
+                .filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with("_xdp_drops"))
+                .and_then(|(_, v)| v.parse().ok())
+        })
         .collect();
     anyhow::ensure!(!counts.is_empty(), "no rx_queue_*_xdp_drops in ethtool's statistics: {text}");
     Ok(counts.iter().sum())
@@ -278,14 +298,23 @@ pub fn extras(seconds: f64) -> anyhow::Result<Extras> {
     let (tb, _servers) = testbed()?;
     let copier = start_copier(&tb, "mirror")?;
     receive_in_napi_thread(&tb)?;
-    let ((mirror, _), mirror_cpu, mirror_napi) = measure_cpu(&copier, || flood_with_probes(&tb, Path::AfXdp, None, seconds))?;
+    let ((mirror, _), mirror_cpu, mirror_napi) =
+        measure_cpu(&copier, || flood_with_probes(&tb, Path::AfXdp, None, seconds))?;
     let mirror_stats = stop_copier(copier)?;
     let _drop = BareXdp::attach(&tb.online, iface::ONLINE_TO_CLIENT, Action::Drop)?;
     receive_in_napi_thread(&tb)?;
     let tx = |path| -> anyhow::Result<(Flooded, u64)> {
         let duration = Duration::from_secs_f64(seconds);
         let before = xdp_drops(&tb)?;
-        let flooded = tb.client.run(move || flood::flood(path, iface::CLIENT_TO_ONLINE, &flood::resets(addr::CLIENT, (addr::ONLINE, 80)), None, duration))??;
+        let flooded = tb.client.run(move || {
+            flood::flood(
+                path,
+                iface::CLIENT_TO_ONLINE,
+                &flood::resets(addr::CLIENT, (addr::ONLINE, 80)),
+                None,
+                duration,
+            )
+        })??;
         Ok((flooded, xdp_drops(&tb)? - before))
     };
     let (tx_af_xdp, tx_af_xdp_arrived) = tx(Path::AfXdp)?;
@@ -349,12 +378,20 @@ pub fn markdown(steps: &[Step], extras: Option<&Extras>, seconds: f64) -> String
             bare / 1e6
         );
     }
-    let lossless = steps.iter().filter(|s| s.copier_dropped() == 0 && s.lost() == 0).map(|s| s.copier.pps()).fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
+    let lossless = steps
+        .iter()
+        .filter(|s| s.copier_dropped() == 0 && s.lost() == 0)
+        .map(|s| s.copier.pps())
+        .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
     let _ = writeln!(
         md,
         "Highest offered rate with zero loss: {}. Production: every frame the program saw was passed on ({}).",
         lossless.map_or_else(|| "none".to_owned(), |p| format!("{p:.0} pps")),
-        if steps.iter().all(|s| s.copier_stats.get("passed") == s.copier_stats.get("seen")) { "passed = seen in every step" } else { "NOT in every step: see the JSON" }
+        if steps.iter().all(|s| s.copier_stats.get("passed") == s.copier_stats.get("seen")) {
+            "passed = seen in every step"
+        } else {
+            "NOT in every step: see the JSON"
+        }
     );
     if let Some(e) = extras {
         let _ = writeln!(
@@ -440,8 +477,16 @@ pub fn plot(steps: &[Step]) -> String {
             x_label: "offered, frames/s".into(),
             y_label: "frames/s".into(),
             series: vec![
-                svg::Series { label: "bare XDP_PASS → IP".into(), color: "#888", points: points(&|s| (s.baseline.pps(), s.baseline_pps())) },
-                svg::Series { label: "copier → workers".into(), color: "#d62728", points: points(&|s| (s.copier.pps(), s.processed_pps())) },
+                svg::Series {
+                    label: "bare XDP_PASS → IP".into(),
+                    color: "#888",
+                    points: points(&|s| (s.baseline.pps(), s.baseline_pps())),
+                },
+                svg::Series {
+                    label: "copier → workers".into(),
+                    color: "#d62728",
+                    points: points(&|s| (s.copier.pps(), s.processed_pps())),
+                },
                 svg::Series {
                     label: "copier → production IP".into(),
                     color: "#1f77b4",
@@ -455,8 +500,16 @@ pub fn plot(steps: &[Step]) -> String {
             x_label: "offered, frames/s".into(),
             y_label: "loss, % of offered".into(),
             series: vec![
-                svg::Series { label: "bare XDP_PASS: not at IP".into(), color: "#888", points: points(&|s| (s.baseline.pps(), s.baseline_loss_pct())) },
-                svg::Series { label: "copier: not processed".into(), color: "#d62728", points: points(&|s| (s.copier.pps(), s.loss_pct())) },
+                svg::Series {
+                    label: "bare XDP_PASS: not at IP".into(),
+                    color: "#888",
+                    points: points(&|s| (s.baseline.pps(), s.baseline_loss_pct())),
+                },
+                svg::Series {
+                    label: "copier: not processed".into(),
+                    color: "#d62728",
+                    points: points(&|s| (s.copier.pps(), s.loss_pct())),
+                },
                 svg::Series {
                     label: "copier: its own drops".into(),
                     color: "#ff7f0e",

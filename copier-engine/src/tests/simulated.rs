@@ -13,10 +13,7 @@ use common::{
 use proptest::prelude::*;
 
 use super::{captured, ep, sent, syn_options, Sent, CLIENT, ONLINE_ISN};
-use crate::{
-    engine::{capture::Link, Config, Engine},
-    mapping::parse_mappings,
-};
+use crate::{capture::Link, mapping::parse_mappings, Config, Engine};
 
 /// One request of a session and the size of the online server's answer to it.
 #[derive(Clone, Debug)]
@@ -53,7 +50,7 @@ fn capture(port: u16, plan: &SessionPlan) -> (Vec<(u64, Vec<u8>)>, Vec<u8>) {
         t += 100;
         packets.push((t, p));
     };
-    let opts = if plan.timestamps { syn_options(1) } else { crate::engine::emit::Options::syn(1460, Some(7), true, None) };
+    let opts = if plan.timestamps { syn_options(1) } else { crate::emit::Options::syn(1460, Some(7), true, None) };
     push(&mut packets, captured(port, SYN, isn, 0, opts.as_bytes(), &[]));
     push(&mut packets, captured(port, ACK, isn.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
     let mut stream = Vec::new();
@@ -264,7 +261,9 @@ impl SimTarget {
     }
 
     fn next_tick(&self) -> Option<u64> {
-        let pending = (self.client_isn.is_some() && !self.established) || self.snd_una < self.queued || (self.fin_sent && self.snd_una <= self.snd_nxt);
+        let pending = (self.client_isn.is_some() && !self.established)
+            || self.snd_una < self.queued
+            || (self.fin_sent && self.snd_una <= self.snd_nxt);
         (!self.closed && pending).then_some(self.last_send + TARGET_RTO_US)
     }
 
@@ -295,7 +294,14 @@ enum Item {
 }
 
 /// Runs the sessions to the end; returns the targets for inspection.
-fn run(plans: &[SessionPlan], net: &Net, capture_disorder: f64, mss: u16, window: u32, seed: u64) -> (Engine, Vec<(Vec<u8>, SimTarget)>) {
+fn run(
+    plans: &[SessionPlan],
+    net: &Net,
+    capture_disorder: f64,
+    mss: u16,
+    window: u32,
+    seed: u64,
+) -> (Engine, Vec<(Vec<u8>, SimTarget)>) {
     let mut cfg = Config::new(parse_mappings("80-10.100.2.2:8080").unwrap());
     cfg.max_retransmits = 40;
     let mut engine = Engine::new(cfg);
@@ -347,7 +353,9 @@ fn run(plans: &[SessionPlan], net: &Net, capture_disorder: f64, mss: u16, window
         }
     };
     for _ in 0..2_000_000 {
-        let all_done = next_capture == captured_packets.len() && targets.values().all(SimTarget::done) && engine.active_sessions() == 0;
+        let all_done = next_capture == captured_packets.len()
+            && targets.values().all(SimTarget::done)
+            && engine.active_sessions() == 0;
         if all_done || now > 600_000_000 {
             break;
         }
@@ -402,12 +410,17 @@ fn run(plans: &[SessionPlan], net: &Net, capture_disorder: f64, mss: u16, window
         }
         engine.outbox().clear();
     }
-    let results = streams.into_iter().map(|(client, stream)| (stream, targets.remove(&client).expect("target"))).collect();
+    let results =
+        streams.into_iter().map(|(client, stream)| (stream, targets.remove(&client).expect("target"))).collect();
     (engine, results)
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    (1usize..3000, 0usize..6000, proptest::bool::weighted(0.2)).prop_map(|(size, response, pipelined)| Request { size, response, pipelined })
+    (1usize..3000, 0usize..6000, proptest::bool::weighted(0.2)).prop_map(|(size, response, pipelined)| Request {
+        size,
+        response,
+        pipelined,
+    })
 }
 
 fn plan() -> impl Strategy<Value = SessionPlan> {
@@ -421,13 +434,30 @@ fn plan() -> impl Strategy<Value = SessionPlan> {
 }
 
 fn net() -> impl Strategy<Value = Net> {
-    (0.0f64..0.15, 0.0f64..0.1, prop_oneof![Just(0u64), 1u64..3000]).prop_map(|(loss, duplicate, jitter)| Net { loss, duplicate, jitter })
+    (0.0f64..0.15, 0.0f64..0.1, prop_oneof![Just(0u64), 1u64..3000]).prop_map(|(loss, duplicate, jitter)| Net {
+        loss,
+        duplicate,
+        jitter,
+    })
 }
 
-fn check(plans: &[SessionPlan], net: &Net, disorder: f64, mss: u16, window: u32, seed: u64) -> Result<(), TestCaseError> {
+fn check(
+    plans: &[SessionPlan],
+    net: &Net,
+    disorder: f64,
+    mss: u16,
+    window: u32,
+    seed: u64,
+) -> Result<(), TestCaseError> {
     let (engine, results) = run(plans, net, disorder, mss, window, seed);
     for (i, (stream, target)) in results.iter().enumerate() {
-        prop_assert_eq!(target.received.len(), stream.len(), "session {}: byte count (counters {:?})", i, engine.counters());
+        prop_assert_eq!(
+            target.received.len(),
+            stream.len(),
+            "session {}: byte count (counters {:?})",
+            i,
+            engine.counters()
+        );
         prop_assert!(target.received == *stream, "session {}: the bytes differ", i);
         prop_assert!(target.fin_received, "session {}: no FIN", i);
         prop_assert_eq!(target.window_violations, 0, "session {}: sent beyond the window", i);

@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: what the copier and the intercept carry, and at what cost, measured on
+//! `xdpcopy-bench` (run by `cargo xtask bench`): what the copier and the intercept carry, and at what cost, measured on
 //! the namespace test bed, every figure from one invocation so ratios compare like with like.
 //! Figures are reported (JSON, Markdown and an SVG plot under `target/bench/`), never asserted.
 
@@ -13,17 +13,29 @@ use std::{
 };
 
 use anyhow::Context as _;
+use clap::Parser;
 use xdpcopy_testbed::{bins, topology::iface, Host, Process, Testbed};
 
 /// What to run.
-pub struct Plan {
-    pub short: u32,
-    pub keepalive: u32,
-    /// A scenario's whole name picks it ("capture" is the capture path); a part of one picks
-    /// every scenario containing it.
-    pub only: Option<String>,
+#[derive(Parser)]
+#[command(
+    name = "xdpcopy-bench",
+    about = "Measure the capture and replay paths on a namespace test bed; writes target/bench/ (root)"
+)]
+struct Plan {
+    /// Short sessions (one request each) in the generated capture.
+    #[arg(long, default_value_t = 100_000)]
+    short: u32,
+    /// Keep-alive sessions (ten requests each).
+    #[arg(long, default_value_t = 10_000)]
+    keepalive: u32,
+    /// Run only the scenario of this name ("capture" is the capture path), or those whose name
+    /// contains it.
+    #[arg(long)]
+    only: Option<String>,
     /// Seconds each capture-path step floods for.
-    pub step_seconds: f64,
+    #[arg(long, default_value_t = 1.0)]
+    step_seconds: f64,
 }
 
 const CAPTURE: &str = "capture";
@@ -31,7 +43,7 @@ const CAPTURE: &str = "capture";
 const STARTUP: Duration = Duration::from_secs(20);
 
 /// CPU time of a live process, from /proc/PID/stat: (user + system, user), microseconds.
-pub(super) fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
+fn process_cpu_us(pid: u32) -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
@@ -72,7 +84,9 @@ fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -80,7 +94,7 @@ fn machine() -> String {
 }
 
 /// Runs the plan and writes `target/bench/bench.{json,md}` (and `capture.svg`).
-pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
+fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let machine = machine();
@@ -93,10 +107,10 @@ pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
     let mut extras = None;
     if picked(CAPTURE) {
         for rate in capture::RATES {
-            println!("xtask bench: capture path, {}", capture::rate_label(rate));
+            println!("bench: capture path, {}", capture::rate_label(rate));
             let step = capture::step(rate, plan.step_seconds)?;
             println!(
-                "xtask bench:   bare XDP_PASS {:.0} → {:.0} pps; copier {:.0} offered, {:.0} processed, {} lost ({} before XDP, {} by the copier); probes {}",
+                "bench:   bare XDP_PASS {:.0} → {:.0} pps; copier {:.0} offered, {:.0} processed, {} lost ({} before XDP, {} by the copier); probes {}",
                 step.baseline.pps(),
                 step.baseline_pps(),
                 step.copier.pps(),
@@ -108,18 +122,18 @@ pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
             );
             steps.push(step);
         }
-        println!("xtask bench: capture path, mirror mode and transmit paths, unpaced");
+        println!("bench: capture path, mirror mode and transmit paths, unpaced");
         extras = Some(capture::extras(plan.step_seconds)?);
     }
 
     let mut outcomes = Vec::new();
     for sc in scenarios.into_iter().filter(|sc| picked(&sc.name)) {
         println!(
-            "xtask bench: {} ({} sessions x {} requests, -n {}, {} worker(s), --tx {})",
+            "bench: {} ({} sessions x {} requests, -n {}, {} worker(s), --tx {})",
             sc.name, sc.sessions.count, sc.sessions.requests_per_session, sc.multiply, sc.workers, sc.tx
         );
         let o = replay::run(&sc)?;
-        println!("xtask bench:   {}", o.brief());
+        println!("bench:   {}", o.brief());
         outcomes.push(o);
     }
 
@@ -141,4 +155,17 @@ pub fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
     std::fs::write(out.join("bench.md"), &md)?;
     println!("\n{md}");
     Ok(out)
+}
+
+fn main() -> std::process::ExitCode {
+    let plan = Plan::parse();
+    xdpcopy_testbed::require_root();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the test bed lives in the workspace");
+    match run_all(root, &plan) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

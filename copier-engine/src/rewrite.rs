@@ -116,7 +116,11 @@ pub fn shifted_port(port: u16, copy: u16, shift: u16) -> u16 {
 
 /// The next port to try when `port` is taken (stays in 1024..=65535).
 pub fn next_port(port: u16) -> u16 {
-    if port == u16::MAX { 1024 } else { port.max(1023) + 1 }
+    if port == u16::MAX {
+        1024
+    } else {
+        port.max(1023) + 1
+    }
 }
 
 /// The replay source ports one worker of several may use: those ≡ `index` (mod `count`).
@@ -151,7 +155,11 @@ impl PortClass {
 
     /// `port` if it is in the class, else the next port of the class.
     pub fn fit(&self, port: u16) -> u16 {
-        if self.contains(port) { port } else { self.next(port) }
+        if self.contains(port) {
+            port
+        } else {
+            self.next(port)
+        }
     }
 
     /// The next port of the class after `port` (stays in 1024..=65535, like [`next_port`]).

@@ -1,6 +1,6 @@
 //! Transmit paths for the packets the engine builds (whole IP packets).
 
-use super::xdp_tx::XdpTx;
+use crate::xdp_tx::XdpTx;
 
 /// The transmit path a worker uses.
 pub enum Transmit {
@@ -33,7 +33,10 @@ impl Transmit {
     }
 }
 
-use std::{io, os::fd::{AsRawFd, FromRawFd, OwnedFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 /// `--tx raw`: raw IP sockets, the kernel routes and resolves neighbours. One `sendmmsg` per
 /// batch, not a syscall per packet.
@@ -120,7 +123,7 @@ impl RawTx {
                 // SAFETY: all-zero is a valid msghdr; pointers stay valid for the call below.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_name = (addr as *mut A).cast();
-                h.msg_hdr.msg_namelen = std::mem::size_of::<A>() as u32;
+                h.msg_hdr.msg_namelen = size_of::<A>() as u32;
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
                 h

@@ -14,14 +14,16 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use xdp_runtime::{
-    iface::{index as if_index, name as if_name},
-    netlink, xsk,
-};
+use common::hash::Hasher;
 use xsk_rs::{
     config::{QueueSize, UmemConfig},
     socket::{RxQueue, TxQueue},
     umem::{frame::FrameDesc, CompQueue, FillQueue, Umem},
+};
+
+use crate::{
+    iface::{index as if_index, name as if_name},
+    netlink, xsk,
 };
 
 const FRAMES: u32 = 4096;
@@ -43,7 +45,7 @@ pub struct XdpTx {
     free: Vec<FrameDesc>,
     batch: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
-    macs: HashMap<IpAddr, [u8; 6], crate::Hasher>,
+    macs: HashMap<IpAddr, [u8; 6], Hasher>,
     tx: TxQueue,
     completion: CompQueue,
     // Kept alive with the socket; this socket never receives.
@@ -58,7 +60,11 @@ pub struct XdpTx {
 fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]> {
     let route = netlink::route_to(dst).with_context(|| format!("looking up the route to {dst}"))?;
     if route.if_index != if_index {
-        bail!("the route to {dst} leaves through {} , not the AF_XDP interface {}", if_name(route.if_index)?, if_name(if_index)?);
+        bail!(
+            "the route to {dst} leaves through {} , not the AF_XDP interface {}",
+            if_name(route.if_index)?,
+            if_name(if_index)?
+        );
     }
     let hop = route.next_hop(dst);
     let deadline = Instant::now() + wait;
@@ -76,7 +82,10 @@ fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]
             provoked = true;
         }
         if Instant::now() >= deadline {
-            bail!("cannot resolve the MAC of next hop {hop} on {}: no ARP/ND answer within {wait:?}", if_name(if_index)?);
+            bail!(
+                "cannot resolve the MAC of next hop {hop} on {}: no ARP/ND answer within {wait:?}",
+                if_name(if_index)?
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -93,11 +102,12 @@ impl XdpTx {
             None => netlink::route_to(first).with_context(|| format!("looking up the route to {first}"))?.if_index,
         };
         let iface = if_name(if_index)?;
-        let queues = xdp_runtime::xsk_rx::tx_queue_count(&iface);
+        let queues = crate::xsk_rx::tx_queue_count(&iface);
         if queue >= queues {
             bail!("{iface} has {queues} TX queue(s); worker {queue} needs a queue of its own (fewer --workers, or --tx raw)");
         }
-        let src_mac = netlink::link_address(if_index)?.with_context(|| format!("{iface} has no MAC address (not an Ethernet link?)"))?;
+        let src_mac = netlink::link_address(if_index)?
+            .with_context(|| format!("{iface} has no MAC address (not an Ethernet link?)"))?;
         let mut macs = HashMap::default();
         for &t in targets {
             macs.insert(t, resolve(if_index, t, RESOLVE_WAIT)?);
@@ -106,10 +116,10 @@ impl XdpTx {
             .fill_queue_size(QueueSize::new(64)?)
             .comp_queue_size(QueueSize::new(FRAMES)?)
             .build()?;
-        let (umem, frames) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false).context("creating the TX UMEM")?;
-        // SAFETY: the UMEM outlives the rings: all live in the returned XdpTx.
+        let (umem, frames) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false)
+            .context("creating the TX UMEM")?;
         let xsk::Bound { zero_copy, tx, rx, fill, completion } =
-            unsafe { xsk::bind(&umem, &iface, queue, 64, RING) }.context("opening AF_XDP transmit")?;
+            xsk::bind(&umem, &iface, queue, 64, RING).context("opening AF_XDP transmit")?;
         Ok(Self {
             iface,
             if_index,
@@ -220,7 +230,8 @@ impl XdpTx {
             let unsent = self.batch.len() - done;
             self.free.extend_from_slice(&self.batch[done..]);
             self.errors += unsent as u64;
-            self.last_error = Some(format!("AF_XDP TX ring stayed full for {STALL_LIMIT:?} (the device takes no frames)"));
+            self.last_error =
+                Some(format!("AF_XDP TX ring stayed full for {STALL_LIMIT:?} (the device takes no frames)"));
         }
         self.batch.clear();
     }

@@ -1,5 +1,5 @@
-//! The session engine: replays captured client sessions towards the test server exactly
-//! (DESIGN.md §2), with no I/O.
+//! The copier's session engine: replays captured client sessions towards the test server
+//! exactly, with no I/O, so it is tested (and fuzzed) without root or a network.
 //!
 //! Inputs: captured client packets ([`Engine::on_captured`]) and the test server's reply facts
 //! ([`Engine::on_reply`]), each with the current time in microseconds, and timer ticks
@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod emit;
+pub mod mapping;
 pub mod rewrite;
 mod rto;
 pub mod session;
@@ -36,7 +37,9 @@ use self::{
     time_wait::TimeWait,
     timers::Wheel,
 };
-use crate::{mapping::Mapping, Hasher};
+use common::hash::Hasher;
+
+use crate::mapping::Mapping;
 
 /// Sessions opening at once per engine unless told otherwise: far above what normal replay to
 /// a LAN test server needs (a handshake and a first request take a round trip or two), and a
@@ -136,8 +139,12 @@ pub struct Counters {
     pub payload_bytes_sent: u64,
     /// Captured frames the engine was shown (every one, whatever became of it).
     pub captured: u64,
-    /// Captured packets of no mapping, not TCP, or a reset of no live session.
-    pub captured_ignored: u64,
+    /// Captured frames that are not a TCP segment (ARP, UDP, a later IP fragment).
+    pub captured_not_tcp: u64,
+    /// Captured TCP segments to a port (or address) no `-x` mapping names.
+    pub captured_unmapped: u64,
+    /// Captured resets of no live session: nothing to end, and no reason to start one.
+    pub captured_stray_resets: u64,
     pub captured_malformed: u64,
     /// Reply facts of no live session.
     pub replies_unmatched: u64,
@@ -161,7 +168,9 @@ impl Counters {
             ("retransmitted", self.packets_retransmitted),
             ("bytes", self.payload_bytes_sent),
             ("captured", self.captured),
-            ("unmapped", self.captured_ignored),
+            ("not_tcp", self.captured_not_tcp),
+            ("unmapped", self.captured_unmapped),
+            ("stray_resets", self.captured_stray_resets),
             ("unparsed", self.captured_malformed),
             ("unmatched_replies", self.replies_unmatched),
         ]
@@ -308,11 +317,11 @@ impl Engine {
         self.counters.captured += 1;
         let seg = match capture::parse(link, packet) {
             Ok(Some(seg)) => seg,
-            Ok(None) => return self.counters.captured_ignored += 1,
+            Ok(None) => return self.counters.captured_not_tcp += 1,
             Err(_) => return self.counters.captured_malformed += 1,
         };
         let Some(target) = self.config.target_for(&seg.dst) else {
-            return self.counters.captured_ignored += 1;
+            return self.counters.captured_unmapped += 1;
         };
         let target = Endpoint::from(target);
         for copy in 0..self.config.multiply {
@@ -333,7 +342,7 @@ impl Engine {
                 // A reset ends a session; it never starts one (there is nothing to replay).
                 None if seg.flags & RST != 0 => {
                     if copy == 0 {
-                        self.counters.captured_ignored += 1;
+                        self.counters.captured_stray_resets += 1;
                     }
                     None
                 }
@@ -495,7 +504,13 @@ impl Engine {
                 self.release_held(now);
             }
             Some(Entry::Lingering(tw)) if tw.target == facts.target => {
-                let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: Vec::new() };
+                let mut ctx = Ctx {
+                    now,
+                    config: &self.config,
+                    counters: &mut self.counters,
+                    out: &mut self.out,
+                    scratch: Vec::new(),
+                };
                 tw.on_reply(&mut ctx, facts);
             }
             _ => self.counters.replies_unmatched += 1,
@@ -552,7 +567,13 @@ impl Engine {
         let Some(session) = self.table.session_mut(id) else { return };
         let before = session.buffered();
         let was_opening = session.is_opening();
-        let mut ctx = Ctx { now, config: &self.config, counters: &mut self.counters, out: &mut self.out, scratch: std::mem::take(&mut self.scratch) };
+        let mut ctx = Ctx {
+            now,
+            config: &self.config,
+            counters: &mut self.counters,
+            out: &mut self.out,
+            scratch: std::mem::take(&mut self.scratch),
+        };
         f(session, &mut ctx);
         self.opening = self.opening + usize::from(session.is_opening()) - usize::from(was_opening);
         let deadline = session.deadline(&ctx);

@@ -168,14 +168,20 @@ mod tests {
     use common::{endpoint::Endpoint, seq::SeqNum};
 
     use super::*;
-    use crate::engine::{session::SynParams, time_wait::Closed};
+    use crate::{session::SynParams, time_wait::Closed};
 
     fn key(port: u16) -> CaptureKey {
         (Endpoint::v4([10, 0, 0, 2], port), Endpoint::v4([10, 0, 0, 1], 80), 0)
     }
 
     fn session(port: u16) -> Session {
-        let syn = SynParams { isn: SeqNum(port as u32), mss: 1460, window_scale: None, sack_permitted: false, timestamps: false };
+        let syn = SynParams {
+            isn: SeqNum(port as u32),
+            mss: 1460,
+            window_scale: None,
+            sack_permitted: false,
+            timestamps: false,
+        };
         Session::new(Endpoint::v4([10, 0, 0, 2], port), Endpoint::v4([10, 0, 0, 3], 80), syn, None, 0)
     }
 

@@ -123,7 +123,15 @@ pub struct Sent {
 
 impl From<ClientSegment<'_>> for Sent {
     fn from(s: ClientSegment<'_>) -> Self {
-        Self { src: s.src, dst: s.dst, seq: s.seq, ack: s.ack, flags: s.flags, options: s.options, payload: s.payload.to_vec() }
+        Self {
+            src: s.src,
+            dst: s.dst,
+            seq: s.seq,
+            ack: s.ack,
+            flags: s.flags,
+            options: s.options,
+            payload: s.payload.to_vec(),
+        }
     }
 }
 
@@ -166,7 +174,7 @@ fn packets_of_no_mapping_are_ignored() {
     other[22..24].copy_from_slice(&443u16.to_be_bytes()); // destination port (checksum is not checked)
     e.on_captured(0, Link::Ip, &other);
     assert!(sent(&mut e).is_empty());
-    assert_eq!(e.counters().captured_ignored, 1);
+    assert_eq!(e.counters().captured_unmapped, 1);
 }
 
 #[test]
@@ -321,7 +329,11 @@ fn a_session_awaits_an_ack_while_anything_it_sent_is_unacknowledged() {
     assert_eq!((e.active_sessions(), e.sessions_awaiting_ack()), (1, 1), "the SYN is in flight");
     e.on_reply(10, &syn_ack(syn.src, 1460, 64240, 1));
     sent(&mut e);
-    assert_eq!((e.active_sessions(), e.sessions_awaiting_ack()), (1, 0), "established, nothing in flight: it only idles");
+    assert_eq!(
+        (e.active_sessions(), e.sessions_awaiting_ack()),
+        (1, 0),
+        "established, nothing in flight: it only idles"
+    );
     e.on_captured(20, Link::Ip, &data(40000, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
     sent(&mut e);
     assert_eq!(e.sessions_awaiting_ack(), 1, "the request is in flight");
@@ -362,7 +374,7 @@ fn a_reset_of_no_live_session_starts_nothing() {
     assert!(sent(&mut e).is_empty());
     assert_eq!(e.active_sessions(), 0);
     let c = e.counters();
-    assert_eq!((c.captured, c.captured_ignored, c.sessions_started), (100, 100, 0));
+    assert_eq!((c.captured, c.captured_stray_resets, c.sessions_started), (100, 100, 0));
     // The 4-tuple is not remembered as declined: its next connection replays.
     handshake(&mut e, 1, 40000);
     assert_eq!(sent(&mut e)[0].flags, SYN);
@@ -480,7 +492,10 @@ fn a_cleanly_closed_session_lingers_as_time_wait_until_a_new_connection_reuses_i
     assert_eq!(sent(&mut e), vec![]);
     e.on_reply(5_000, &reply(c, 6, 10, 0, FIN));
     let again = sent(&mut e);
-    assert_eq!(again.iter().map(|p| (p.flags, p.seq, p.ack)).collect::<Vec<_>>(), vec![(ACK, last_ack.seq, last_ack.ack)]);
+    assert_eq!(
+        again.iter().map(|p| (p.flags, p.seq, p.ack)).collect::<Vec<_>>(),
+        vec![(ACK, last_ack.seq, last_ack.ack)]
+    );
     assert_eq!(again[0].options.timestamps, Some((5, 5000)));
     assert!(!e.outbox().events.contains(&Event::Disown(c)), "its replay endpoint stays taken");
     // The client connects again from the same port: the linger ends, a fresh session starts.
@@ -514,9 +529,24 @@ fn session_and_memory_bounds_shed_and_count() {
 #[test]
 fn ipv6_sessions_are_replayed_over_ipv6() {
     let mut e = Engine::new(Config::new(parse_mappings("[fd00::1]:80-[fd00::2]:8080").unwrap()));
-    let (client, online) = (Endpoint::v6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], 40000), Endpoint::from("[fd00::1]:80".parse::<SocketAddr>().unwrap()));
+    let (client, online) = (
+        Endpoint::v6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], 40000),
+        Endpoint::from("[fd00::1]:80".parse::<SocketAddr>().unwrap()),
+    );
     let mut syn = Vec::new();
-    emit::write(&mut syn, &emit::Segment { src: client, dst: online, seq: SeqNum(1), ack: SeqNum(0), flags: SYN, window: 1, options: &[], payload: &[] });
+    emit::write(
+        &mut syn,
+        &emit::Segment {
+            src: client,
+            dst: online,
+            seq: SeqNum(1),
+            ack: SeqNum(0),
+            flags: SYN,
+            window: 1,
+            options: &[],
+            payload: &[],
+        },
+    );
     e.on_captured(0, Link::Ip, &syn);
     let s = sent(&mut e);
     assert_eq!((s[0].src, s[0].dst), (client, Endpoint::from("[fd00::2]:8080".parse::<SocketAddr>().unwrap())));
@@ -528,7 +558,19 @@ fn a_mapping_that_names_an_online_address_takes_only_that_address_and_a_port_onl
     let mut e = Engine::new(Config::new(parse_mappings("10.100.1.7:80-10.100.2.7:8080, 80-10.100.2.2:8080").unwrap()));
     let syn = |client_port: u16, online: Endpoint| {
         let mut p = Vec::new();
-        emit::write(&mut p, &emit::Segment { src: ep(CLIENT, client_port), dst: online, seq: SeqNum(1), ack: SeqNum(0), flags: SYN, window: 1, options: &[], payload: &[] });
+        emit::write(
+            &mut p,
+            &emit::Segment {
+                src: ep(CLIENT, client_port),
+                dst: online,
+                seq: SeqNum(1),
+                ack: SeqNum(0),
+                flags: SYN,
+                window: 1,
+                options: &[],
+                payload: &[],
+            },
+        );
         p
     };
     e.on_captured(0, Link::Ip, &syn(40000, ep(Ipv4Addr::new(10, 100, 1, 7), 80)));
@@ -537,7 +579,7 @@ fn a_mapping_that_names_an_online_address_takes_only_that_address_and_a_port_onl
     assert_eq!(s.iter().map(|p| p.dst).collect::<Vec<_>>(), [ep(Ipv4Addr::new(10, 100, 2, 7), 8080), target()]);
     e.on_captured(0, Link::Ip, &syn(40002, ep(ONLINE, 81)));
     assert!(sent(&mut e).is_empty(), "no mapping for port 81");
-    assert_eq!(e.counters().captured_ignored, 1);
+    assert_eq!(e.counters().captured_unmapped, 1);
 }
 
 #[test]

@@ -57,7 +57,18 @@ pub struct Closed {
 impl TimeWait {
     pub fn new(closed: Closed, now: u64, timer_at: Option<u64>) -> Self {
         let Closed { replay_client, target, client_isn, seq, ack, ts_recent, quiet } = closed;
-        Self { replay_client, target, client_isn, seq, ack, ts_recent, quiet, until: now + quiet, cap: now + CAP_US, timer_at }
+        Self {
+            replay_client,
+            target,
+            client_isn,
+            seq,
+            ack,
+            ts_recent,
+            quiet,
+            until: now + quiet,
+            cap: now + CAP_US,
+            timer_at,
+        }
     }
 
     /// A reply of the test server: a retransmitted FIN is acknowledged again, and the linger

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the deployment picture on a namespace test bed, live.
+//! `xdpcopy-demo` (run by `cargo xtask demo`): the deployment picture on a namespace test bed, live.
 //!
 //! Clients use the online nginx (short requests and keep-alive sessions) while the copier's XDP
 //! program copies their packets on the online host and replays every session to the test
@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use clap::Parser;
 use xdpcopy_testbed::{
     bins,
     servers::Nginx,
@@ -48,7 +49,9 @@ fn client_load(tb: &Testbed, server: SocketAddr, per_second: u32, stop: &AtomicB
     while !stop.load(Ordering::Relaxed) {
         let outcome = if n % 10 == 9 {
             let paths: Vec<String> = (0..5).map(|i| format!("/demo/keepalive/{n}/{i}")).collect();
-            tb.client.run(move || traffic::http_keepalive(server, &paths).map(|s| s.iter().filter(|&&c| c == 200).count() as u64))
+            tb.client.run(move || {
+                traffic::http_keepalive(server, &paths).map(|s| s.iter().filter(|&&c| c == 200).count() as u64)
+            })
         } else {
             let path = format!("/demo/short/{n}");
             tb.client.run(move || traffic::http_get(server, &path).map(|s| u64::from(s == 200)))
@@ -63,12 +66,22 @@ fn client_load(tb: &Testbed, server: SocketAddr, per_second: u32, stop: &AtomicB
 }
 
 fn last_stats(p: &Process) -> stats::Stats {
-    stats::last(&p.stdout()).unwrap_or(stats::Stats { label: String::new(), summary: false, totals: Default::default() })
+    stats::last(&p.stdout()).unwrap_or(stats::Stats {
+        label: String::new(),
+        summary: false,
+        totals: Default::default(),
+    })
 }
 
-pub fn run(duration: Duration) -> anyhow::Result<()> {
+fn run(duration: Duration) -> anyhow::Result<()> {
     let tb = Testbed::new()?;
-    println!("demo: test bed up: namespaces {}, {}, {}, {}", tb.client.name(), tb.online.name(), tb.target.name(), tb.assist.name());
+    println!(
+        "demo: test bed up: namespaces {}, {}, {}, {}",
+        tb.client.name(),
+        tb.online.name(),
+        tb.target.name(),
+        tb.assist.name()
+    );
     let online_addr = SocketAddr::new(addr::ONLINE.into(), 80);
     let target_addr = SocketAddr::new(addr::TARGET.into(), 8080);
     let control = SocketAddr::new(addr::ASSIST_CONTROL.into(), common::proto::DEFAULT_PORT);
@@ -80,7 +93,16 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         Host::Assist,
         "intercept",
         bins::xdpcopy("intercept"),
-        &["--iface", iface::ASSIST_TO_TARGET, "--target", &target_addr.to_string(), "--listen", &control.to_string(), "--stats-interval", "1"],
+        &[
+            "--iface",
+            iface::ASSIST_TO_TARGET,
+            "--target",
+            &target_addr.to_string(),
+            "--listen",
+            &control.to_string(),
+            "--stats-interval",
+            "1",
+        ],
     )?;
     intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;
     let mut copier = tb.spawn(
@@ -159,4 +181,24 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     );
     println!("demo: both XDP programs detached; tearing the test bed down");
     Ok(())
+}
+
+#[derive(Parser)]
+#[command(name = "xdpcopy-demo", about = "Production and test server side by side on a namespace test bed (root)")]
+struct Cli {
+    /// How long the clients send traffic.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    xdpcopy_testbed::require_root();
+    match run(Duration::from_secs(cli.seconds)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("demo: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

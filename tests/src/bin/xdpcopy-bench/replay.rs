@@ -3,11 +3,7 @@
 //! (`-n 10`, `-n 100` with `-c` ranges) and scaling (`--workers 1` vs `2`, AF_XDP vs raw-socket
 //! transmit) run in the same invocation, so their ratios compare like with like.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
 use xdpcopy_testbed::{
@@ -19,7 +15,7 @@ use xdpcopy_testbed::{
     Host, Testbed,
 };
 
-use super::{process_cpu_us, start_intercept};
+use crate::{process_cpu_us, start_intercept};
 
 /// Longest a replay may take before the bench gives up on it.
 const REPLAY_LIMIT: Duration = Duration::from_secs(900);
@@ -150,7 +146,7 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     let intercept_cpu = process_cpu_us(intercept.pid())?;
     let target_syn_cookies = tb.target.nstat(SYN_COOKIES)? - cookies_before;
     for warning in copier.stderr().lines().filter(|l| l.contains("WARN")) {
-        println!("xtask bench:   copier: {warning}");
+        println!("bench:   copier: {warning}");
     }
     let s = stats::last(&copier.stdout()).with_context(|| format!("{}: no summary\n{}", sc.name, copier.describe()))?;
     let received = nginx.entries().into_iter().filter(|(r, _)| r.starts_with("GET /bench/")).count() as u64;
@@ -171,13 +167,26 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
         copier_peak_rss_kib: s.get("peak_rss_kib"),
         retransmitted: s.get("retransmitted"),
         gave_up: s.get("gave_up"),
-        summary: copier.stdout().lines().rev().find(|l| l.starts_with("copier summary:")).unwrap_or_default().to_owned(),
+        summary: copier
+            .stdout()
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("copier summary:"))
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 
 pub fn scenarios(short: u32, keepalive: u32) -> Vec<Scenario> {
     let sessions = |count, requests_per_session| Sessions { count, requests_per_session, gap_us: 10 };
-    let sc = |name: &str, sessions, multiply, workers, tx| Scenario { name: name.into(), sessions, multiply, workers, tx, napi_threads: true };
+    let sc = |name: &str, sessions, multiply, workers, tx| Scenario {
+        name: name.into(),
+        sessions,
+        multiply,
+        workers,
+        tx,
+        napi_threads: true,
+    };
     vec![
         sc("short", sessions(short, 1), 1, 1, "xdp"),
         Scenario { napi_threads: false, ..sc(INLINE, sessions(short, 1), 1, 1, "xdp") },
