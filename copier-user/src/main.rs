@@ -60,7 +60,8 @@ enum Tx {
     Raw,
 }
 
-/// `-s IP[:PORT][,...]`
+/// `-s IP[:PORT][,...]`; an IPv6 address bare (`fd00::3`), bracketed (`[fd00::3]`) or with a
+/// port (`[fd00::3]:36524`).
 #[derive(Clone, Debug)]
 struct Intercepts(Vec<SocketAddr>);
 
@@ -73,8 +74,9 @@ impl FromStr for Intercepts {
             .map(str::trim)
             .filter(|i| !i.is_empty())
             .map(|i| {
+                let bare = i.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')).unwrap_or(i);
                 i.parse::<SocketAddr>()
-                    .or_else(|_| i.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, DEFAULT_PORT)))
+                    .or_else(|_| bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, DEFAULT_PORT)))
                     .map_err(|_| format!("{i:?} is not IP[:PORT] (IPv6 with a port as [ADDR]:PORT)"))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -579,11 +581,15 @@ mod tests {
 
     #[test]
     fn intercepts_take_a_default_port() {
-        let i: Intercepts = "10.0.0.9,10.0.0.8:4000,[fd00::1]:5,fd00::2".parse().unwrap();
+        let i: Intercepts = "10.0.0.9,10.0.0.8:4000,[fd00::1]:5,fd00::2,[fd00::3]".parse().unwrap();
         assert_eq!(i.0[0], "10.0.0.9:36524".parse().unwrap());
         assert_eq!(i.0[1].port(), 4000);
+        assert_eq!(i.0[2], "[fd00::1]:5".parse().unwrap());
         assert_eq!(i.0[3], "[fd00::2]:36524".parse().unwrap());
-        assert!("host:1".parse::<Intercepts>().is_err());
+        assert_eq!(i.0[4], "[fd00::3]:36524".parse().unwrap());
+        for bad in ["host:1", "[10.0.0.1]x", "[fd00::1", "10.0.0.1:"] {
+            assert!(bad.parse::<Intercepts>().is_err(), "{bad}");
+        }
     }
 
     #[test]

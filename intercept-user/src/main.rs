@@ -43,8 +43,8 @@ struct Args {
     /// tcpcopy's filter form: 'tcp and src port N [and src host IP]'.
     #[arg(short = 'F', long = "filter")]
     filter: Option<String>,
-    /// Where copiers connect.
-    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    /// Where copiers connect. The default, `[::]`, takes IPv4 and IPv6 copiers alike.
+    #[arg(long, default_value_t = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)))]
     listen: SocketAddr,
     /// A file holding a secret every copier must present.
     #[arg(long)]
@@ -95,11 +95,24 @@ fn targets(args: &Args) -> anyhow::Result<Vec<Endpoint>> {
     Ok(targets)
 }
 
+/// A listener on `addr`; on the IPv6 wildcard it takes IPv4 connections too, whatever the
+/// host's `net.ipv6.bindv6only` says.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening for copiers on {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("listening for copiers on {}", args.listen))?;
 
     let mut ebpf = xdp_runtime::load(EBPF_OBJECT)?;
     xdp_runtime::forward_logs(&mut ebpf)?;

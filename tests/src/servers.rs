@@ -100,6 +100,18 @@ http {{
             .collect()
     }
 
+    /// (request line, status nginx answered with) of every logged request, in order.
+    pub fn answers(&self) -> Vec<(String, u16)> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (req, rest) = l.strip_prefix('"')?.split_once('"')?;
+                Some((req.to_owned(), rest.split_whitespace().next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The request lines nginx logged, in order (`GET /x HTTP/1.1`).
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(&self.access_log)

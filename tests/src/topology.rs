@@ -1,4 +1,4 @@
-//! The four hosts of DESIGN.md §5 and the links between them.
+//! The four hosts of `docs/architecture.md` (the test bed) and the links between them, dual-stack.
 
 use std::{net::Ipv4Addr, path::Path, process::Command};
 
@@ -28,9 +28,22 @@ pub mod iface {
 /// TX and RX queues of the online host's link to the test server: one per copier worker.
 pub const ONLINE_TO_TARGET_QUEUES: u32 = 2;
 
-/// Addresses (each /24). Fixed: namespaces keep parallel test beds apart.
+/// Addresses (each /24, and the /64 of [`v6`]). Fixed: namespaces keep parallel test beds apart.
 pub mod addr {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Every host's IPv6 address on a link: `10.100.N.X` is `fd00:100:N::X`, so tests name one
+    /// constant for either family.
+    pub const fn v6(v4: Ipv4Addr) -> Ipv6Addr {
+        let [_, _, net, host] = v4.octets();
+        Ipv6Addr::new(0xfd00, 0x100, net as u16, 0, 0, 0, 0, host as u16)
+    }
+
+    /// The /64 of [`v6`] for a `10.100.N.0/24` network.
+    pub fn v6_net(net_v4: &str) -> String {
+        let net: Ipv4Addr = net_v4.split('/').next().and_then(|a| a.parse().ok()).expect("a /24 of the test bed");
+        format!("{}/64", v6(net))
+    }
 
     /// The real clients' network.
     pub const CLIENT_NET: &str = "10.100.1.0/24";
@@ -107,6 +120,8 @@ fn link_with_queues(
     ])?;
     for (ns, ifname, ip) in [(a, a_if, a_ip), (b, b_if, b_ip)] {
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+        // nodad: usable at once, not after duplicate address detection's second or two.
+        ns.ip(&["-6", "addr", "add", &format!("{}/64", addr::v6(ip)), "dev", ifname, "nodad"])?;
         ns.ip(&["link", "set", ifname, "up"])?;
     }
     Ok(())
@@ -141,9 +156,19 @@ impl Testbed {
         link(&tb.online, i::ONLINE_TO_ASSIST, a::ONLINE_CONTROL, &tb.assist, i::ASSIST_TO_ONLINE, a::ASSIST_CONTROL)?;
         // The assistant host reaches the test server too (as a real one would).
         tb.assist.ip(&["route", "add", a::TARGET_NET, "via", &a::TARGET_TO_ASSIST.to_string()])?;
+        tb.assist.ip(&[
+            "-6",
+            "route",
+            "add",
+            &a::v6_net(a::TARGET_NET),
+            "via",
+            &a::v6(a::TARGET_TO_ASSIST).to_string(),
+        ])?;
         // The test server answers the copied client addresses through the assistant host...
         tb.target.ip(&["route", "add", a::CLIENT_NET, "via", &a::ASSIST.to_string()])?;
-        // ...although their packets arrive from the online host: no reverse-path filter there.
+        tb.target.ip(&["-6", "route", "add", &a::v6_net(a::CLIENT_NET), "via", &a::v6(a::ASSIST).to_string()])?;
+        // ...although their packets arrive from the online host: no reverse-path filter there
+        // (IPv6 has none unless a firewall adds one).
         for key in ["all", "default", i::TARGET_TO_ONLINE] {
             tb.target.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
         }
