@@ -1,4 +1,4 @@
-//! The intercept ↔ copier protocol (DESIGN.md §3), version 1.
+//! The intercept ↔ copier protocol (docs/architecture.md §3), version 1.
 //!
 //! A TCP stream of frames: `length: u32` (of what follows), `kind: u8`, body. Every integer is
 //! big-endian; nothing is `repr(C)` on the wire. Decoding borrows from the input and checks

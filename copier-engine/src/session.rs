@@ -358,7 +358,7 @@ impl Session {
     }
 
     /// Whether the request that starts at the current mark may go: the previous one was taken
-    /// and answered (DESIGN.md §2.4).
+    /// and answered (docs/architecture.md §2, rule 4).
     fn gate_open(&mut self, ctx: &Ctx<'_>) -> bool {
         if !ctx.config.wait_for_response || self.target_fin {
             return true;

@@ -1,5 +1,5 @@
 //! `intercept`: steals the test server's replies on the assistant host and serves their header
-//! facts to the copiers (DESIGN.md §1, §3).
+//! facts to the copiers (docs/architecture.md §1, §3).
 
 use std::{
     net::SocketAddr,
@@ -20,7 +20,8 @@ use common::{
     maps::{MAX_QUEUES, TARGET_ENDPOINTS, XSKS},
     proto::DEFAULT_PORT,
 };
-use intercept_user::{filter::parse_filter, server, stats::Stats, xsk};
+use intercept_core::filter::parse_filter;
+use intercept_user::{server, stats::Stats, xsk};
 use xdp_runtime::{coalesce::Coalesce, counters::Counters, Attached};
 
 /// The eBPF object built from `intercept-ebpf` by this crate's build script.

@@ -1,10 +1,10 @@
-//! The TCP server copiers connect to (DESIGN.md §3).
+//! The TCP server copiers connect to (docs/architecture.md §3).
 //!
 //! One task per copier connection reads its announcements and applies them to the shared
 //! [`Routes`] at once, so a SYNCED it answers covers everything the copier sent before. The
 //! AF_XDP workers route each batch of replies under the same lock and write the facts straight
 //! into the owning copier's socket; what a socket does not take waits, bounded, for the
-//! connection's flusher (see [`crate::outbound`]). A peer that sends garbage, an oversized frame,
+//! connection's flusher (see [`intercept_core::outbound`]). A peer that sends garbage, an oversized frame,
 //! a wrong version or a wrong secret gets a BYE with the reason and is closed; nothing it sends
 //! can stop the server.
 
@@ -32,11 +32,12 @@ use tokio::{
 };
 use xdp_runtime::AbortOnDrop;
 
-use crate::{
+use intercept_core::{
     outbound::{Outbound, Sent},
     router::{CopierId, Ownership, MAX_OWNED_PER_COPIER},
-    stats::Stats,
 };
+
+use crate::stats::Stats;
 
 /// Bytes held for one copier beyond what its socket took (about 16 000 facts) before its facts
 /// are dropped and counted.

@@ -1,5 +1,5 @@
-//! The namespace test bed of DESIGN.md §5, shared by the integration tests, `cargo xtask demo`
-//! and `cargo xtask bench`.
+//! The namespace test bed (`docs/architecture.md` §6), shared by the integration tests, the demo
+//! (`xdpcopy-demo`) and the bench (`xdpcopy-bench`).
 //!
 //! ```text
 //!  client ── online (online servers, copier) ── target (test servers) ── assist (intercept)

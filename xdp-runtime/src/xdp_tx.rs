@@ -31,7 +31,8 @@ const RING: u32 = 2048;
 const ETH_HLEN: usize = 14;
 /// How long a device may take no frames before packets are dropped rather than waited for.
 const STALL_LIMIT: Duration = Duration::from_millis(200);
-/// The pause between kicks while the device takes no frames (DESIGN.md §4: sleep 20–50 µs).
+/// The pause between kicks while the device takes no frames: never spin on a shared core
+/// (docs/architecture.md §4).
 const BUSY_WAIT: Duration = Duration::from_micros(20);
 /// How long start-up waits for ARP/ND to resolve a next hop.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: installs what is missing, idempotently, one line per step.
 //!
-//! The toolchain facts behind it (DEVELOPERS.md): eBPF crates build on the installed nightly with
+//! The toolchain facts behind it: eBPF crates build on the installed nightly with
 //! rust-src; bpf-linker 0.13 must link that nightly's own libLLVM 22, so it is built against a
 //! prefix whose `lib/libLLVM.so` points into the nightly's sysroot, with an rpath to it so it
 //! runs without `LD_LIBRARY_PATH`.

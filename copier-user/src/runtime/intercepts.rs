@@ -1,4 +1,4 @@
-//! The copier's side of the intercept protocol (DESIGN.md §3): one connection per intercept,
+//! The copier's side of the intercept protocol (docs/architecture.md §3): one connection per intercept,
 //! re-established with backoff after an intercept restarts, and a hub that announces every
 //! client endpoint the sessions replay from, to all of them, again after each reconnect. Each
 //! batch of announcements is followed by a SYNC; the worker holds the batch's packets (its new
