@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod emit;
+pub mod exchange;
 pub mod mapping;
 pub mod rewrite;
 mod rto;
@@ -31,6 +32,7 @@ use common::{
 
 use self::{
     capture::{ClientSegment, Link},
+    exchange::Exchanges,
     rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
     session::{Session, SynParams},
     table::{Entry, SessionId, Table},
@@ -72,10 +74,15 @@ pub struct Config {
     /// `-m`: bytes of captured payload held at most.
     pub max_buffered_bytes: usize,
     pub max_retransmits: u32,
-    /// A response shorter than the online one counts as complete after this much quiet.
-    pub response_quiet_us: u64,
-    /// A request that got no response at all lets the next one go after this long.
-    pub response_timeout_us: u64,
+    /// An answer shorter than production's counts as complete (short) after this much quiet.
+    pub answer_quiet_us: u64,
+    /// `--answer-timeout`: a request taken but not answered lets the session go on after this
+    /// long without progress (no acknowledgement, no answer byte); counted.
+    pub answer_timeout_us: u64,
+    /// Added to our TCP timestamp clock (milliseconds): the runtime passes the wall clock, so
+    /// timestamps keep rising across runs and the test server's PAWS check (on a connection or
+    /// TIME_WAIT left from an earlier run) accepts a rerun's segments.
+    pub ts_offset_ms: u32,
     /// MSS of fabricated handshakes (sessions captured mid-stream).
     pub default_mss: u16,
     /// The replay source ports this engine may use (its worker's share).
@@ -97,8 +104,9 @@ impl Config {
             max_opening: DEFAULT_MAX_OPENING,
             max_buffered_bytes: 512 << 20,
             max_retransmits: 8,
-            response_quiet_us: 50_000,
-            response_timeout_us: 2_000_000,
+            answer_quiet_us: 500_000,
+            answer_timeout_us: 5_000_000,
+            ts_offset_ms: 0,
             default_mss: 1460,
             ports: PortClass::ALL,
         }
@@ -224,6 +232,7 @@ pub struct Ctx<'a> {
     pub now: u64,
     pub config: &'a Config,
     pub counters: &'a mut Counters,
+    pub exchanges: &'a mut Exchanges,
     out: &'a mut Outbox,
     scratch: Vec<u8>,
 }
@@ -237,9 +246,10 @@ impl Ctx<'_> {
     }
 
     /// Our TCP timestamp clock: milliseconds, monotonic, so the test server's PAWS check never
-    /// drops what we send (captured TSvals could go backwards across reordered captures).
+    /// drops what we send (captured TSvals could go backwards across reordered captures); offset
+    /// by the wall clock ([`Config::ts_offset_ms`]) so it keeps rising across runs.
     fn ts_now(&self) -> u32 {
-        (self.now / 1000) as u32
+        ((self.now / 1000) as u32).wrapping_add(self.config.ts_offset_ms)
     }
 }
 
@@ -249,6 +259,7 @@ type CaptureKey = (Endpoint, Endpoint, u16);
 pub struct Engine {
     config: Config,
     counters: Counters,
+    exchanges: Exchanges,
     out: Outbox,
     scratch: Vec<u8>,
     /// Sessions, live and lingering (closed cleanly; their ids stay in the maps).
@@ -275,6 +286,7 @@ impl Engine {
         Self {
             config,
             counters: Counters::default(),
+            exchanges: Exchanges::default(),
             out: Outbox::default(),
             scratch: Vec::new(),
             table: Table::default(),
@@ -291,6 +303,11 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// What each target answered, request by request.
+    pub fn exchanges(&self) -> &Exchanges {
+        &self.exchanges
     }
 
     pub fn outbox(&mut self) -> &mut Outbox {
@@ -312,8 +329,14 @@ impl Engine {
         self.buffered
     }
 
-    /// A captured packet (client to online server).
+    /// A captured packet (client to online server), captured now.
     pub fn on_captured(&mut self, now: u64, link: Link, packet: &[u8]) {
+        self.on_captured_at(now, now, link, packet);
+    }
+
+    /// A captured packet with its capture time (µs, any epoch): production's answer times are
+    /// measured on that clock, not on the replay's.
+    pub fn on_captured_at(&mut self, now: u64, captured_at: u64, link: Link, packet: &[u8]) {
         self.counters.captured += 1;
         let seg = match capture::parse(link, packet) {
             Ok(Some(seg)) => seg,
@@ -349,7 +372,9 @@ impl Engine {
                 None => self.start(now, key, target, &seg),
             };
             if let Some(id) = id {
-                self.with_session(now, id, |s, ctx| s.on_client(ctx, &seg));
+                // Production's timing is the same for every copy: the first records it.
+                let at = (copy == 0).then_some(captured_at);
+                self.with_session(now, id, |s, ctx| s.on_client(ctx, &seg, at));
             }
         }
         self.enforce_memory_bound();
@@ -508,6 +533,7 @@ impl Engine {
                     now,
                     config: &self.config,
                     counters: &mut self.counters,
+                    exchanges: &mut self.exchanges,
                     out: &mut self.out,
                     scratch: Vec::new(),
                 };
@@ -571,6 +597,7 @@ impl Engine {
             now,
             config: &self.config,
             counters: &mut self.counters,
+            exchanges: &mut self.exchanges,
             out: &mut self.out,
             scratch: std::mem::take(&mut self.scratch),
         };

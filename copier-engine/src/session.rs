@@ -12,6 +12,7 @@ use common::{
 use super::{
     capture::ClientSegment,
     emit::{self, Options, TS_OPTION_LEN},
+    exchange::Outcome,
     rto::Rto,
     stream::Stream,
     time_wait::Closed,
@@ -62,6 +63,12 @@ pub struct Session {
     marks: VecDeque<Mark>,
     fin_at: Option<u32>,
     rst_at: Option<u32>,
+    /// Most of production's answer the client acknowledged: the last request's answer, where
+    /// no later request or close marks it.
+    online_acked: u32,
+    /// Production's timing as captured: when the client's latest request bytes were captured,
+    /// while it waits for the first acknowledgement of an answer to them.
+    online_request_at: Option<u64>,
 
     // The test server's side, from reply facts.
     target_isn: Option<SeqNum>,
@@ -89,6 +96,14 @@ pub struct Session {
     response_base: u32,
     request_started_at: u64,
     last_response_at: u64,
+    /// When the test server last acknowledged new bytes: an upload in progress is progress.
+    last_ack_at: u64,
+    /// The current request's last new byte went out then; its answer's first byte came then.
+    request_sent_at: Option<u64>,
+    answer_started_at: Option<u64>,
+    /// A SYN that met a connection left over on the test server was followed by a reset this
+    /// many times.
+    stale_resets: u8,
     current_mark: usize,
     last_activity: u64,
     pub end: Option<End>,
@@ -127,6 +142,8 @@ impl Session {
             marks: VecDeque::new(),
             fin_at: None,
             rst_at: None,
+            online_acked: 0,
+            online_request_at: None,
             target_isn: None,
             target_mss: DEFAULT_TARGET_MSS,
             target_ws: 0,
@@ -148,6 +165,10 @@ impl Session {
             response_base: 0,
             request_started_at: now,
             last_response_at: now,
+            last_ack_at: now,
+            request_sent_at: None,
+            answer_started_at: None,
+            stale_resets: 0,
             current_mark: 0,
             last_activity: now,
             end: None,
@@ -182,14 +203,16 @@ impl Session {
         (d >= 0).then_some(d as u32)
     }
 
-    /// Response bytes the test server has sent so far.
+    /// The test server's answer so far, in its sequence space: its bytes and its FIN, as the
+    /// client's acknowledgements count production's (a client that closes after a `Connection:
+    /// close` answer acknowledges the server's FIN too).
     fn response_bytes(&self) -> u32 {
-        self.target_isn
-            .map_or(0, |isn| (self.rcv_nxt.since(isn + 1).max(0) as u32).saturating_sub(u32::from(self.target_fin)))
+        self.target_isn.map_or(0, |isn| self.rcv_nxt.since(isn + 1).max(0) as u32)
     }
 
-    /// A captured client segment of this session (not its first SYN).
-    pub fn on_client(&mut self, ctx: &mut Ctx<'_>, seg: &ClientSegment<'_>) {
+    /// A captured client segment of this session (not its first SYN). `captured_at`: its
+    /// capture time, for the copy that records production's timing.
+    pub fn on_client(&mut self, ctx: &mut Ctx<'_>, seg: &ClientSegment<'_>, captured_at: Option<u64>) {
         self.last_activity = ctx.now;
         if seg.flags & SYN != 0 {
             return; // a retransmitted SYN: ours has its own timer
@@ -198,26 +221,39 @@ impl Session {
             // The client's first ACK: online ISN + 1 (or, mid-stream, the response so far).
             self.online_base = Some(seg.ack);
         }
+        // How much of production's answer the client had when it sent this.
+        let response = match (seg.flags & ACK != 0, self.online_base) {
+            (true, Some(base)) => Some(seg.ack.since(base).max(0) as u32),
+            _ => None,
+        };
+        if let Some(response) = response.filter(|&r| r > self.online_acked) {
+            self.online_acked = response;
+            if let (Some(at), Some(sent)) = (captured_at, self.online_request_at.take()) {
+                let _ = ctx.exchanges.of(self.target).production_latency_us.record(at.saturating_sub(sent).max(1));
+            }
+        }
         let Some(offset) = self.offset_of(seg.seq) else { return };
         if !seg.payload.is_empty() {
-            let response = match (seg.flags & ACK != 0, self.online_base) {
-                (true, Some(base)) => seg.ack.since(base).max(0) as u32,
-                _ => 0,
-            };
-            self.add_mark(offset, response);
+            self.add_mark(offset, response.unwrap_or(0));
             self.stream.insert(offset, seg.payload);
+            if captured_at.is_some() {
+                self.online_request_at = captured_at;
+            }
         }
         let after = offset + seg.payload.len() as u32;
         if seg.flags & FIN != 0 && self.fin_at.is_none() {
             self.fin_at = Some(after);
-            if seg.flags & ACK != 0 {
-                if let Some(base) = self.online_base {
-                    self.add_mark(after, seg.ack.since(base).max(0) as u32);
-                }
+            // The close waits for the answers the client had before it closed.
+            if let Some(response) = response {
+                self.add_mark(after, response);
             }
         }
         if seg.flags & RST != 0 && self.rst_at.is_none() {
             self.rst_at = Some(offset);
+            // So does a reset after the answer (a client that aborts once it has what it wants).
+            if let Some(response) = response {
+                self.add_mark(offset, response);
+            }
         }
         self.transmit(ctx);
     }
@@ -250,7 +286,19 @@ impl Session {
             return; // the engine forgets an ended session (a clean close lingers as a TimeWait)
         }
         if f.flags & RST != 0 {
+            let stats = ctx.exchanges.of(self.target);
+            if self.syn_acked {
+                stats.sessions_reset_by_target += 1;
+            } else if f.flags & ACK != 0 && f.ack == self.syn.isn + 1 {
+                stats.sessions_refused += 1;
+            } else {
+                return; // not an answer to our SYN: a reset for another incarnation
+            }
             self.finish(ctx, End::Reset);
+            return;
+        }
+        if !self.syn_acked && f.flags & SYN == 0 && f.flags & ACK != 0 && f.ack != self.syn.isn + 1 {
+            self.reset_stale_connection(ctx, f.ack);
             return;
         }
         if f.flags & SYN != 0 {
@@ -296,6 +344,7 @@ impl Session {
                 self.rcv_nxt = data_end;
                 if f.payload_len > 0 {
                     self.last_response_at = ctx.now;
+                    self.answer_started_at.get_or_insert(ctx.now);
                 }
                 if f.flags & FIN != 0 {
                     self.target_fin = true;
@@ -345,6 +394,7 @@ impl Session {
                 }
             }
             self.retries = 0;
+            self.last_ack_at = ctx.now;
             self.rto.reset_backoff();
             self.rto_at = (self.snd_una < limit).then(|| ctx.now + self.rto.current());
         }
@@ -357,9 +407,25 @@ impl Session {
         }
     }
 
-    /// Whether the request that starts at the current mark may go: the previous one was taken
-    /// and answered (docs/architecture.md §2, rule 4).
-    fn gate_open(&mut self, ctx: &Ctx<'_>) -> bool {
+    /// Production's answer so far when the current request started.
+    fn previous_response(&self) -> u32 {
+        if self.current_mark == 0 {
+            0
+        } else {
+            self.marks[self.current_mark - 1].response
+        }
+    }
+
+    /// The last sign of life of the current exchange: its start, an acknowledgement of new
+    /// bytes (a large upload takes a while), an answer byte.
+    fn progress_at(&self) -> u64 {
+        self.request_started_at.max(self.last_ack_at).max(self.last_response_at)
+    }
+
+    /// Whether what starts at the current mark (the next request, the client's FIN or RST) may
+    /// go: the request before it was taken and answered as production answered it, or the
+    /// answer timeout ran out (docs/architecture.md §2, rule 4). Judges that exchange.
+    fn gate_open(&mut self, ctx: &mut Ctx<'_>) -> bool {
         if !ctx.config.wait_for_response || self.target_fin {
             return true;
         }
@@ -367,20 +433,75 @@ impl Session {
         if self.snd_nxt < mark.start {
             return true;
         }
-        let previous = if self.current_mark == 0 { 0 } else { self.marks[self.current_mark - 1].response };
-        let expected = mark.response - previous;
-        let got = self.response_bytes().saturating_sub(self.response_base);
-        let taken = self.snd_una >= mark.start;
-        let answered = got >= expected
-            || (got > 0 && ctx.now >= self.last_response_at + ctx.config.response_quiet_us)
-            || ctx.now >= self.request_started_at.max(self.last_response_at) + ctx.config.response_timeout_us;
-        if taken && answered {
-            self.current_mark += 1;
-            self.response_base = self.response_bytes();
-            self.request_started_at = ctx.now;
-            return true;
+        if self.snd_una < mark.start {
+            return false; // not taken yet: retransmission sees to it
         }
-        false
+        let expected = mark.response - self.previous_response();
+        let got = self.response_bytes().saturating_sub(self.response_base);
+        let outcome = if got >= expected {
+            Outcome::Full
+        } else if got > 0 && ctx.now >= self.last_response_at + ctx.config.answer_quiet_us {
+            Outcome::Short
+        } else if ctx.now >= self.progress_at() + ctx.config.answer_timeout_us {
+            ctx.exchanges.of(self.target).answer_timeouts += 1;
+            if got > 0 {
+                Outcome::Short
+            } else {
+                Outcome::Unanswered
+            }
+        } else {
+            return false;
+        };
+        self.judge(ctx, outcome);
+        self.current_mark += 1;
+        self.response_base = self.response_bytes();
+        self.request_started_at = ctx.now;
+        true
+    }
+
+    /// Counts the current exchange's outcome and the test server's first-byte latency.
+    fn judge(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome) {
+        let stats = ctx.exchanges.of(self.target);
+        stats.count(outcome);
+        if let (Some(sent), Some(answered)) = (self.request_sent_at.take(), self.answer_started_at.take()) {
+            if answered >= sent {
+                let _ = stats.target_latency_us.record((answered - sent).max(1));
+            }
+        }
+    }
+
+    /// The session ends: judges the requests that went out and were not judged yet (the one
+    /// in progress; under `-W`, every one, on the answer's total).
+    fn judge_rest(&mut self, ctx: &mut Ctx<'_>) {
+        let outcome = |got: u32, expected: u32| match (got, expected) {
+            (_, 0) => Outcome::NotAnsweredOnline,
+            (g, e) if g >= e => Outcome::Full,
+            (0, _) => Outcome::Unanswered,
+            _ => Outcome::Short,
+        };
+        let start_of = |s: &Self, i: usize| if i == 0 { 0 } else { s.marks[i - 1].start };
+        let answer_of = |s: &Self, i: usize| {
+            let before = if i == 0 { 0 } else { s.marks[i - 1].response };
+            (before, s.marks.get(i).map_or(s.online_acked.max(before), |m| m.response))
+        };
+        if ctx.config.wait_for_response {
+            let i = self.current_mark;
+            if self.snd_max > start_of(self, i) {
+                let (before, after) = answer_of(self, i);
+                let got = self.response_bytes().saturating_sub(self.response_base);
+                self.judge(ctx, outcome(got, after - before));
+            }
+            return;
+        }
+        let total = self.response_bytes();
+        let stats = ctx.exchanges.of(self.target);
+        for i in 0..=self.marks.len() {
+            if self.snd_max <= start_of(self, i) {
+                break;
+            }
+            let (before, after) = answer_of(self, i);
+            stats.count(outcome(total.saturating_sub(before).min(after - before), after - before));
+        }
     }
 
     /// When a closed gate should be looked at again.
@@ -390,9 +511,38 @@ impl Session {
         if !ctx.config.wait_for_response || self.target_fin || self.snd_nxt < mark.start || self.snd_una < mark.start {
             return None;
         }
-        let quiet = self.last_response_at + ctx.config.response_quiet_us;
-        let timeout = self.request_started_at.max(self.last_response_at) + ctx.config.response_timeout_us;
+        let timeout = self.progress_at() + ctx.config.answer_timeout_us;
+        let quiet = self.last_response_at + ctx.config.answer_quiet_us;
         Some(if self.response_bytes() > self.response_base { quiet.min(timeout) } else { timeout })
+    }
+
+    /// Where the test server expects our next byte: its latest acknowledgement. A reset
+    /// anywhere else only draws a challenge ACK (RFC 5961) and leaves the connection open.
+    fn rst_seq(&self) -> SeqNum {
+        self.syn.isn + 1 + self.snd_una
+    }
+
+    /// Our SYN met a connection the test server still holds for this 4-tuple (left by an
+    /// earlier run): it answered with an ACK of that connection. As a client's stack does, reset
+    /// it at that acknowledgement and send the SYN again (RFC 9293 §3.10.7.3).
+    fn reset_stale_connection(&mut self, ctx: &mut Ctx<'_>, ack: SeqNum) {
+        const MAX_STALE_RESETS: u8 = 3;
+        if self.stale_resets >= MAX_STALE_RESETS {
+            return; // the SYN's own retransmission goes on, and gives up in the end
+        }
+        self.stale_resets += 1;
+        ctx.exchanges.of(self.target).stale_connections_reset += 1;
+        ctx.send(&emit::Segment {
+            src: self.replay_client,
+            dst: self.target,
+            seq: ack,
+            ack: SeqNum(0),
+            flags: RST,
+            window: 0,
+            options: &[],
+            payload: &[],
+        });
+        self.send_syn(ctx);
     }
 
     /// Sends whatever is allowed now: the SYN, data within the window and the pacing gate, the
@@ -408,8 +558,9 @@ impl Session {
             return;
         }
         if let Some(rst) = self.rst_at {
-            if self.snd_nxt >= rst.min(self.stream.end()) {
-                self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+            // A client's reset waits, like its FIN, for the answers it had before it reset.
+            if self.snd_nxt >= rst.min(self.stream.end()) && self.gate_open(ctx) {
+                self.send_flags(ctx, RST | ACK, self.rst_seq());
                 self.finish(ctx, End::Reset);
                 return;
             }
@@ -498,6 +649,7 @@ impl Session {
             ctx.counters.packets_retransmitted += 1;
         } else {
             ctx.counters.requests_sent += self.requests_starting_in(offset, offset + len as u32);
+            self.request_sent_at = Some(ctx.now);
             if self.rtt_probe.is_none() {
                 self.rtt_probe = Some((offset + len as u32, ctx.now));
             }
@@ -530,7 +682,7 @@ impl Session {
         }
         if ctx.now >= self.last_activity + ctx.config.idle_timeout_us {
             if self.syn_acked {
-                self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+                self.send_flags(ctx, RST | ACK, self.rst_seq());
             }
             self.finish(ctx, if self.counted_complete { End::Completed } else { End::TimedOut });
             return;
@@ -540,7 +692,7 @@ impl Session {
             self.retries += 1;
             if self.retries > ctx.config.max_retransmits {
                 if self.syn_acked {
-                    self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+                    self.send_flags(ctx, RST | ACK, self.rst_seq());
                 }
                 self.finish(ctx, End::GaveUp);
                 return;
@@ -613,7 +765,7 @@ impl Session {
                 );
             }
             if self.syn_acked {
-                self.send_flags(ctx, RST | ACK, self.syn.isn + 1 + self.snd_nxt);
+                self.send_flags(ctx, RST | ACK, self.rst_seq());
             }
             self.finish(ctx, if self.counted_complete { End::Completed } else { End::TimedOut });
         }
@@ -647,6 +799,7 @@ impl Session {
 
     pub fn finish(&mut self, ctx: &mut Ctx<'_>, end: End) {
         if self.end.is_none() {
+            self.judge_rest(ctx);
             self.end = Some(end);
             let c = &mut ctx.counters;
             match end {

@@ -238,10 +238,12 @@ fn a_shorter_answer_opens_the_gate_after_it_goes_quiet() {
     sent(&mut e);
     e.on_reply(3_000, &reply(c, 5, 0, 100, PSH));
     assert!(payloads(&sent(&mut e)).is_empty());
+    let quiet = config().answer_quiet_us;
     let at = e.next_deadline().unwrap();
-    assert!(at <= 3_000 + 50_000);
-    e.on_timer(3_000 + 50_000);
+    assert!(at <= 3_000 + quiet);
+    e.on_timer(3_000 + quiet);
     assert_eq!(payloads(&sent(&mut e)), b"second");
+    assert_eq!(e.exchanges().totals(), (0, 1, 0, 0), "counted short");
 }
 
 #[test]
@@ -359,8 +361,8 @@ fn sessions_beyond_the_opening_limit_wait_their_turn_in_order() {
     e.on_reply(20, &reply(syns[0].src, 18, 0, 0, 0));
     assert_eq!(sent(&mut e).iter().filter(|p| p.flags == SYN).map(|p| p.src.port).collect::<Vec<_>>(), [40002]);
 
-    // A session that ends (given up, reset) frees its place too.
-    e.on_reply(30, &ReplyFacts { flags: RST, ..syn_ack(syns[1].src, 1460, 64240, 1) });
+    // A session that ends (given up, refused) frees its place too.
+    e.on_reply(30, &ReplyFacts { flags: RST | ACK, ..syn_ack(syns[1].src, 1460, 64240, 1) });
     assert_eq!(sent(&mut e).iter().filter(|p| p.flags == SYN).map(|p| p.src.port).collect::<Vec<_>>(), [40003]);
     assert_eq!(e.held_sessions(), 0);
 }
@@ -682,6 +684,7 @@ fn shutdown_resets_what_is_open_on_the_target() {
     assert_eq!((e.active_sessions(), e.counters().sessions_timed_out), (0, 1));
 }
 
+mod exchanges;
 mod simulated;
 
 #[test]

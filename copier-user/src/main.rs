@@ -34,6 +34,7 @@ use xdp_runtime::{
 };
 
 mod online;
+mod report;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -148,6 +149,13 @@ struct Args {
     /// Send requests as captured instead of waiting for the target's answers.
     #[arg(short = 'W', long = "no-wait")]
     no_wait: bool,
+    /// Seconds a request taken by the test server may go unanswered (no answer byte, no
+    /// acknowledgement) before the session goes on without its answer; counted.
+    #[arg(long, default_value_t = 5.0, value_parser = xdp_runtime::positive_seconds)]
+    answer_timeout: f64,
+    /// Also write the summary, with each target's answers and latencies, to this file as JSON.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
     /// Replay only sessions whose SYN was captured.
     #[arg(short = 'O', long = "only-complete")]
     only_complete: bool,
@@ -193,6 +201,10 @@ impl Args {
         c.idle_timeout_us = self.timeout * 1_000_000;
         c.max_buffered_bytes = (self.memory_mb as usize) << 20;
         c.max_opening = self.max_opening as usize;
+        c.answer_timeout_us = (self.answer_timeout * 1e6) as u64;
+        // Wall-clock milliseconds: timestamps keep rising from one run to the next.
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        c.ts_offset_ms = unix_ms as u32;
         c
     }
 
@@ -229,7 +241,11 @@ fn main() -> std::process::ExitCode {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(args))) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some(why)) => {
+            eprintln!("copier: failed: {why}");
+            std::process::ExitCode::from(3)
+        }
         Err(err) => {
             // The chain of causes, not a backtrace: users act on the message.
             eprintln!("copier: error: {err:#}");
@@ -382,6 +398,7 @@ fn copier_pairs(shared: &[Arc<Shared>], links: &LinkStats) -> Vec<(&'static str,
     pairs.push(("reconnects", links.reconnects.load(Relaxed)));
     pairs.push(("facts", links.facts.load(Relaxed)));
     pairs.push(("facts_dropped", links.facts_dropped.load(Relaxed)));
+    pairs.extend(report::pairs(&report::exchanges(shared)));
     pairs
 }
 
@@ -497,7 +514,9 @@ impl Reader {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// Runs until the capture is replayed or a signal comes; `Some(why)` if the run did not do its
+/// job although nothing failed (exit status 3).
+async fn run(args: Args) -> anyhow::Result<Option<String>> {
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let source = match &args.input {
         Some(path) => Some(PcapSource::open(path)?),
@@ -562,10 +581,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     totals.extend(copier_pairs(&pipeline.shared, &pipeline.links));
     totals.extend(cost_pairs(&totals, &pipeline));
     println!("{}", line("summary", &totals, &[], 0.0));
+    let exchanges = report::exchanges(&pipeline.shared);
+    for l in report::target_lines(&exchanges) {
+        println!("{l}");
+    }
+    if let Some(path) = &args.summary_json {
+        report::write_json(path, &report::json(&totals, &exchanges))?;
+    }
     if let Some(err) = pipeline.file_error.lock().expect("not poisoned").take() {
         eprintln!("copier: warning: {err}");
     }
-    Ok(())
+    Ok(report::failure(&totals, &exchanges, !live))
 }
 
 #[cfg(test)]

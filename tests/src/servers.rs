@@ -42,7 +42,29 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx answering `200 ok` itself (`/upload/` reads the body, then answers 502).
     pub fn start(tb: &Testbed, host: Host, name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let locations = r#"location / { return 200 "ok\n"; }
+        # Reads whole request bodies (to buffer them for an upstream that is never there), so
+        # $request_length counts every body byte; answers 502.
+        location /upload/ { proxy_pass http://127.0.0.1:9; }"#;
+        Self::start_with(tb, host, name, addr, locations)
+    }
+
+    /// nginx in front of `backend` (a [`SlowBackend`]): it reads each request whole, the body
+    /// too, then waits for the backend's answer. A client that goes before the answer is logged
+    /// with status 499, as production's nginx would log it.
+    pub fn start_proxy(
+        tb: &Testbed,
+        host: Host,
+        name: &str,
+        addr: SocketAddr,
+        backend: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(tb, host, name, addr, &format!("location / {{ proxy_pass http://{backend}; }}"))
+    }
+
+    fn start_with(tb: &Testbed, host: Host, name: &str, addr: SocketAddr, locations: &str) -> anyhow::Result<Self> {
         let dir = tb.dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let access_log = dir.join("access.log");
@@ -70,10 +92,7 @@ http {{
     client_max_body_size 64m;
     server {{
         listen {addr} reuseport;
-        location / {{ return 200 "ok\n"; }}
-        # Reads whole request bodies (to buffer them for an upstream that is never there), so
-        # $request_length counts every body byte; answers 502.
-        location /upload/ {{ proxy_pass http://127.0.0.1:9; }}
+        {locations}
     }}
 }}
 "#,
@@ -192,6 +211,40 @@ impl LineServer {
     }
 
     /// The request lines received, in arrival order.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+}
+
+/// `testbed-server http`: an HTTP backend that reads each request whole and answers after a
+/// delay (per path prefix), for [`Nginx::start_proxy`].
+pub struct SlowBackend {
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _process: Process,
+}
+
+impl SlowBackend {
+    /// `delays`: (path prefix, milliseconds) pairs beside the default.
+    pub fn start(
+        tb: &Testbed,
+        host: Host,
+        name: &str,
+        addr: SocketAddr,
+        default_ms: u64,
+        delays: &[(&str, u64)],
+    ) -> anyhow::Result<Self> {
+        let log = tb.dir().join(format!("{name}.requests"));
+        let mut args =
+            vec!["http".to_owned(), addr.to_string(), log.to_string_lossy().into_owned(), default_ms.to_string()];
+        args.extend(delays.iter().map(|(prefix, ms)| format!("{prefix}={ms}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = tb.spawn(host, name, crate::bins::testbed_server(), &args)?;
+        wait_listening(tb, host, addr, &mut process)?;
+        Ok(Self { addr, log, _process: process })
+    }
+
+    /// `METHOD PATH BODY_LENGTH` of every request answered, in order.
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_owned).collect()
     }

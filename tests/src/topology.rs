@@ -175,6 +175,22 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Drops `percent` % of the TCP segments `host` receives for `port`, at random (nftables
+    /// `numgen`: this kernel has no netem).
+    pub fn lose(&self, host: Host, port: u16, percent: u32) -> anyhow::Result<()> {
+        let (port, percent) = (port.to_string(), percent.to_string());
+        let table = ["add", "table", "inet", "xdpcopy_loss"];
+        let chain = ["add", "chain", "inet", "xdpcopy_loss", "input", "{ type filter hook input priority 0; }"];
+        let rule = ["add", "rule", "inet", "xdpcopy_loss", "input", "tcp", "dport", &port]
+            .into_iter()
+            .chain(["numgen", "random", "mod", "100", "<", &percent, "drop"]);
+        for args in [table.to_vec(), chain.to_vec(), rule.collect()] {
+            let out = self.host(host).exec("nft", &args)?;
+            anyhow::ensure!(out.status.success(), "nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Mirrors every frame the online host's client link receives or sends onto a second NIC
     /// of the online host, [`iface::ONLINE_MIRROR`] (tc mirred, like a switch's SPAN port).
     pub fn mirror_client_link(&self) -> anyhow::Result<()> {

@@ -75,34 +75,55 @@ pub fn send_raw_frame(iface: &str, frame: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Several HTTP/1.1 GETs on one keep-alive connection; returns the status codes.
+/// Reads one HTTP/1.1 response with a `Content-Length` body; returns its status.
+fn read_response(reader: &mut impl BufRead) -> anyhow::Result<u16> {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line.split_whitespace().nth(1).context("no status")?.parse()?;
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(status)
+}
+
+fn get_request(addr: SocketAddr, path: &str, last: bool) -> String {
+    let connection = if last { "close" } else { "keep-alive" };
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {connection}\r\n\r\n")
+}
+
+/// Several HTTP/1.1 GETs on one keep-alive connection, each after the previous answer;
+/// returns the status codes.
 pub fn http_keepalive(addr: SocketAddr, paths: &[String]) -> anyhow::Result<Vec<u16>> {
     let stream = connect(addr)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut statuses = Vec::new();
     for (i, path) in paths.iter().enumerate() {
-        let close = if i + 1 == paths.len() { "close" } else { "keep-alive" };
-        writer.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: {close}\r\n\r\n").as_bytes())?;
-        let mut status_line = String::new();
-        reader.read_line(&mut status_line)?;
-        let status = status_line.split_whitespace().nth(1).context("no status")?.parse()?;
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header)?;
-            if header.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse()?;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        statuses.push(status);
+        writer.write_all(get_request(addr, path, i + 1 == paths.len()).as_bytes())?;
+        statuses.push(read_response(&mut reader)?);
     }
     Ok(statuses)
+}
+
+/// Several HTTP/1.1 GETs pipelined: written at once, in one segment, then every answer read;
+/// returns the status codes.
+pub fn http_pipelined(addr: SocketAddr, paths: &[String]) -> anyhow::Result<Vec<u16>> {
+    let stream = connect(addr)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let requests: String = paths.iter().enumerate().map(|(i, p)| get_request(addr, p, i + 1 == paths.len())).collect();
+    writer.write_all(requests.as_bytes())?;
+    paths.iter().map(|_| read_response(&mut reader)).collect()
 }
 
 /// One HTTP/1.1 POST with `body` on its own connection; returns the status code.

@@ -437,7 +437,8 @@ fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retrans
     let mut copier = replay(&tb, &pcap, &["--tx", "raw"]);
     // Connect wait (10 s) + the grace (5 s), far below the SYN give-up limit (minutes).
     let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
-    assert!(status.success(), "{}", copier.describe());
+    assert_eq!(status.code(), Some(3), "nothing was answered: the run failed\n{}", copier.describe());
+    assert!(copier.stderr().contains("the test server answered nothing"), "{}", copier.describe());
     let summary = stats::last(&copier.stdout()).unwrap();
     assert_eq!(
         (summary.get("sessions"), summary.get("timed_out"), summary.get("facts")),

@@ -13,7 +13,8 @@ use std::{
 use anyhow::{bail, Context as _};
 
 /// Debian packages for the build (xsk-rs builds libxdp: clang, libelf, zlib, m4, pkg-config),
-/// the test bed (iproute2, procps for sysctl, nginx, redis) and diagnosis (tcpdump, ethtool).
+/// the test bed (iproute2, procps for sysctl, nginx, redis, nftables for loss) and diagnosis
+/// (tcpdump, ethtool).
 const DEBIAN_PACKAGES: &[&str] = &[
     "clang",
     "libelf-dev",
@@ -28,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-tools",
     "tcpdump",
     "ethtool",
+    "nftables",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -29,7 +29,7 @@ use tokio::sync::{
     Notify,
 };
 
-use copier_engine::{Counters, Engine, Event};
+use copier_engine::{exchange::Exchanges, Counters, Engine, Event};
 use xdp_runtime::tx::Transmit;
 
 use super::dispatch::Backlog;
@@ -173,6 +173,9 @@ pub struct Shared {
     /// CPU time of the worker thread, microseconds.
     pub cpu_us: AtomicU64,
     pub counters: Mutex<Counters>,
+    /// What each target answered; published less often than the counters (it holds the
+    /// latency histograms).
+    pub exchanges: Mutex<Exchanges>,
     pub active: Mutex<(usize, usize)>,
     pub tx_errors: Mutex<u64>,
     /// What the capture file's reader waits on (see [`super::dispatch::Backpressure`]).
@@ -206,6 +209,8 @@ pub struct Worker {
 /// How often the stats the main thread reads are refreshed (locks and a clock syscall: not
 /// once per batch).
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+/// How often the exchange records (histograms, tens of KiB) are copied for the main thread.
+const PUBLISH_EXCHANGES_EVERY: Duration = Duration::from_millis(500);
 /// Facts batches handed to the engine per loop pass at most.
 const FACTS_PER_PASS: usize = 256;
 /// Longest sleep between timer checks.
@@ -289,6 +294,7 @@ impl Worker {
         let mut active = usize::MAX;
         let mut announcements = Announcements::default();
         let mut published = Instant::now();
+        let mut exchanges_published = Instant::now();
         let mut last_reply = Instant::now();
         let mut frames_taken = 0u64;
         loop {
@@ -349,7 +355,10 @@ impl Worker {
                     Input::Captured(batch) => {
                         frames_taken += batch.len() as u64;
                         let now = now_us();
-                        batch.iter().for_each(|(_, link, p)| self.engine.on_captured(now, link, p));
+                        // A capture time of 0 (live capture) is the time the worker takes it.
+                        batch.iter().for_each(|(ts, link, p)| {
+                            self.engine.on_captured_at(now, if ts == 0 { now } else { ts }, link, p)
+                        });
                     }
                     Input::Wake => {}
                     Input::SourceDone => {
@@ -365,12 +374,17 @@ impl Worker {
                 self.publish();
                 published = Instant::now();
             }
+            if exchanges_published.elapsed() >= PUBLISH_EXCHANGES_EVERY {
+                self.publish_exchanges();
+                exchanges_published = Instant::now();
+            }
         }
         // Leave nothing half-open on the test server: reset what is still running.
         self.engine.shutdown(now_us());
         announcements.release_now = true;
         self.flush(&mut announcements).await;
         self.publish();
+        self.publish_exchanges();
         if let Some(why) = self.tx.last_error() {
             log::warn!(
                 "worker {}: {} packets could not be sent; the last because: {why}",
@@ -401,6 +415,10 @@ impl Worker {
             self.tx.send(out.packets());
         }
         out.clear();
+    }
+
+    fn publish_exchanges(&self) {
+        self.shared.exchanges.lock().expect("not poisoned").clone_from(self.engine.exchanges());
     }
 
     fn publish(&self) {
