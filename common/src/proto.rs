@@ -1,4 +1,4 @@
-//! The intercept ↔ copier protocol (docs/architecture.md §3), version 1.
+//! The intercept ↔ copier protocol (docs/architecture.md §3), version 2.
 //!
 //! A TCP stream of frames: `length: u32` (of what follows), `kind: u8`, body. Every integer is
 //! big-endian; nothing is `repr(C)` on the wire. Decoding borrows from the input and checks
@@ -6,22 +6,29 @@
 //!
 //! | kind | direction | body |
 //! |---|---|---|
-//! | HELLO 1 | copier → intercept, first | magic `XDPC`, version u16, secret length u16, secret |
-//! | WELCOME 2 | intercept → copier | version u16 |
+//! | HELLO 1 | copier → intercept, first | magic `XDPC`, version u16, instance u64, nonce 16 bytes |
+//! | WELCOME 2 | intercept → copier | version u16, authenticates u8 (0/1), nonce 16 bytes, proof 32 bytes |
+//! | AUTH 9 | copier → intercept, after WELCOME | proof 32 bytes (zeros without a secret) |
+//! | PING 10 | copier → intercept | empty: the copier is alive (idle connections are closed) |
 //! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
 //! | FACTS 5 | intercept → copier | count u16, count × 62-byte records |
-//! | BYE 6 | either, before closing | UTF-8 reason |
+//! | BYE 6 | either, before closing | permanent u8 (1: retrying cannot help), UTF-8 reason |
 //! | SYNC 7 | copier → intercept | token u64 |
 //! | SYNCED 8 | intercept → copier | token u64: every OWN/DISOWN sent before the SYNC is in effect |
 //!
 //! SYNC exists so that a copier can hold a new session's SYN until the intercepts know the
 //! session is its own: otherwise the SYN-ACK can arrive first and be dropped as unowned.
+//!
+//! The secret never crosses the wire: each side proves it knows it by an HMAC over both nonces
+//! (`crate::auth`), the intercept first, so a copier never authenticates to an impostor. The
+//! instance is a copier process's random identity: its reconnection replaces its own stale
+//! connection, while another copier's claim on the same endpoints is refused.
 
 use core::fmt;
 
 use crate::{endpoint::Endpoint, facts::ReplyFacts, seq::SeqNum};
 
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const MAGIC: [u8; 4] = *b"XDPC";
 /// The intercept's default listening port (tcpcopy's).
 pub const DEFAULT_PORT: u16 = 36524;
@@ -29,7 +36,8 @@ pub const DEFAULT_PORT: u16 = 36524;
 pub const HEADER_LEN: usize = 5;
 /// Largest `length` accepted: a peer that sends more is closed.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
-pub const MAX_SECRET_LEN: usize = 1024;
+pub const NONCE_LEN: usize = 16;
+pub const PROOF_LEN: usize = 32;
 pub const MAX_REASON_LEN: usize = 1024;
 pub const ENTRY_LEN: usize = 18;
 pub const RECORD_LEN: usize = 62;
@@ -48,6 +56,8 @@ pub mod kind {
     pub const BYE: u8 = 6;
     pub const SYNC: u8 = 7;
     pub const SYNCED: u8 = 8;
+    pub const AUTH: u8 = 9;
+    pub const PING: u8 = 10;
 }
 
 /// Why a byte stream is not this protocol. Each closes the connection it came from.
@@ -65,7 +75,6 @@ pub enum ProtoError {
     BadLength {
         kind: u8,
     },
-    SecretTooLong,
     BadReason,
     /// The output buffer cannot hold the frame, or too many items for one frame.
     TooLarge,
@@ -82,7 +91,6 @@ impl fmt::Display for ProtoError {
                 write!(f, "protocol version {v} is not supported (this side speaks {VERSION})")
             }
             Self::BadLength { kind } => write!(f, "frame of kind {kind} has a body of the wrong length"),
-            Self::SecretTooLong => write!(f, "secret longer than {MAX_SECRET_LEN} bytes"),
             Self::BadReason => write!(f, "BYE reason is not UTF-8"),
             Self::TooLarge => write!(f, "frame does not fit the buffer or the frame size limit"),
         }
@@ -94,12 +102,28 @@ impl core::error::Error for ProtoError {}
 /// One decoded frame, borrowing from the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Message<'a> {
-    Hello { secret: &'a [u8] },
-    Welcome { version: u16 },
+    Hello {
+        instance: u64,
+        nonce: [u8; NONCE_LEN],
+    },
+    Welcome {
+        version: u16,
+        authenticates: bool,
+        nonce: [u8; NONCE_LEN],
+        proof: [u8; PROOF_LEN],
+    },
+    Auth {
+        proof: [u8; PROOF_LEN],
+    },
+    Ping,
     Own(Entries<'a>),
     Disown(Entries<'a>),
     Facts(Records<'a>),
-    Bye(&'a str),
+    /// `permanent`: the peer will refuse a retry as well (wrong secret, version, ownership).
+    Bye {
+        permanent: bool,
+        reason: &'a str,
+    },
     Sync(u64),
     Synced(u64),
 }
@@ -232,6 +256,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
     let bad = ProtoError::BadLength { kind };
     let message = match kind {
         kind::HELLO => {
+            // The magic and version first: an older or foreign peer is told what is wrong.
             if body.len() < 6 {
                 return Err(bad);
             }
@@ -242,20 +267,43 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
             if version != VERSION {
                 return Err(ProtoError::UnsupportedVersion(version));
             }
-            let secret = counted(kind, &body[6..], 1)?;
-            if secret.len() > MAX_SECRET_LEN {
-                return Err(ProtoError::SecretTooLong);
-            }
-            Message::Hello { secret }
+            let rest: &[u8; 8 + NONCE_LEN] = body[6..].try_into().map_err(|_| bad)?;
+            let instance = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+            Message::Hello { instance, nonce: rest[8..].try_into().expect("nonce length") }
         }
-        kind::WELCOME => match body {
-            [a, b] => Message::Welcome { version: u16::from_be_bytes([*a, *b]) },
-            _ => return Err(bad),
-        },
+        kind::WELCOME => {
+            let b: &[u8; 3 + NONCE_LEN + PROOF_LEN] = body.try_into().map_err(|_| bad)?;
+            let version = be16(b, 0);
+            if version != VERSION {
+                return Err(ProtoError::UnsupportedVersion(version));
+            }
+            let authenticates = match b[2] {
+                0 => false,
+                1 => true,
+                _ => return Err(bad),
+            };
+            let nonce = b[3..3 + NONCE_LEN].try_into().expect("nonce length");
+            Message::Welcome {
+                version,
+                authenticates,
+                nonce,
+                proof: b[3 + NONCE_LEN..].try_into().expect("proof length"),
+            }
+        }
+        kind::AUTH => Message::Auth { proof: body.try_into().map_err(|_| bad)? },
+        kind::PING if body.is_empty() => Message::Ping,
+        kind::PING => return Err(bad),
         kind::OWN => Message::Own(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::DISOWN => Message::Disown(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::FACTS => Message::Facts(Records(counted(kind, body, RECORD_LEN)?)),
-        kind::BYE => Message::Bye(core::str::from_utf8(body).map_err(|_| ProtoError::BadReason)?),
+        kind::BYE => {
+            let text = |b| core::str::from_utf8(b).map_err(|_| ProtoError::BadReason);
+            match body.split_first() {
+                Some((&flag @ (0 | 1), reason)) => Message::Bye { permanent: flag == 1, reason: text(reason)? },
+                // A version 1 peer's BYE is its reason alone: it refused us, and will again.
+                _ => Message::Bye { permanent: true, reason: text(body)? },
+            }
+        }
         kind::SYNC | kind::SYNCED => {
             let token = u64::from_be_bytes(body.try_into().map_err(|_| bad)?);
             if kind == kind::SYNC {
@@ -281,20 +329,37 @@ fn frame(out: &mut [u8], kind: u8, body_len: usize, fill: impl FnOnce(&mut [u8])
     Ok(4 + len)
 }
 
-pub fn encode_hello(out: &mut [u8], secret: &[u8]) -> Result<usize, ProtoError> {
-    if secret.len() > MAX_SECRET_LEN {
-        return Err(ProtoError::SecretTooLong);
-    }
-    frame(out, kind::HELLO, 8 + secret.len(), |b| {
+pub fn encode_hello(out: &mut [u8], instance: u64, nonce: &[u8; NONCE_LEN]) -> Result<usize, ProtoError> {
+    frame(out, kind::HELLO, 14 + NONCE_LEN, |b| {
         b[..4].copy_from_slice(&MAGIC);
         b[4..6].copy_from_slice(&VERSION.to_be_bytes());
-        b[6..8].copy_from_slice(&(secret.len() as u16).to_be_bytes());
-        b[8..].copy_from_slice(secret);
+        b[6..14].copy_from_slice(&instance.to_be_bytes());
+        b[14..].copy_from_slice(nonce);
     })
 }
 
-pub fn encode_welcome(out: &mut [u8]) -> Result<usize, ProtoError> {
-    frame(out, kind::WELCOME, 2, |b| b.copy_from_slice(&VERSION.to_be_bytes()))
+/// WELCOME: whether this intercept authenticates copiers, its nonce, and its proof that it
+/// knows the secret (zeros when it has none).
+pub fn encode_welcome(
+    out: &mut [u8],
+    authenticates: bool,
+    nonce: &[u8; NONCE_LEN],
+    proof: &[u8; PROOF_LEN],
+) -> Result<usize, ProtoError> {
+    frame(out, kind::WELCOME, 3 + NONCE_LEN + PROOF_LEN, |b| {
+        b[..2].copy_from_slice(&VERSION.to_be_bytes());
+        b[2] = u8::from(authenticates);
+        b[3..3 + NONCE_LEN].copy_from_slice(nonce);
+        b[3 + NONCE_LEN..].copy_from_slice(proof);
+    })
+}
+
+pub fn encode_auth(out: &mut [u8], proof: &[u8; PROOF_LEN]) -> Result<usize, ProtoError> {
+    frame(out, kind::AUTH, PROOF_LEN, |b| b.copy_from_slice(proof))
+}
+
+pub fn encode_ping(out: &mut [u8]) -> Result<usize, ProtoError> {
+    frame(out, kind::PING, 0, |_| {})
 }
 
 /// OWN (`own = true`) or DISOWN for at most [`MAX_ENTRIES`] endpoints.
@@ -330,13 +395,16 @@ pub fn encode_sync(out: &mut [u8], reply: bool, token: u64) -> Result<usize, Pro
 }
 
 /// BYE with `reason`, cut to [`MAX_REASON_LEN`] bytes at a character boundary.
-pub fn encode_bye(out: &mut [u8], reason: &str) -> Result<usize, ProtoError> {
+pub fn encode_bye(out: &mut [u8], permanent: bool, reason: &str) -> Result<usize, ProtoError> {
     let mut end = reason.len().min(MAX_REASON_LEN);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
     let reason = &reason.as_bytes()[..end];
-    frame(out, kind::BYE, reason.len(), |b| b.copy_from_slice(reason))
+    frame(out, kind::BYE, 1 + reason.len(), |b| {
+        b[0] = u8::from(permanent);
+        b[1..].copy_from_slice(reason);
+    })
 }
 
 #[cfg(test)]
@@ -352,23 +420,33 @@ mod tests {
     }
 
     #[test]
-    fn hello_carries_the_secret() {
-        let mut buf = [0; 64];
-        let n = encode_hello(&mut buf, b"s3cret").unwrap();
-        assert_eq!(roundtrip(&buf[..n]), Message::Hello { secret: b"s3cret" });
+    fn the_handshake_carries_instance_nonces_and_proofs_never_a_secret() {
+        let mut buf = [0; 128];
+        let n = encode_hello(&mut buf, 0xfeed, &[7; NONCE_LEN]).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Hello { instance: 0xfeed, nonce: [7; NONCE_LEN] });
         assert_eq!(&buf[..4], &(n as u32 - 4).to_be_bytes(), "length prefix is big-endian");
+        let n = encode_welcome(&mut buf, true, &[1; NONCE_LEN], &[2; PROOF_LEN]).unwrap();
+        assert_eq!(
+            roundtrip(&buf[..n]),
+            Message::Welcome { version: VERSION, authenticates: true, nonce: [1; NONCE_LEN], proof: [2; PROOF_LEN] }
+        );
+        let n = encode_auth(&mut buf, &[3; PROOF_LEN]).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Auth { proof: [3; PROOF_LEN] });
+        let n = encode_ping(&mut buf).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Ping);
+        assert_eq!(decode(&[0, 0, 0, 2, kind::PING, 0]), Err(ProtoError::BadLength { kind: kind::PING }));
     }
 
     #[test]
     fn wrong_magic_and_wrong_version_are_refused() {
         let mut buf = [0; 64];
-        let n = encode_hello(&mut buf, b"").unwrap();
+        let n = encode_hello(&mut buf, 1, &[0; NONCE_LEN]).unwrap();
         let mut bad = buf;
         bad[5] = b'Y';
         assert_eq!(decode(&bad[..n]), Err(ProtoError::BadMagic));
-        let mut v2 = buf;
-        v2[9..11].copy_from_slice(&2u16.to_be_bytes());
-        assert_eq!(decode(&v2[..n]), Err(ProtoError::UnsupportedVersion(2)));
+        // A version 1 HELLO (secret length, secret) is told its version, not that it is garbage.
+        let v1 = [0, 0, 0, 11, kind::HELLO, b'X', b'D', b'P', b'C', 0, 1, 0, 2, b'h', b'i'];
+        assert_eq!(decode(&v1), Err(ProtoError::UnsupportedVersion(1)));
     }
 
     #[test]
@@ -401,7 +479,7 @@ mod tests {
         );
         assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
         assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
-        assert_eq!(decode(&[0, 0, 0, 1, 9]), Err(ProtoError::UnknownKind(9)));
+        assert_eq!(decode(&[0, 0, 0, 1, 11]), Err(ProtoError::UnknownKind(11)));
         assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(ProtoError::Oversize(u32::from_be_bytes(*b"GET "))));
     }
 
@@ -417,21 +495,24 @@ mod tests {
     #[test]
     fn encoders_refuse_what_does_not_fit() {
         let mut small = [0; 8];
-        assert_eq!(encode_hello(&mut small, b"x"), Err(ProtoError::TooLarge));
+        assert_eq!(encode_hello(&mut small, 1, &[0; NONCE_LEN]), Err(ProtoError::TooLarge));
         let too_many = [ReplyFacts::default(); MAX_RECORDS + 1];
         let mut big = vec![0; 2 * MAX_FRAME_LEN];
         assert_eq!(encode_facts(&mut big, &too_many), Err(ProtoError::TooLarge));
         assert!(encode_facts(&mut big, &too_many[..MAX_RECORDS]).is_ok());
-        assert_eq!(encode_hello(&mut big, &[0; MAX_SECRET_LEN + 1]), Err(ProtoError::SecretTooLong));
     }
 
     #[test]
     fn bye_reason_is_cut_at_a_character_boundary() {
         let mut buf = vec![0; 2048];
         let long = "é".repeat(MAX_REASON_LEN); // 2 bytes each
-        let n = encode_bye(&mut buf, &long).unwrap();
-        let Message::Bye(reason) = roundtrip(&buf[..n]) else { panic!("not BYE") };
+        let n = encode_bye(&mut buf, true, &long).unwrap();
+        let Message::Bye { permanent: true, reason } = roundtrip(&buf[..n]) else { panic!("not a permanent BYE") };
         assert_eq!(reason.len(), MAX_REASON_LEN);
+        let n = encode_bye(&mut buf, false, "busy").unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Bye { permanent: false, reason: "busy" });
+        let v1 = [0, 0, 0, 5, kind::BYE, b'n', b'o', b'p', b'e'];
+        assert_eq!(roundtrip(&v1), Message::Bye { permanent: true, reason: "nope" }, "a version 1 BYE");
     }
 
     fn any_facts() -> impl Strategy<Value = ReplyFacts> {
@@ -500,7 +581,7 @@ mod tests {
         fn frames_split_anywhere_decode_the_same(entries in proptest::collection::vec((any::<[u8; 16]>(), any::<u16>()), 0..50), split in 0usize..2000) {
             let entries: Vec<Endpoint> = entries.into_iter().map(|(a, p)| Endpoint::v6(a, p)).collect();
             let mut stream = vec![0; 4096];
-            let mut n = encode_hello(&mut stream, b"k").unwrap();
+            let mut n = encode_hello(&mut stream, 9, &[5; NONCE_LEN]).unwrap();
             n += encode_endpoints(&mut stream[n..], true, &entries).unwrap();
             let stream = &stream[..n];
             // A reader that got the stream in two pieces sees the same frames.

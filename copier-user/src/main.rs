@@ -242,9 +242,9 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(args))) {
         Ok(None) => std::process::ExitCode::SUCCESS,
-        Ok(Some(why)) => {
+        Ok(Some((status, why))) => {
             eprintln!("copier: failed: {why}");
-            std::process::ExitCode::from(3)
+            std::process::ExitCode::from(status)
         }
         Err(err) => {
             // The chain of causes, not a backtrace: users act on the message.
@@ -435,7 +435,11 @@ fn cost_pairs(pairs: &[(&'static str, u64)], p: &Pipeline) -> Vec<(&'static str,
 
 async fn wait_for_intercepts(links: &LinkStats, wanted: usize) {
     let deadline = Instant::now() + CONNECT_WAIT;
-    while (links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize) < wanted && Instant::now() < deadline {
+    let refused = || links.refused.lock().expect("not poisoned").is_some();
+    while (links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize) < wanted
+        && Instant::now() < deadline
+        && !refused()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connected = links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize;
@@ -514,9 +518,9 @@ impl Reader {
     }
 }
 
-/// Runs until the capture is replayed or a signal comes; `Some(why)` if the run did not do its
-/// job although nothing failed (exit status 3).
-async fn run(args: Args) -> anyhow::Result<Option<String>> {
+/// Runs until the capture is replayed or a signal comes; `Some((status, why))` if the run did
+/// not do its job although nothing failed.
+async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let source = match &args.input {
         Some(path) => Some(PcapSource::open(path)?),
@@ -561,6 +565,10 @@ async fn run(args: Args) -> anyhow::Result<Option<String>> {
                 if pipeline.workers.iter().all(|w| w.is_finished()) {
                     break;
                 }
+                if pipeline.links.refused.lock().expect("not poisoned").is_some() {
+                    pipeline.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
                 if since.elapsed() >= interval {
                     let mut now = copier_pairs(&pipeline.shared, &pipeline.links);
                     if let Some(c) = &online {
@@ -591,8 +599,17 @@ async fn run(args: Args) -> anyhow::Result<Option<String>> {
     if let Some(err) = pipeline.file_error.lock().expect("not poisoned").take() {
         eprintln!("copier: warning: {err}");
     }
-    Ok(report::failure(&totals, &exchanges, !live))
+    if let Some(refused) = pipeline.links.refused.lock().expect("not poisoned").take() {
+        return Ok(Some((EXIT_REFUSED, refused)));
+    }
+    Ok(report::failure(&totals, &exchanges, !live).map(|why| (EXIT_NOTHING_ANSWERED, why)))
 }
+
+/// Exit statuses besides 0 (success), 1 (an error) and 2 (a usage error).
+const EXIT_NOTHING_ANSWERED: u8 = 3;
+/// An intercept refused this copier for good: wrong secret or protocol version, client
+/// endpoints another copier owns, or an address outside its `--allow` list.
+const EXIT_REFUSED: u8 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -11,12 +11,23 @@ use common::{endpoint::Endpoint, facts::ReplyFacts, hash::Hasher};
 /// A connected copier, numbered by the server.
 pub type CopierId = u64;
 
-/// How many endpoints one copier may own: a bound on what a peer can make us store.
-pub const MAX_OWNED_PER_COPIER: usize = 4 << 20;
+/// How many endpoints one copier may own, and all copiers together: bounds on what peers can
+/// make us store (an entry costs about a hundred bytes with the tables' overhead). A copier
+/// owns one endpoint per live session (or one per `-c` address), far below either.
+pub const MAX_OWNED_PER_COPIER: usize = 1 << 20;
+pub const MAX_OWNED_TOTAL: usize = 4 << 20;
 
+/// Why a claim was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("copier {0} tried to own more than {MAX_OWNED_PER_COPIER} client endpoints")]
-pub struct TooManyOwned(pub CopierId);
+pub enum ClaimError {
+    #[error("copier {0} tried to own more client endpoints than one copier may ({MAX_OWNED_PER_COPIER})")]
+    TooMany(CopierId),
+    #[error("the intercept holds as many client endpoints as it may ({MAX_OWNED_TOTAL} for all copiers)")]
+    Full,
+    /// A live connection owns it: nobody else can take its replies.
+    #[error("client endpoint {0} is owned by another copier")]
+    Taken(Endpoint),
+}
 
 /// Lookups made ahead of their use, a batch at a time: independent, so their cache misses
 /// overlap instead of queueing behind each other's work. A session's entries are touched about
@@ -25,44 +36,65 @@ pub struct TooManyOwned(pub CopierId);
 /// disowning from 6.7 to 2.7 %.
 const AHEAD: usize = 16;
 
-#[derive(Default)]
 pub struct Ownership {
     /// Client addr:port -> owner.
     exact: HashMap<Endpoint, CopierId, Hasher>,
     /// Client address (all ports; announced with port 0) -> owner.
     whole_address: HashMap<[u8; 16], CopierId, Hasher>,
     owned: HashMap<CopierId, usize, Hasher>,
+    /// Entries one copier, and all of them, may own.
+    limits: (usize, usize),
+}
+
+impl Default for Ownership {
+    fn default() -> Self {
+        Self::with_limits(MAX_OWNED_PER_COPIER, MAX_OWNED_TOTAL)
+    }
 }
 
 impl Ownership {
-    /// Records that `copier` owns `client` (port 0: every port of its address). The last
-    /// announcement wins, so a copier that reconnects takes its flows back at once.
-    pub fn own(&mut self, copier: CopierId, client: Endpoint) -> Result<(), TooManyOwned> {
-        let count = self.owned.entry(copier).or_default();
-        if *count >= MAX_OWNED_PER_COPIER {
-            return Err(TooManyOwned(copier));
+    pub fn with_limits(per_copier: usize, total: usize) -> Self {
+        Self {
+            exact: HashMap::default(),
+            whole_address: HashMap::default(),
+            owned: HashMap::default(),
+            limits: (per_copier, total),
         }
-        let previous = if client.port == 0 {
-            self.whole_address.insert(client.addr, copier)
+    }
+
+    /// Records that `copier` owns `client` (port 0: every port of its address). An endpoint
+    /// another copier owns is refused (its replies stay with it), and so is a port of an
+    /// address another copier owns whole. A copier that reconnects gets its endpoints back
+    /// because its old connection's are released first (see the server).
+    pub fn own(&mut self, copier: CopierId, client: Endpoint) -> Result<(), ClaimError> {
+        let current = if client.port == 0 { self.whole_address.get(&client.addr) } else { self.exact.get(&client) };
+        match current {
+            Some(&owner) if owner == copier => return Ok(()),
+            Some(_) => return Err(ClaimError::Taken(client)),
+            None => {}
+        }
+        if client.port != 0 && self.whole_address.get(&client.addr).is_some_and(|&o| o != copier) {
+            return Err(ClaimError::Taken(client));
+        }
+        let count = self.owned.entry(copier).or_default();
+        if *count >= self.limits.0 {
+            return Err(ClaimError::TooMany(copier));
+        }
+        if self.exact.len() + self.whole_address.len() >= self.limits.1 {
+            return Err(ClaimError::Full);
+        }
+        *count += 1;
+        if client.port == 0 {
+            self.whole_address.insert(client.addr, copier);
         } else {
-            self.exact.insert(client, copier)
-        };
-        match previous {
-            Some(old) if old == copier => {}
-            Some(old) => {
-                *self.owned.entry(copier).or_default() += 1;
-                if let Some(c) = self.owned.get_mut(&old) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-            None => *self.owned.entry(copier).or_default() += 1,
+            self.exact.insert(client, copier);
         }
         Ok(())
     }
 
     /// [`Self::own`] for each of an announcement's `clients`, in order; stops at the first that
     /// is too many.
-    pub fn own_all(&mut self, copier: CopierId, clients: &[Endpoint]) -> Result<(), TooManyOwned> {
+    pub fn own_all(&mut self, copier: CopierId, clients: &[Endpoint]) -> Result<(), ClaimError> {
         for chunk in clients.chunks(AHEAD) {
             self.touch(chunk);
             chunk.iter().try_for_each(|&c| self.own(copier, c))?;
@@ -98,13 +130,25 @@ impl Ownership {
         }
     }
 
-    /// Drops everything `copier` owned (it disconnected). Returns how many entries.
+    /// Drops everything `copier` owned (it disconnected), and the memory that held it once
+    /// the tables are mostly empty. Returns how many entries.
     pub fn remove_copier(&mut self, copier: CopierId) -> usize {
         let before = self.exact.len() + self.whole_address.len();
         self.exact.retain(|_, owner| *owner != copier);
         self.whole_address.retain(|_, owner| *owner != copier);
         self.owned.remove(&copier);
+        if self.exact.capacity() > 4 * self.exact.len() + 1024 {
+            self.exact.shrink_to_fit();
+        }
+        if self.whole_address.capacity() > 4 * self.whole_address.len() + 1024 {
+            self.whole_address.shrink_to_fit();
+        }
         before - self.exact.len() - self.whole_address.len()
+    }
+
+    /// Entries the tables have room for: what they hold in memory.
+    pub fn capacity(&self) -> usize {
+        self.exact.capacity() + self.whole_address.capacity()
     }
 
     /// The copier that owns the reply's client, if any.
@@ -199,24 +243,38 @@ mod tests {
     fn an_announcement_applies_in_order_across_its_lookahead_chunks() {
         let mut o = Ownership::default();
         let clients: Vec<Endpoint> = (1..=40u16).map(|p| client(2, p)).collect();
-        o.own(2, clients[39]).unwrap();
         o.own_all(1, &clients).unwrap();
-        assert_eq!(o.owner(&clients[39]), Some(1), "the last announcement wins");
-        o.own_all(2, &clients[..3]).unwrap();
-        o.disown_all(1, &clients);
-        assert_eq!(o.len(), 3, "only copier 1's go");
-        assert!(clients[..3].iter().all(|c| o.owner(c) == Some(2)));
-        o.disown_all(2, &[clients[0], clients[0], clients[1]]);
-        assert_eq!((o.len(), o.owner(&clients[2])), (1, Some(2)));
+        o.own_all(1, &clients).unwrap();
+        assert_eq!(o.len(), 40, "owning again changes nothing");
+        o.disown_all(1, &clients[3..]);
+        o.own_all(2, &clients[3..]).unwrap();
+        assert!(clients[..3].iter().all(|c| o.owner(c) == Some(1)));
+        assert!(clients[3..].iter().all(|c| o.owner(c) == Some(2)));
+        o.disown_all(2, &[clients[3], clients[3], clients[4], clients[0]]);
+        assert_eq!((o.len(), o.owner(&clients[0])), (38, Some(1)), "copier 2 cannot release copier 1's");
+    }
+
+    #[test]
+    fn a_live_owners_endpoints_cannot_be_claimed_by_another_copier() {
+        let mut o = Ownership::default();
+        o.own(1, client(2, 40001)).unwrap();
+        o.own(1, client(3, 0)).unwrap();
+        assert_eq!(o.own(2, client(2, 40001)), Err(ClaimError::Taken(client(2, 40001))));
+        assert_eq!(o.own(2, client(3, 0)), Err(ClaimError::Taken(client(3, 0))), "nor a whole address");
+        assert_eq!(o.own(2, client(3, 5000)), Err(ClaimError::Taken(client(3, 5000))), "nor a port of one");
+        let clients: Vec<Endpoint> = (1..=40u16).map(|p| client(4, p)).chain([client(2, 40001)]).collect();
+        assert!(o.own_all(2, &clients).is_err(), "an announcement stops at the first taken endpoint");
+        assert_eq!((o.owner(&client(2, 40001)), o.owner(&client(3, 9))), (Some(1), Some(1)));
     }
 
     #[test]
     fn port_zero_owns_a_whole_address_and_exact_entries_win() {
         let mut o = Ownership::default();
         o.own(1, client(2, 0)).unwrap();
-        o.own(2, client(2, 5000)).unwrap();
+        o.own(2, client(4, 5000)).unwrap();
+        o.own(2, client(4, 0)).unwrap();
         assert_eq!(o.owner(&client(2, 1234)), Some(1));
-        assert_eq!(o.owner(&client(2, 5000)), Some(2));
+        assert_eq!(o.owner(&client(4, 5000)), Some(2));
         assert_eq!(o.owner(&client(3, 1234)), None);
     }
 
@@ -232,24 +290,29 @@ mod tests {
     }
 
     #[test]
-    fn the_last_announcement_wins_and_disconnects_clean_up() {
+    fn a_disconnect_releases_its_endpoints_for_the_next_copier_and_its_memory() {
         let mut o = Ownership::default();
-        o.own(1, client(2, 1)).unwrap();
-        o.own(1, client(2, 2)).unwrap();
-        o.own(3, client(2, 1)).unwrap(); // copier 1 restarted as copier 3
-        assert_eq!(o.owner(&client(2, 1)), Some(3));
-        assert_eq!(o.remove_copier(1), 1);
-        assert_eq!(o.owner(&client(2, 1)), Some(3));
-        assert_eq!(o.owner(&client(2, 2)), None);
-        assert_eq!(o.remove_copier(3), 1);
+        let many: Vec<Endpoint> = (1..=20_000u16).map(|p| client(2, p)).collect();
+        o.own_all(1, &many).unwrap();
+        o.own(2, client(5, 1)).unwrap();
+        let full = o.capacity();
+        assert_eq!(o.remove_copier(1), 20_000);
+        assert!(o.capacity() * 4 < full, "the tables shrink: {} of {full}", o.capacity());
+        o.own(3, many[0]).unwrap(); // copier 1 reconnected as copier 3
+        assert_eq!(o.owner(&many[0]), Some(3));
+        assert_eq!(o.remove_copier(3) + o.remove_copier(2), 2);
         assert!(o.is_empty());
     }
 
     #[test]
-    fn a_copier_cannot_own_without_bound() {
-        let mut o = Ownership::default();
-        o.owned.insert(7, MAX_OWNED_PER_COPIER);
-        assert_eq!(o.own(7, client(2, 1)), Err(TooManyOwned(7)));
-        o.own(8, client(2, 1)).unwrap();
+    fn copiers_cannot_own_without_bound() {
+        let mut o = Ownership::with_limits(2, 3);
+        o.own(7, client(2, 1)).unwrap();
+        o.own(7, client(2, 2)).unwrap();
+        assert_eq!(o.own(7, client(2, 3)), Err(ClaimError::TooMany(7)));
+        o.own(8, client(2, 3)).unwrap();
+        assert_eq!(o.own(8, client(2, 4)), Err(ClaimError::Full), "three for everyone");
+        o.disown(7, client(2, 1));
+        o.own(8, client(2, 4)).unwrap();
     }
 }

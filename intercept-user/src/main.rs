@@ -22,6 +22,7 @@ use common::{
 };
 use intercept_core::filter::parse_filter;
 use intercept_user::{server, stats::Stats, xsk};
+use ipnet::IpNet;
 use xdp_runtime::{coalesce::Coalesce, counters::Counters, Attached};
 
 /// The eBPF object built from `intercept-ebpf` by this crate's build script.
@@ -47,9 +48,25 @@ struct Args {
     /// Where copiers connect. The default, `[::]`, takes IPv4 and IPv6 copiers alike.
     #[arg(long, default_value_t = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_PORT)))]
     listen: SocketAddr,
-    /// A file holding a secret every copier must present.
+    /// A file holding the secret copiers must prove they know (and that this intercept proves
+    /// to them). Required, unless --allow-unauthenticated or --allow is given.
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Serve copiers without a secret: anyone who reaches --listen can claim client endpoints
+    /// that no copier owns yet. For trusted test networks only.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    /// Copiers' networks, CIDR[,CIDR...]: connections from elsewhere are refused. Without a
+    /// secret, only these may connect.
+    #[arg(long, value_delimiter = ',')]
+    allow: Vec<IpNet>,
+    /// Copier connections at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_copiers: u32,
+    /// Seconds a copier may send nothing before its connection is closed (copiers ping every
+    /// few seconds).
+    #[arg(long, default_value_t = 30.0, value_parser = xdp_runtime::positive_seconds)]
+    idle_timeout: f64,
     /// RX queues to serve, one pinned worker each (default: all of the interface's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_QUEUES as i64))]
     workers: Option<u32>,
@@ -76,6 +93,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if args.secret_file.is_none() && !args.allow_unauthenticated && args.allow.is_empty() {
+        eprintln!(
+            "intercept: error: no --secret-file: copiers must authenticate, or anyone reaching {} could claim \
+             client endpoints (--allow CIDR,... restricts who may connect; --allow-unauthenticated serves anyone)",
+            args.listen
+        );
+        return std::process::ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(args, targets))) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -164,7 +189,12 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let routes = server::SharedRoutes::default();
     log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
-    tokio::spawn(server::serve(listener, secret, Arc::clone(&routes), Arc::clone(&stats)));
+    let access = server::Access { secret, allow: args.allow.clone() };
+    let limits = server::Limits {
+        max_copiers: args.max_copiers as usize,
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout),
+    };
+    tokio::spawn(server::serve(listener, access, limits, Arc::clone(&routes), Arc::clone(&stats)));
     let cores = xdp_runtime::allowed_cores();
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {

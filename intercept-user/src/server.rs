@@ -4,9 +4,10 @@
 //! [`Routes`] at once, so a SYNCED it answers covers everything the copier sent before. The
 //! AF_XDP workers route each batch of replies under the same lock and write the facts straight
 //! into the owning copier's socket; what a socket does not take waits, bounded, for the
-//! connection's flusher (see [`intercept_core::outbound`]). A peer that sends garbage, an oversized frame,
-//! a wrong version or a wrong secret gets a BYE with the reason and is closed; nothing it sends
-//! can stop the server.
+//! connection's flusher (see [`intercept_core::outbound`]). A peer that sends garbage, an
+//! oversized frame, a wrong version or a wrong proof gets a BYE with the reason and is closed;
+//! nothing it sends can stop the server. Connections, idle time and owned endpoints are bounded
+//! ([`Limits`]); an endpoint a live copier owns cannot be claimed by another.
 
 use std::{
     collections::HashMap,
@@ -17,6 +18,7 @@ use std::{
 };
 
 use common::{
+    auth,
     endpoint::Endpoint,
     facts::ReplyFacts,
     hash::Hasher,
@@ -34,16 +36,42 @@ use xdp_runtime::AbortOnDrop;
 
 use intercept_core::{
     outbound::{Outbound, Sent},
-    router::{CopierId, Ownership, MAX_OWNED_PER_COPIER},
+    router::{ClaimError, CopierId, Ownership},
 };
+use ipnet::IpNet;
 
 use crate::stats::Stats;
 
 /// Bytes held for one copier beyond what its socket took (about 16 000 facts) before its facts
 /// are dropped and counted.
 pub const MAX_PENDING_BYTES: usize = 1 << 20;
-/// Time a new connection has to say HELLO.
+/// Time a new connection has for its HELLO, and again for its AUTH.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who may connect.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Copiers must prove they know it (and the intercept proves it to them).
+    pub secret: Option<Arc<[u8]>>,
+    /// Copiers' networks (empty: any).
+    pub allow: Vec<IpNet>,
+}
+
+impl Access {
+    fn allows(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// What any number of peers can make the server hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections at once, handshakes included.
+    pub max_copiers: usize,
+    /// A connection that sends nothing this long is closed (copiers PING well within it).
+    pub idle_timeout: Duration,
+}
 /// How long a closing connection waits for its last frames (a BYE) to go out.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
@@ -121,6 +149,9 @@ impl Link for CopierLink {
 pub struct Routes<L = CopierLink> {
     ownership: Ownership,
     links: HashMap<CopierId, Arc<L>, Hasher>,
+    /// Each copier process's connection (by its instance) and how to close it: a process that
+    /// reconnects replaces its own stale connection.
+    instances: HashMap<u64, (CopierId, Arc<Notify>), Hasher>,
     /// A batch's replies per copier (vectors reused).
     grouped: HashMap<CopierId, Vec<ReplyFacts>, Hasher>,
     /// Encoding buffer (reused).
@@ -135,6 +166,7 @@ impl<L> Default for Routes<L> {
         Self {
             ownership: Ownership::default(),
             links: HashMap::default(),
+            instances: HashMap::default(),
             grouped: HashMap::default(),
             frame: Vec::new(),
         }
@@ -164,21 +196,31 @@ impl<L: Link> Routes<L> {
         }
     }
 
-    fn connect(&mut self, id: CopierId, link: Arc<L>) {
+    /// Adds copier `id` of process `instance`; an older connection of the same process is
+    /// released at once (its endpoints free for this one) and told to close.
+    fn connect(&mut self, id: CopierId, instance: u64, link: Arc<L>, close: Arc<Notify>) -> Option<CopierId> {
         self.links.insert(id, link);
+        let old = self.instances.insert(instance, (id, close));
+        old.map(|(old, close)| {
+            self.release(old);
+            close.notify_one();
+            old
+        })
     }
 
-    /// Forgets a copier and everything it owned; returns how many endpoints that was.
-    fn disconnect(&mut self, id: CopierId) -> usize {
+    fn release(&mut self, id: CopierId) -> usize {
         self.links.remove(&id);
         self.grouped.remove(&id);
         self.ownership.remove_copier(id)
     }
-}
 
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    /// Forgets a copier and everything it owned; returns how many endpoints that was.
+    fn disconnect(&mut self, id: CopierId, instance: u64) -> usize {
+        if self.instances.get(&instance).is_some_and(|(current, _)| *current == id) {
+            self.instances.remove(&instance);
+        }
+        self.release(id)
+    }
 }
 
 fn frame(encode: impl FnOnce(&mut [u8]) -> Result<usize, proto::ProtoError>, capacity: usize) -> Vec<u8> {
@@ -188,27 +230,74 @@ fn frame(encode: impl FnOnce(&mut [u8]) -> Result<usize, proto::ProtoError>, cap
     buf
 }
 
-fn bye(reason: &str) -> Vec<u8> {
-    frame(|b| proto::encode_bye(b, reason), proto::HEADER_LEN + proto::MAX_REASON_LEN)
+/// A connection ends with this: why, and whether a retry could do better.
+struct Refusal {
+    permanent: bool,
+    reason: String,
+}
+
+impl Refusal {
+    fn permanent(reason: impl Into<String>) -> Self {
+        Self { permanent: true, reason: reason.into() }
+    }
+
+    fn transient(reason: impl Into<String>) -> Self {
+        Self { permanent: false, reason: reason.into() }
+    }
+}
+
+fn bye(r: &Refusal) -> Vec<u8> {
+    frame(|b| proto::encode_bye(b, r.permanent, &r.reason), proto::HEADER_LEN + 1 + proto::MAX_REASON_LEN)
+}
+
+/// Counts a connection while it lives.
+struct Slot(Arc<Stats>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Serves copiers on `listener` until the process stops; the AF_XDP workers route replies
 /// through `routes`.
-pub async fn serve(listener: TcpListener, secret: Option<Arc<[u8]>>, routes: SharedRoutes, stats: Arc<Stats>) {
+pub async fn serve(listener: TcpListener, access: Access, limits: Limits, routes: SharedRoutes, stats: Arc<Stats>) {
+    let access = Arc::new(access);
     let mut next_id: CopierId = 1;
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(err) => {
+                // Out of descriptors, say: wait, rather than spin on the error.
                 log::warn!("accepting a copier connection: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let refusal = if !access.allows(peer.ip()) {
+            Some(Refusal::permanent(format!("{} is not in this intercept's --allow list", peer.ip())))
+        } else if stats.connections.load(std::sync::atomic::Ordering::Relaxed) as usize >= limits.max_copiers {
+            Some(Refusal::transient(format!("this intercept serves at most {} copiers", limits.max_copiers)))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            Stats::add(&stats.refused, 1);
+            log::warn!("refusing a connection from {peer}: {}", refusal.reason);
+            // A refused peer gets one bounded write and no task of its own.
+            let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&bye(&refusal))).await;
+            continue;
+        }
         let _ = stream.set_nodelay(true);
+        Stats::add(&stats.connections, 1);
+        let slot = Slot(Arc::clone(&stats));
         let id = next_id;
         next_id += 1;
-        tokio::spawn(connection(id, stream, peer, secret.clone(), Arc::clone(&routes), Arc::clone(&stats)));
+        let (access, routes, stats) = (Arc::clone(&access), Arc::clone(&routes), Arc::clone(&stats));
+        tokio::spawn(async move {
+            connection(id, stream, peer, &access, limits, routes, stats).await;
+            drop(slot);
+        });
     }
 }
 
@@ -240,7 +329,9 @@ async fn next_frame<T>(
 }
 
 enum Incoming {
-    Hello(Vec<u8>),
+    Hello { instance: u64, nonce: auth::Nonce },
+    Auth(auth::Proof),
+    Ping,
     Own(Vec<Endpoint>),
     Disown(Vec<Endpoint>),
     Bye(String),
@@ -250,10 +341,12 @@ enum Incoming {
 
 fn incoming(m: Message<'_>) -> Incoming {
     match m {
-        Message::Hello { secret } => Incoming::Hello(secret.to_vec()),
+        Message::Hello { instance, nonce } => Incoming::Hello { instance, nonce },
+        Message::Auth { proof } => Incoming::Auth(proof),
+        Message::Ping => Incoming::Ping,
         Message::Own(entries) => Incoming::Own(entries.collect()),
         Message::Disown(entries) => Incoming::Disown(entries.collect()),
-        Message::Bye(reason) => Incoming::Bye(reason.to_owned()),
+        Message::Bye { reason, .. } => Incoming::Bye(reason.to_owned()),
         Message::Welcome { .. } => Incoming::Unexpected("WELCOME"),
         Message::Facts(_) => Incoming::Unexpected("FACTS"),
         Message::Sync(token) => Incoming::Sync(token),
@@ -261,91 +354,122 @@ fn incoming(m: Message<'_>) -> Incoming {
     }
 }
 
+/// HELLO, WELCOME with this side's proof, AUTH with the copier's: returns the copier's
+/// instance. Without a secret the proofs are zeros and not checked.
 async fn handshake(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     buf: &mut Vec<u8>,
     secret: Option<&[u8]>,
-) -> Result<(), String> {
+) -> Result<u64, Refusal> {
+    let within = |what: &'static str| move |_| Refusal::permanent(format!("no {what} within {HANDSHAKE_TIMEOUT:?}"));
+    let garbage = |reason: String| Refusal::permanent(reason);
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_frame(rd, buf, incoming))
         .await
-        .map_err(|_| format!("no HELLO within {HANDSHAKE_TIMEOUT:?}"))??;
-    match first {
-        Some(Incoming::Hello(offered)) => {
-            if let Some(secret) = secret {
-                if !same_secret(secret, &offered) {
-                    return Err("wrong secret".into());
-                }
-            }
+        .map_err(within("HELLO"))?
+        .map_err(garbage)?;
+    let (instance, copier_nonce) = match first {
+        Some(Incoming::Hello { instance, nonce }) => (instance, nonce),
+        Some(_) => return Err(Refusal::permanent("the first frame must be HELLO")),
+        None => return Err(Refusal::permanent("closed before HELLO")),
+    };
+    let nonce = auth::nonce();
+    let proof = secret.map_or([0; proto::PROOF_LEN], |s| auth::intercept_proof(s, &copier_nonce, &nonce));
+    let welcome = frame(|b| proto::encode_welcome(b, secret.is_some(), &nonce, &proof), 64);
+    wr.write_all(&welcome).await.map_err(|err| Refusal::transient(format!("write failed: {err}")))?;
+    let second = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_frame(rd, buf, incoming))
+        .await
+        .map_err(within("AUTH"))?
+        .map_err(garbage)?;
+    match (second, secret) {
+        (Some(Incoming::Auth(proof)), Some(s)) if !auth::copier_proof_holds(s, &nonce, &copier_nonce, &proof) => {
+            Err(Refusal::permanent("wrong secret (or none): this intercept requires copiers to prove theirs"))
         }
-        Some(_) => return Err("the first frame must be HELLO".into()),
-        None => return Err("closed before HELLO".into()),
+        (Some(Incoming::Auth(_)), _) => Ok(instance),
+        (Some(_), _) => Err(Refusal::permanent("the frame after WELCOME must be AUTH")),
+        (None, _) => Err(Refusal::permanent("closed before AUTH")),
     }
-    let welcome = frame(proto::encode_welcome, 16);
-    wr.write_all(&welcome).await.map_err(|err| format!("write failed: {err}"))
 }
 
 async fn connection(
     id: CopierId,
     stream: TcpStream,
     peer: SocketAddr,
-    secret: Option<Arc<[u8]>>,
+    access: &Access,
+    limits: Limits,
     routes: SharedRoutes,
     stats: Arc<Stats>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::with_capacity(16 * 1024);
-    if let Err(reason) = handshake(&mut rd, &mut wr, &mut buf, secret.as_deref()).await {
-        log::warn!("closing connection from {peer}: {reason}");
-        Stats::add(&stats.rejected, 1);
-        let _ = wr.write_all(&bye(&reason)).await;
-        return;
-    }
+    let instance = match handshake(&mut rd, &mut wr, &mut buf, access.secret.as_deref()).await {
+        Ok(instance) => instance,
+        Err(refusal) => {
+            log::warn!("closing connection from {peer}: {}", refusal.reason);
+            Stats::add(&stats.rejected, 1);
+            let _ = tokio::time::timeout(CLOSE_DRAIN, wr.write_all(&bye(&refusal))).await;
+            return;
+        }
+    };
     let link = Arc::new(CopierLink::new(wr));
     let flusher = AbortOnDrop(tokio::spawn({
         let link = Arc::clone(&link);
         async move { link.flush_when_writable().await }
     }));
-    Routes::lock(&routes).connect(id, Arc::clone(&link));
+    let superseded = Arc::new(Notify::new());
+    if let Some(old) = Routes::lock(&routes).connect(id, instance, Arc::clone(&link), Arc::clone(&superseded)) {
+        log::info!("copier {id} from {peer} replaces copier {old}, an older connection of the same process");
+    }
     Stats::add(&stats.copiers, 1);
     log::info!("copier {id} connected from {peer}");
 
-    let mut announced = 0usize;
-    let outcome: Result<(), String> = loop {
-        match next_frame(&mut rd, &mut buf, incoming).await {
+    let outcome: Result<(), Refusal> = loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(limits.idle_timeout, next_frame(&mut rd, &mut buf, incoming)) => next,
+            _ = superseded.notified() => break Err(Refusal::transient("replaced by a newer connection of the same copier")),
+        };
+        let Ok(next) = next else {
+            Stats::add(&stats.idle_closed, 1);
+            break Err(Refusal::transient(format!("nothing received for {:?}", limits.idle_timeout)));
+        };
+        match next {
             Ok(Some(Incoming::Own(entries))) => {
-                announced += entries.len();
-                if announced > MAX_OWNED_PER_COPIER {
-                    break Err(format!("announced more than {MAX_OWNED_PER_COPIER} client endpoints"));
-                }
-                if let Err(err) = Routes::lock(&routes).ownership.own_all(id, &entries) {
-                    log::warn!("{err}; ignoring the rest of its announcement");
+                let claimed = Routes::lock(&routes).ownership.own_all(id, &entries);
+                if let Err(err) = claimed {
+                    Stats::add(&stats.claims_refused, 1);
+                    // Taken: another copier replays these sessions; the limits: it would grow without bound.
+                    break Err(Refusal::permanent(match err {
+                        ClaimError::Taken(_) => format!("{err}: two copiers replay from the same client addresses"),
+                        ClaimError::TooMany(_) | ClaimError::Full => err.to_string(),
+                    }));
                 }
             }
-            Ok(Some(Incoming::Disown(entries))) => {
-                announced = announced.saturating_sub(entries.len());
-                Routes::lock(&routes).ownership.disown_all(id, &entries);
-            }
+            Ok(Some(Incoming::Disown(entries))) => Routes::lock(&routes).ownership.disown_all(id, &entries),
             Ok(Some(Incoming::Sync(token))) => {
                 // Every announcement before it is in effect: they were applied as they came.
                 link.send(&frame(|b| proto::encode_sync(b, true, token), 16));
             }
+            Ok(Some(Incoming::Ping)) => {}
             Ok(Some(Incoming::Bye(reason))) => {
                 log::info!("copier {id} ({peer}) said goodbye: {reason}");
                 break Ok(());
             }
-            Ok(Some(Incoming::Hello(_))) => break Err("a second HELLO".into()),
-            Ok(Some(Incoming::Unexpected(kind))) => break Err(format!("a {kind} frame from a copier")),
+            Ok(Some(Incoming::Hello { .. } | Incoming::Auth(_))) => {
+                break Err(Refusal::permanent("a second handshake"))
+            }
+            Ok(Some(Incoming::Unexpected(kind))) => {
+                break Err(Refusal::permanent(format!("a {kind} frame from a copier")))
+            }
             Ok(None) => break Ok(()),
-            Err(reason) => break Err(reason),
+            Err(reason) => break Err(Refusal::permanent(reason)),
         }
     };
-    let released = Routes::lock(&routes).disconnect(id);
+    let released = Routes::lock(&routes).disconnect(id, instance);
     stats.copiers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    if let Err(reason) = &outcome {
-        log::warn!("closing copier {id} ({peer}): {reason}");
+    if let Err(refusal) = &outcome {
+        log::warn!("closing copier {id} ({peer}): {}", refusal.reason);
         Stats::add(&stats.rejected, 1);
-        link.send(&bye(reason));
+        link.send(&bye(refusal));
     }
     link.drained(CLOSE_DRAIN).await;
     drop(flusher);
@@ -384,7 +508,7 @@ mod tests {
     fn route_to_copier_with_room(room: usize, batches: usize) -> (Stats, Vec<u16>) {
         let (stats, mut routes) = (Stats::default(), Routes::default());
         let recorder = Arc::new(Recorder { frames: Mutex::new(Vec::new()), room });
-        routes.connect(1, Arc::clone(&recorder));
+        routes.connect(1, 1, Arc::clone(&recorder), Arc::default());
         routes.ownership.own(1, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
         for _ in 0..batches {
             routes.route(&[reply_to(1), reply_to(2)], &stats);
@@ -419,7 +543,7 @@ mod tests {
     fn a_large_batch_goes_in_frames_of_at_most_max_records_and_the_unowned_are_counted() {
         let (stats, mut routes) = (Stats::default(), Routes::default());
         let recorder = Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 100 });
-        routes.connect(7, Arc::clone(&recorder));
+        routes.connect(7, 7, Arc::clone(&recorder), Arc::default());
         routes.ownership.own(7, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
         let mut batch: Vec<ReplyFacts> = (0..MAX_RECORDS as u16 + 5).map(reply_to).collect();
         batch.push(ReplyFacts { client: Endpoint::v4([10, 100, 1, 3], 1), ..Default::default() });
@@ -428,16 +552,34 @@ mod tests {
         let frame_of = |n: usize| proto::HEADER_LEN + 2 + n * proto::RECORD_LEN;
         assert_eq!(sizes, [frame_of(MAX_RECORDS), frame_of(5)]);
         assert_eq!((stats.routed.load(Relaxed), stats.unowned.load(Relaxed)), (MAX_RECORDS as u64 + 5, 1));
-        assert_eq!(routes.disconnect(7), 1, "its whole address");
+        assert_eq!(routes.disconnect(7, 7), 1, "its whole address");
         routes.route(&batch[..1], &stats);
         assert_eq!(stats.unowned.load(Relaxed), 2, "a gone copier's replies are nobody's");
     }
 
     #[test]
-    fn secrets_compare_by_content_and_length() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"abcd"));
-        assert!(!same_secret(b"", b"a"));
+    fn a_reconnecting_process_replaces_its_own_connection_and_no_other() {
+        let mut routes: Routes<Recorder> = Routes::default();
+        let recorder = || Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 10 });
+        let client = Endpoint::v4([10, 100, 1, 2], 40000);
+        let old_close = Arc::new(Notify::new());
+        assert_eq!(routes.connect(1, 0xaa, recorder(), Arc::clone(&old_close)), None);
+        routes.ownership.own(1, client).unwrap();
+        assert_eq!(routes.connect(2, 0xbb, recorder(), Arc::default()), None, "another process");
+        assert!(routes.ownership.own(2, client).is_err(), "cannot take a live copier's endpoint");
+        assert_eq!(routes.connect(3, 0xaa, recorder(), Arc::default()), Some(1), "the same process again");
+        routes.ownership.own(3, client).unwrap();
+        // The old connection's task ends later: it must not take the new one's entries along.
+        assert_eq!(routes.disconnect(1, 0xaa), 0);
+        assert_eq!(routes.ownership.owner(&client), Some(3));
+        assert!(routes.instances.contains_key(&0xaa));
+        let closed = tokio_test_notified(&old_close);
+        assert!(closed, "the old connection was told to close");
+    }
+
+    /// Whether `notify` holds a permit (it was notified with no one waiting).
+    fn tokio_test_notified(notify: &Notify) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async { tokio::time::timeout(Duration::from_millis(10), notify.notified()).await.is_ok() })
     }
 }

@@ -18,8 +18,16 @@ pub struct Stats {
     pub slow_copier_dropped: AtomicU64,
     /// Copiers connected now.
     pub copiers: AtomicU64,
-    /// Connections closed for a protocol error, a wrong version or secret.
+    /// Connections closed for a protocol error, a wrong version or secret, a refused claim.
     pub rejected: AtomicU64,
+    /// Connections open now, handshakes included (bounded by `--max-copiers`).
+    pub connections: AtomicU64,
+    /// Connections refused at once: too many, or from outside `--allow`.
+    pub refused: AtomicU64,
+    /// Connections closed for sending nothing for `--idle-timeout`.
+    pub idle_closed: AtomicU64,
+    /// Announcements refused: an endpoint another copier owns, or past a limit.
+    pub claims_refused: AtomicU64,
 }
 
 impl Stats {
@@ -37,6 +45,10 @@ impl Stats {
             ("slow_copier_dropped", &self.slow_copier_dropped),
             ("copiers", &self.copiers),
             ("rejected", &self.rejected),
+            ("connections", &self.connections),
+            ("refused", &self.refused),
+            ("idle_closed", &self.idle_closed),
+            ("claims_refused", &self.claims_refused),
         ]
         .into_iter()
         .map(|(name, c)| (name, c.load(Relaxed)))

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use common::{
+    auth,
     endpoint::Endpoint,
     facts::ReplyFacts,
     proto::{self, Message},
@@ -19,9 +20,9 @@ use crate::Netns;
 /// What an intercept sent, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
-    Welcome(u16),
+    Welcome { authenticates: bool, nonce: auth::Nonce, proof: auth::Proof },
     Facts(Vec<ReplyFacts>),
-    Bye(String),
+    Bye { permanent: bool, reason: String },
     Synced(u64),
     Closed,
 }
@@ -38,16 +39,37 @@ impl ProtoClient {
         Ok(Self { stream, buf: Vec::new() })
     }
 
-    /// Connects and says HELLO; fails with the intercept's BYE reason if it refuses.
-    pub fn connect(ns: &Netns, addr: SocketAddr, secret: &[u8]) -> anyhow::Result<Self> {
+    /// Connects as copier process `instance`, proving `secret` (empty: none), and checks the
+    /// intercept's proof when it has one; fails with what the intercept said if it refuses.
+    pub fn connect(ns: &Netns, addr: SocketAddr, secret: &[u8], instance: u64) -> anyhow::Result<Self> {
         let mut c = Self::connect_raw(ns, addr)?;
-        let mut hello = vec![0; 64 + secret.len()];
-        let n = proto::encode_hello(&mut hello, secret)?;
-        c.send_bytes(&hello[..n])?;
-        match c.recv(Duration::from_secs(5))? {
-            Received::Welcome(v) if v == proto::VERSION => Ok(c),
+        let ours = auth::nonce();
+        let mut buf = [0; 128];
+        let n = proto::encode_hello(&mut buf, instance, &ours)?;
+        c.send_bytes(&buf[..n])?;
+        let (authenticates, theirs, proof) = match c.recv(Duration::from_secs(5))? {
+            Received::Welcome { authenticates, nonce, proof } => (authenticates, nonce, proof),
             other => bail!("handshake refused: {other:?}"),
+        };
+        if authenticates && !secret.is_empty() && !auth::intercept_proof_holds(secret, &ours, &theirs, &proof) {
+            bail!("the intercept's proof does not hold");
         }
+        let proof = if secret.is_empty() { [0; proto::PROOF_LEN] } else { auth::copier_proof(secret, &theirs, &ours) };
+        let n = proto::encode_auth(&mut buf, &proof)?;
+        c.send_bytes(&buf[..n])?;
+        // A refusal comes at once; silence means accepted (the intercept does not answer AUTH).
+        match c.recv(Duration::from_millis(300)) {
+            Ok(refused @ (Received::Bye { .. } | Received::Closed)) => bail!("handshake refused: {refused:?}"),
+            Ok(other) => bail!("unexpected answer to AUTH: {other:?}"),
+            Err(_) => Ok(c),
+        }
+    }
+
+    /// Announces that this copier is alive (the intercept closes idle connections).
+    pub fn ping(&mut self) -> anyhow::Result<()> {
+        let mut buf = [0; 8];
+        let n = proto::encode_ping(&mut buf)?;
+        self.send_bytes(&buf[..n])
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
@@ -80,9 +102,11 @@ impl ProtoClient {
                 proto::decode(&self.buf).map_err(|e| anyhow::anyhow!("intercept sent garbage: {e}"))?
             {
                 let out = match message {
-                    Message::Welcome { version } => Received::Welcome(version),
+                    Message::Welcome { authenticates, nonce, proof, .. } => {
+                        Received::Welcome { authenticates, nonce, proof }
+                    }
                     Message::Facts(records) => Received::Facts(records.collect()),
-                    Message::Bye(reason) => Received::Bye(reason.to_owned()),
+                    Message::Bye { permanent, reason } => Received::Bye { permanent, reason: reason.to_owned() },
                     Message::Synced(token) => Received::Synced(token),
                     other => bail!("unexpected frame from the intercept: {other:?}"),
                 };

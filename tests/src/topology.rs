@@ -61,6 +61,8 @@ pub mod addr {
     /// The control link that carries the intercept ↔ copier protocol.
     pub const ONLINE_CONTROL: Ipv4Addr = Ipv4Addr::new(10, 100, 4, 1);
     pub const ASSIST_CONTROL: Ipv4Addr = Ipv4Addr::new(10, 100, 4, 2);
+    /// The control link's networks: intercepts started without a secret allow these only.
+    pub const CONTROL_NETS: &str = "10.100.4.0/24,fd00:100:4::/64";
 }
 
 /// Which of the four hosts.
@@ -275,6 +277,14 @@ impl Testbed {
     /// A command that runs inside `host`; start it with [`Self::start`].
     pub fn command(&self, host: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
         self.host(host).command(program)
+    }
+
+    /// The intercept as the test bed runs it: without a secret, copiers are allowed from the
+    /// control link's networks only (tests that need a secret add `--secret-file`).
+    pub fn intercept_command(&self, host: Host) -> Command {
+        let mut cmd = self.command(host, crate::bins::xdpcopy("intercept"));
+        cmd.args(["--allow", addr::CONTROL_NETS]);
+        cmd
     }
 
     /// Starts a command, output to files in [`Self::dir`].

@@ -45,7 +45,7 @@ fn start_intercept(tb: &Testbed, name: &str) -> Process {
 
 fn start_intercept_for(tb: &Testbed, name: &str, targets: &[SocketAddr]) -> Process {
     let targets: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets.join(",")]).args([
         "--listen",
         &control().to_string(),

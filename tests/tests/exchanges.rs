@@ -48,7 +48,7 @@ fn bed() -> Bed {
     let backends = [backend(Host::Online, "online-backend"), backend(Host::Target, "target-backend")];
     let online = Nginx::start_proxy(&tb, Host::Online, "online-nginx", online_http(), backends[0].addr).unwrap();
     let target = Nginx::start_proxy(&tb, Host::Target, "target-nginx", target_http(), backends[1].addr).unwrap();
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target_http().to_string(), "--stats-interval", "1"]);
     let mut intercept = tb.start("intercept", cmd).unwrap();
     intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();

@@ -32,7 +32,7 @@ fn control() -> SocketAddr {
 }
 
 fn start_intercept(tb: &Testbed, extra: &[&str]) -> Process {
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target().to_string()])
         .args(["--listen", &control().to_string(), "--stats-interval", "0.2"])
         .args(extra);
@@ -68,8 +68,8 @@ fn syn_acks_are_stolen_and_served_to_their_owner_only() {
         .map(|h| (h, tb.host(h).run(Sniffer::open).unwrap().unwrap()))
         .collect();
 
-    let mut copier_a = ProtoClient::connect(&tb.online, control(), b"").unwrap();
-    let mut copier_b = ProtoClient::connect(&tb.online, control(), b"").unwrap();
+    let mut copier_a = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    let mut copier_b = ProtoClient::connect(&tb.online, control(), b"", 2).unwrap();
     copier_a.own(&[client(40001)]).unwrap();
     copier_b.own(&[client(40002)]).unwrap();
     // SYNCED: the announcements are in effect, so the very first SYN-ACK is routed.
@@ -116,7 +116,7 @@ fn replies_nobody_owns_are_counted_and_dropped() {
     let tb = Testbed::new().unwrap();
     let _server = LineServer::start(&tb, Host::Target, "target-server", target()).unwrap();
     let mut intercept = start_intercept(&tb, &[]);
-    let mut copier = ProtoClient::connect(&tb.online, control(), b"").unwrap();
+    let mut copier = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
     copier.own(&[client(40001)]).unwrap();
     copier.sync(9).unwrap();
     send_syn(&tb, 40009, 1, 1);
@@ -124,6 +124,10 @@ fn replies_nobody_owns_are_counted_and_dropped() {
         .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("unowned") >= 1))
         .unwrap();
     assert_eq!(copier.facts_for(Duration::from_millis(300)).unwrap(), vec![]);
+}
+
+fn bye_says(r: Received, permanent: bool, says: &str) -> bool {
+    matches!(r, Received::Bye { permanent: p, reason } if p == permanent && reason.contains(says))
 }
 
 #[test]
@@ -135,32 +139,91 @@ fn garbage_wrong_version_and_wrong_secret_close_only_that_connection() {
 
     let mut http = ProtoClient::connect_raw(&tb.online, control()).unwrap();
     http.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert!(matches!(http.recv(Duration::from_secs(5)).unwrap(), Received::Bye(r) if r.contains("exceeds")));
+    assert!(bye_says(http.recv(Duration::from_secs(5)).unwrap(), true, "exceeds"));
 
-    let mut v2 = ProtoClient::connect_raw(&tb.online, control()).unwrap();
-    v2.send_bytes(&[0, 0, 0, 9, 1, b'X', b'D', b'P', b'C', 0, 2, 0, 0]).unwrap();
-    assert!(matches!(v2.recv(Duration::from_secs(5)).unwrap(), Received::Bye(r) if r.contains("version 2")));
+    // A version 1 copier (HELLO with its secret in clear) is told the version, for good.
+    let mut v1 = ProtoClient::connect_raw(&tb.online, control()).unwrap();
+    v1.send_bytes(&[0, 0, 0, 9, 1, b'X', b'D', b'P', b'C', 0, 1, 0, 0]).unwrap();
+    assert!(bye_says(v1.recv(Duration::from_secs(5)).unwrap(), true, "version 1 is not supported"));
 
-    let refused = ProtoClient::connect(&tb.online, control(), b"guess").err().expect("a wrong secret is refused");
+    // A copier with another secret does not trust the intercept: its proof does not hold.
+    let refused = ProtoClient::connect(&tb.online, control(), b"guess", 7).err().expect("a wrong secret fails");
+    assert!(refused.to_string().contains("proof does not hold"), "{refused:#}");
+    let refused = ProtoClient::connect(&tb.online, control(), b"", 8).err().expect("no secret is refused");
     assert!(refused.to_string().contains("wrong secret"), "{refused:#}");
 
-    // A copier that turns to garbage after its HELLO is told why on its link, and dropped.
-    let mut turned = ProtoClient::connect(&tb.online, control(), b"let-me-in").unwrap();
+    // A copier that turns to garbage after its handshake is told why on its link, and dropped.
+    let mut turned = ProtoClient::connect(&tb.online, control(), b"let-me-in", 9).unwrap();
     turned.send_bytes(&[0, 0, 0, 1, 99]).unwrap();
-    assert!(
-        matches!(turned.recv(Duration::from_secs(5)).unwrap(), Received::Bye(r) if r.contains("unknown frame kind 99"))
-    );
+    assert!(bye_says(turned.recv(Duration::from_secs(5)).unwrap(), true, "unknown frame kind 99"));
 
     // The intercept still serves copiers that know the secret.
-    let _copier = ProtoClient::connect(&tb.online, control(), b"let-me-in").unwrap();
+    let _copier = ProtoClient::connect(&tb.online, control(), b"let-me-in", 10).unwrap();
     intercept
         .wait_for_line(Duration::from_secs(5), |l| {
-            stats::parse(l).is_some_and(|s| s.get("rejected") >= 4 && s.get("copiers") == 1)
+            stats::parse(l).is_some_and(|s| s.get("rejected") >= 5 && s.get("copiers") == 1)
         })
         .unwrap();
     intercept.signal(libc::SIGINT).unwrap();
     assert!(intercept.wait_timeout(Duration::from_secs(10)).unwrap().success(), "{}", intercept.describe());
     assert_eq!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None);
+}
+
+#[test]
+fn an_intercept_without_a_secret_or_an_allow_list_refuses_to_start() {
+    let tb = Testbed::new().unwrap();
+    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target().to_string()]);
+    let mut p = tb.start("intercept", cmd).unwrap();
+    let status = p.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(2), "{}", p.describe());
+    assert!(p.stderr().contains("no --secret-file"), "{}", p.describe());
+    assert_eq!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None, "nothing attached");
+}
+
+#[test]
+fn idle_connections_are_closed_and_connections_beyond_the_limit_refused() {
+    let tb = Testbed::new().unwrap();
+    let mut intercept = start_intercept(&tb, &["--max-copiers", "3", "--idle-timeout", "1"]);
+    let mut alive = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    let mut idle = ProtoClient::connect(&tb.online, control(), b"", 2).unwrap();
+    let _third = ProtoClient::connect_raw(&tb.online, control()).unwrap(); // never says HELLO
+    let mut fourth = ProtoClient::connect_raw(&tb.online, control()).unwrap();
+    assert!(bye_says(fourth.recv(Duration::from_secs(5)).unwrap(), false, "at most 3 copiers"));
+    for _ in 0..6 {
+        alive.ping().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(bye_says(idle.recv(Duration::from_secs(2)).unwrap(), false, "nothing received"), "idle: closed");
+    alive.own(&[client(40001)]).unwrap();
+    alive.sync(1).unwrap();
+    let s = intercept
+        .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("idle_closed") >= 1))
+        .map(|l| stats::parse(&l).unwrap())
+        .unwrap();
+    assert_eq!((s.get("refused"), s.get("copiers")), (1, 1), "{}", intercept.describe());
+}
+
+#[test]
+fn another_copiers_endpoints_cannot_be_claimed_and_its_own_process_takes_them_back() {
+    let tb = Testbed::new().unwrap();
+    let mut intercept = start_intercept(&tb, &[]);
+    let mut owner = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    owner.own(&[client(40001)]).unwrap();
+    owner.sync(1).unwrap();
+    let mut thief = ProtoClient::connect(&tb.online, control(), b"", 2).unwrap();
+    thief.own(&[client(40002), client(40001)]).unwrap();
+    assert!(bye_says(thief.recv(Duration::from_secs(5)).unwrap(), true, "owned by another copier"));
+    // The same process reconnecting replaces its old connection and gets its endpoint.
+    let mut again = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    assert!(bye_says(owner.recv(Duration::from_secs(5)).unwrap(), false, "replaced"));
+    again.own(&[client(40001)]).unwrap();
+    again.sync(2).unwrap();
+    let s = intercept
+        .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("claims_refused") == 1))
+        .map(|l| stats::parse(&l).unwrap())
+        .unwrap();
+    assert_eq!(s.get("copiers"), 1);
 }
 
 #[test]

@@ -40,7 +40,7 @@ fn bed() -> Bed {
     let online = Nginx::start(&tb, Host::Online, "online-nginx", at(addr::ONLINE, 80)).unwrap();
     let target = Nginx::start(&tb, Host::Target, "target-nginx", at(addr::TARGET, 8080)).unwrap();
     let targets = format!("{},{}", at(addr::TARGET, 8080), at(addr::TARGET, 6379));
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets, "--stats-interval", "1"]);
     let mut intercept = tb.start("intercept", cmd).unwrap();
     intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();

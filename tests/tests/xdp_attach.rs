@@ -48,7 +48,7 @@ fn start_copier(tb: &Testbed, name: &str, extra: &[&str]) -> Process {
 
 fn start_intercept(tb: &Testbed, name: &str, iface_name: &str, host: Host, extra: &[&str]) -> Process {
     let target = target_line().to_string();
-    let mut cmd = tb.command(host, bins::xdpcopy("intercept"));
+    let mut cmd = tb.intercept_command(host);
     cmd.args(["--iface", iface_name, "--target", &target, "--stats-interval", "0.2"]).args(extra);
     tb.start(name, cmd).unwrap()
 }

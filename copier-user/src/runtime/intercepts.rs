@@ -18,6 +18,7 @@ use std::{
 };
 
 use common::{
+    auth,
     endpoint::Endpoint,
     hash::Hasher,
     proto::{self, Message, MAX_ENTRIES},
@@ -37,6 +38,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Longest a link waits for a worker's full facts queue before it drops the batch.
 const FACTS_WAIT: Duration = Duration::from_secs(1);
+/// A link with nothing to send says PING this often, well within the intercepts' idle timeout.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters of the intercept links.
 #[derive(Default)]
@@ -46,6 +49,21 @@ pub struct LinkStats {
     pub facts: AtomicU64,
     /// Facts dropped because the worker's queue was full.
     pub facts_dropped: AtomicU64,
+    /// Why an intercept refused this copier for good (wrong secret or version, endpoints owned
+    /// by another copier): the copier stops, with this reason.
+    pub refused: std::sync::Mutex<Option<String>>,
+}
+
+/// Why a connection ended: retrying may help, or it cannot.
+enum Ended {
+    Transient(String),
+    Permanent(String),
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Self {
+        Self::Transient(reason)
+    }
 }
 
 enum Control {
@@ -204,20 +222,22 @@ async fn deliver(worker: &FactsSender, mut facts: FactsBatch) -> bool {
 /// Why a connection attempt or a connection ended.
 async fn session(
     addr: SocketAddr,
-    secret: &[u8],
+    secret: Option<&[u8]>,
+    instance: u64,
     i: usize,
     ctl: &mpsc::Sender<Control>,
     workers: &[FactsSender],
     stats: &LinkStats,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect failed: {e}"))?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let mut hello = vec![0; proto::HEADER_LEN + 8 + secret.len()];
-    let n = proto::encode_hello(&mut hello, secret).map_err(|e| e.to_string())?;
+    let nonce = auth::nonce();
+    let mut hello = [0; 64];
+    let n = proto::encode_hello(&mut hello, instance, &nonce).expect("sized to fit");
     wr.write_all(&hello[..n]).await.map_err(|e| format!("write failed: {e}"))?;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4096);
@@ -229,16 +249,43 @@ async fn session(
             let (message, used) = match proto::decode(&buf) {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(e) => return Err(format!("intercept sent garbage: {e}")),
+                Err(e) => return Err(Ended::Permanent(format!("intercept sent garbage: {e}"))),
             };
             match message {
-                Message::Welcome { .. } if writer.is_none() => {
+                Message::Welcome { authenticates, nonce: theirs, proof, .. } if writer.is_none() => {
+                    let proof = match (secret, authenticates) {
+                        (Some(s), true) if auth::intercept_proof_holds(s, &nonce, &theirs, &proof) => {
+                            auth::copier_proof(s, &theirs, &nonce)
+                        }
+                        (Some(_), true) => {
+                            return Err(Ended::Permanent("the intercept does not know our secret".into()));
+                        }
+                        (Some(_), false) => {
+                            return Err(Ended::Permanent(
+                                "the intercept runs without a secret; this copier has one (--secret-file on both, \
+                                 or on neither)"
+                                    .into(),
+                            ));
+                        }
+                        (None, _) => [0; proto::PROOF_LEN], // it says whether it wants one
+                    };
+                    let mut auth_frame = [0; 64];
+                    let n = proto::encode_auth(&mut auth_frame, &proof).expect("sized to fit");
+                    let mut w = wr.take().expect("welcomed once");
+                    w.write_all(&auth_frame[..n]).await.map_err(|e| format!("write failed: {e}"))?;
                     log::info!("connected to intercept {addr}");
                     stats.connected.fetch_add(1, Relaxed);
-                    let mut w = wr.take().expect("welcomed once");
                     let mut out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
                     writer = Some(AbortOnDrop(tokio::spawn(async move {
-                        while let Some(frame) = out_rx.recv().await {
+                        let mut buf = [0; 8];
+                        let n = proto::encode_ping(&mut buf).expect("sized to fit");
+                        let ping = &buf[..n];
+                        loop {
+                            let frame = match tokio::time::timeout(PING_EVERY, out_rx.recv()).await {
+                                Ok(Some(frame)) => frame,
+                                Ok(None) => break,
+                                Err(_) => ping.to_vec(),
+                            };
                             if w.write_all(&frame).await.is_err() {
                                 break;
                             }
@@ -262,16 +309,19 @@ async fn session(
                 Message::Synced(batch) => {
                     let _ = ctl.send(Control::Synced(i, batch)).await;
                 }
-                Message::Bye(reason) => return Err(format!("intercept said goodbye: {reason}")),
-                other => return Err(format!("unexpected frame from the intercept: {other:?}")),
+                Message::Bye { permanent: true, reason } => {
+                    return Err(Ended::Permanent(format!("the intercept refused us: {reason}")));
+                }
+                Message::Bye { reason, .. } => return Err(format!("intercept said goodbye: {reason}").into()),
+                other => return Err(Ended::Permanent(format!("unexpected frame from the intercept: {other:?}"))),
             }
             buf.drain(..used);
         }
         buf.reserve(16 * 1024);
         match rd.read_buf(&mut buf).await {
-            Ok(0) => return Err("connection closed".into()),
+            Ok(0) => return Err(Ended::Transient("connection closed".into())),
             Ok(_) => {}
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(e) => return Err(format!("read failed: {e}").into()),
         }
     }
 }
@@ -284,12 +334,12 @@ async fn connection(
     workers: Vec<FactsSender>,
     stats: Arc<LinkStats>,
 ) {
-    let secret = secret.as_deref().unwrap_or_default().to_vec();
+    let instance = auth::instance();
     let mut backoff = BACKOFF_MIN;
     let mut last_reason = String::new();
     loop {
         let was_connected = stats.connected.load(Relaxed);
-        let outcome = session(addr, &secret, i, &ctl, &workers, &stats).await;
+        let outcome = session(addr, secret.as_deref(), instance, i, &ctl, &workers, &stats).await;
         if ctl.is_closed() {
             return;
         }
@@ -300,7 +350,15 @@ async fn connection(
             let _ = ctl.send(Control::Disconnected(i)).await;
             backoff = BACKOFF_MIN;
         }
-        let reason = outcome.err().unwrap_or_else(|| "closed".into());
+        let reason = match outcome {
+            Ok(()) => "closed".into(),
+            Err(Ended::Transient(reason)) => reason,
+            Err(Ended::Permanent(reason)) => {
+                log::error!("intercept {addr}: {reason}; not retrying");
+                stats.refused.lock().expect("not poisoned").get_or_insert(format!("intercept {addr}: {reason}"));
+                return;
+            }
+        };
         if connected || reason != last_reason {
             log::warn!("intercept {addr}: {reason}; retrying");
             last_reason = reason;

@@ -94,6 +94,8 @@ fn run(duration: Duration) -> anyhow::Result<()> {
         "intercept",
         bins::xdpcopy("intercept"),
         &[
+            "--allow",
+            addr::CONTROL_NETS,
             "--iface",
             iface::ASSIST_TO_TARGET,
             "--target",
@@ -162,8 +164,12 @@ fn run(duration: Duration) -> anyhow::Result<()> {
         if !status.success() {
             bail!("a binary failed ({status})\n{}", p.describe());
         }
-        let summary = p.stdout().lines().rev().find(|l| l.contains(" summary: ")).map(str::to_owned);
+        let out = p.stdout();
+        let summary = out.lines().rev().find(|l| l.contains(" summary: ")).map(str::to_owned);
         println!("demo: {}", summary.context("no summary line")?);
+        for target in out.lines().filter(|l| l.starts_with("copier target ")) {
+            println!("demo: {target}");
+        }
     }
     let left = [(&tb.online, iface::ONLINE_TO_CLIENT), (&tb.assist, iface::ASSIST_TO_TARGET)]
         .into_iter()

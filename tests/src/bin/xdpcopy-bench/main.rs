@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use xdpcopy_testbed::{bins, topology::iface, Host, Process, Testbed};
+use xdpcopy_testbed::{topology::iface, Host, Process, Testbed};
 
 /// What to run.
 #[derive(Parser)]
@@ -74,7 +74,7 @@ fn napi_cpu_us(iface: &str) -> anyhow::Result<u64> {
 
 /// Starts the intercept on the assistant host for `target`, attached.
 fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> {
-    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string(), "--stats-interval", "60"]);
     let mut intercept = tb.start("intercept", cmd)?;
     intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached"))?;

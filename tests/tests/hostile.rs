@@ -1,0 +1,111 @@
+//! Hostile peers on the control channel, beside a real replay: the replay must still be
+//! answered in full, and a misconfigured copier must say why and exit non-zero.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
+
+use common::endpoint::Endpoint;
+use xdpcopy_testbed::{
+    bins, pcapgen,
+    proto_client::ProtoClient,
+    servers::Nginx,
+    topology::{addr, iface},
+    Host, Process, Testbed,
+};
+
+const STARTUP: Duration = Duration::from_secs(20);
+
+fn target_http() -> SocketAddr {
+    SocketAddr::new(addr::TARGET.into(), 8080)
+}
+
+fn control() -> SocketAddr {
+    SocketAddr::new(addr::ASSIST_CONTROL.into(), 36524)
+}
+
+/// The intercept with a secret, no allow list: anyone on the network may try.
+fn start_intercept(tb: &Testbed, secret: &Path) -> Process {
+    let mut cmd = tb.command(Host::Assist, bins::xdpcopy("intercept"));
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target_http().to_string()]).args([
+        "--secret-file",
+        &secret.to_string_lossy(),
+        "--max-copiers",
+        "16",
+        "--stats-interval",
+        "0.5",
+    ]);
+    let mut p = tb.start("intercept", cmd).unwrap();
+    p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    p
+}
+
+fn replay(tb: &Testbed, pcap: &Path, secret: &Path) -> Process {
+    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
+        "-i",
+        &pcap.to_string_lossy(),
+        "--secret-file",
+        &secret.to_string_lossy(),
+        "--stats-interval",
+        "1",
+    ]);
+    tb.start("copier", cmd).unwrap()
+}
+
+fn secret(tb: &Testbed, name: &str, value: &str) -> std::path::PathBuf {
+    let path = tb.dir().join(name);
+    std::fs::write(&path, value).unwrap();
+    path
+}
+
+#[test]
+fn a_replay_is_answered_in_full_beside_a_hijacker_and_a_connection_flood() {
+    let tb = Testbed::new().unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let key = secret(&tb, "secret", "s3cret\n");
+    let mut intercept = start_intercept(&tb, &key);
+    let sessions = pcapgen::Sessions { count: 200, requests_per_session: 2, gap_us: 2_000 };
+    let pcap = tb.dir().join("sessions.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+
+    // A hijacker without the secret, claiming every port of the clients' first address.
+    let refused = ProtoClient::connect(&tb.online, control(), b"", 99).err().expect("no secret, no connection");
+    assert!(refused.to_string().contains("wrong secret"), "{refused:#}");
+    // Forty connections that never say HELLO: more than --max-copiers.
+    let flood: Vec<_> = (0..40).map(|_| ProtoClient::connect_raw(&tb.online, control()).unwrap()).collect();
+
+    let mut copier = replay(&tb, &pcap, &key);
+    let status = copier.wait_timeout(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "{}", copier.describe());
+    let requests: BTreeSet<String> = target.requests().into_iter().collect();
+    assert_eq!(requests.len(), sessions.requests() as usize, "every request answered\n{}", copier.describe());
+    drop(flood);
+    let stats = xdpcopy_testbed::stats::last(&intercept.stdout()).unwrap();
+    assert!(stats.get("refused") >= 24, "the flood beyond the limit was refused: {}", intercept.describe());
+    assert!(stats.get("rejected") >= 1, "{}", intercept.describe());
+    intercept.signal(libc::SIGINT).unwrap();
+    assert!(intercept.wait_timeout(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn a_copier_with_the_wrong_secret_or_a_taken_address_says_why_and_exits_4() {
+    let tb = Testbed::new().unwrap();
+    let _target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let key = secret(&tb, "secret", "s3cret");
+    let _intercept = start_intercept(&tb, &key);
+    let sessions = pcapgen::Sessions { count: 5, requests_per_session: 1, gap_us: 1_000 };
+    let pcap = tb.dir().join("sessions.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+
+    let mut wrong = replay(&tb, &pcap, &secret(&tb, "wrong", "guess"));
+    assert_eq!(wrong.wait_timeout(Duration::from_secs(30)).unwrap().code(), Some(4), "{}", wrong.describe());
+    assert!(wrong.stderr().contains("does not know our secret"), "{}", wrong.describe());
+
+    // Another (authenticated) copier owns the first client's endpoint: this one may not replay it.
+    let mut owner = ProtoClient::connect(&tb.online, control(), b"s3cret", 1).unwrap();
+    let (ip, port) = pcapgen::client(0);
+    owner.own(&[Endpoint::v4(ip.octets(), port)]).unwrap();
+    owner.sync(1).unwrap();
+    let mut second = replay(&tb, &pcap, &key);
+    assert_eq!(second.wait_timeout(Duration::from_secs(30)).unwrap().code(), Some(4), "{}", second.describe());
+    assert!(second.stderr().contains("owned by another copier"), "{}", second.describe());
+}
