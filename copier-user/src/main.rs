@@ -513,6 +513,12 @@ impl Reader {
             }
         };
         log::info!("capture file read: {packets} packets replayed, {} records skipped (not IP)", source.skipped);
+        if source.over_snaplen > 0 {
+            log::warn!(
+                "{} records were longer than the file's snap length says any is; read whole, as tcpdump reads them",
+                source.over_snaplen
+            );
+        }
         self.dispatch.finish().await;
         outcome
     }

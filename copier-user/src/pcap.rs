@@ -85,8 +85,17 @@ pub fn strip_link(link: DataLink, data: &[u8]) -> Result<Option<(Link, &[u8])>, 
 }
 
 enum Reader {
-    Pcap { reader: PcapReader<BufReader<File>>, link: DataLink },
-    PcapNg { reader: PcapNgReader<BufReader<File>>, interfaces: Vec<(DataLink, u64)> },
+    /// `nanos`: the file's timestamps are nanoseconds (not microseconds).
+    Pcap {
+        reader: PcapReader<BufReader<File>>,
+        link: DataLink,
+        nanos: bool,
+        snaplen: u32,
+    },
+    PcapNg {
+        reader: PcapNgReader<BufReader<File>>,
+        interfaces: Vec<(DataLink, u64)>,
+    },
 }
 
 /// Reads a capture file batch by batch.
@@ -97,6 +106,9 @@ pub struct PcapSource {
     records: u64,
     /// Records skipped: not IP (ARP under SLL), or of an interface with an unknown link type.
     pub skipped: u64,
+    /// Records longer than the file's snap length says any is: read whole, as tcpdump reads
+    /// them (a snap length of 0 says nothing, and is not counted against).
+    pub over_snaplen: u64,
 }
 
 /// Nanoseconds per pcapng timestamp unit, from `if_tsresol` (default microseconds).
@@ -116,16 +128,18 @@ impl PcapSource {
             || File::open(path).map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
         let reader = match PcapReader::new(open()?) {
             Ok(reader) => {
-                let link = reader.header().datalink;
+                let header = reader.header();
+                let link = header.datalink;
                 strip_link(link, &[]).map_err(|link| SourceError::LinkType { path: name.clone(), link })?;
-                Reader::Pcap { reader, link }
+                let nanos = header.ts_resolution == pcap_file::TsResolution::NanoSecond;
+                Reader::Pcap { reader, link, nanos, snaplen: header.snaplen }
             }
             Err(_) => match PcapNgReader::new(open()?) {
                 Ok(reader) => Reader::PcapNg { reader, interfaces: Vec::new() },
                 Err(source) => return Err(SourceError::NotACapture { path: name, source }),
             },
         };
-        Ok(Self { path: name, reader, records: 0, skipped: 0 })
+        Ok(Self { path: name, reader, records: 0, skipped: 0, over_snaplen: 0 })
     }
 
     /// Fills `batch` with up to [`BATCH`] packets; `Ok(false)` at the end of the file.
@@ -133,11 +147,17 @@ impl PcapSource {
         batch.clear();
         while batch.len() < BATCH {
             let outcome = match &mut self.reader {
-                Reader::Pcap { reader, link } => match reader.next_packet() {
+                // Raw records: the crate refuses a record longer than the header's snap length
+                // (and every record under a snap length of 0), which tcpdump reads.
+                Reader::Pcap { reader, link, nanos, snaplen } => match reader.next_raw_packet() {
                     None => None,
                     Some(Err(e)) => Some(Err(e)),
                     Some(Ok(p)) => {
-                        let ts = p.timestamp.as_micros() as u64;
+                        if *snaplen != 0 && p.incl_len > *snaplen {
+                            self.over_snaplen += 1;
+                        }
+                        let frac_us = if *nanos { u64::from(p.ts_frac) / 1000 } else { u64::from(p.ts_frac) };
+                        let ts = u64::from(p.ts_sec) * 1_000_000 + frac_us;
                         match strip_link(*link, &p.data) {
                             Ok(Some((l, ip))) => batch.push(ts, l, ip),
                             _ => self.skipped += 1,
@@ -302,6 +322,34 @@ mod tests {
         assert!(matches!(err, SourceError::Truncated { records: 2, .. }), "{err}");
         assert_eq!(batch.len(), 2, "the complete packets are kept");
         assert!(err.to_string().contains("truncated"));
+    }
+
+    /// A raw-IP pcap of three records whose header then says `snaplen`.
+    fn with_snaplen(dir: &Path, snaplen: u32) -> std::path::PathBuf {
+        let path = dir.join(format!("snap{snaplen}.pcap"));
+        let header = PcapHeader { datalink: DataLink::RAW, ..Default::default() };
+        let mut w = PcapWriter::with_header(File::create(&path).unwrap(), header).unwrap();
+        let ip = ipv4_tcp();
+        for i in 0..3u64 {
+            w.write_packet(&PcapPacket::new(Duration::from_micros(i), ip.len() as u32, &ip)).unwrap();
+        }
+        drop(w);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[16..20].copy_from_slice(&snaplen.to_be_bytes()); // the global header's snaplen (big-endian file)
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn odd_snap_lengths_are_read_as_tcpdump_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for (snaplen, over) in [(0, 0), (20, 3)] {
+            let mut source = PcapSource::open(&with_snaplen(dir.path(), snaplen)).unwrap();
+            let mut batch = Batch::default();
+            assert!(source.next_batch(&mut batch).unwrap());
+            assert_eq!(batch.len(), 3, "snaplen {snaplen}: every record");
+            assert_eq!(source.over_snaplen, over, "snaplen {snaplen}");
+        }
     }
 
     #[test]
