@@ -1,7 +1,13 @@
 //! Offline input: pcap and pcapng files (Ethernet, VLAN, Linux SLL and SLL2, raw IP, BSD
 //! loopback), read with the `pcap-file` crate into batches.
 
-use std::{fs::File, io::BufReader, ops::Range, path::Path};
+use std::{
+    fs::File,
+    io::{BufReader, Cursor, Read},
+    ops::Range,
+    path::Path,
+    sync::Arc,
+};
 
 use pcap_file::{
     pcap::PcapReader,
@@ -87,13 +93,13 @@ pub fn strip_link(link: DataLink, data: &[u8]) -> Result<Option<(Link, &[u8])>, 
 enum Reader {
     /// `nanos`: the file's timestamps are nanoseconds (not microseconds).
     Pcap {
-        reader: PcapReader<BufReader<File>>,
+        reader: PcapReader<Input>,
         link: DataLink,
         nanos: bool,
         snaplen: u32,
     },
     PcapNg {
-        reader: PcapNgReader<BufReader<File>>,
+        reader: PcapNgReader<Input>,
         interfaces: Vec<(DataLink, u64)>,
     },
 }
@@ -121,11 +127,27 @@ fn units_ns(resolution: Option<u8>) -> u64 {
     }
 }
 
+/// What a capture is read from: a file, or bytes (the fuzz target's).
+type Input = BufReader<Box<dyn Read + Send>>;
+
 impl PcapSource {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let name = path.display().to_string();
-        let open =
-            || File::open(path).map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
+        Self::from_opener(path.display().to_string(), || Ok(Box::new(File::open(path)?)))
+    }
+
+    /// A capture held in memory; `name` stands for its path in messages.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, SourceError> {
+        let bytes: Arc<[u8]> = bytes.into();
+        Self::from_opener(name.to_owned(), || Ok(Box::new(Cursor::new(Arc::clone(&bytes)))))
+    }
+
+    /// `open` gives the capture from its start, each time it is called: a file that is not pcap
+    /// is read again from the start as pcapng.
+    fn from_opener(
+        name: String,
+        open: impl Fn() -> std::io::Result<Box<dyn Read + Send>>,
+    ) -> Result<Self, SourceError> {
+        let open = || open().map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
         let reader = match PcapReader::new(open()?) {
             Ok(reader) => {
                 let header = reader.header();

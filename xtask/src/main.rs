@@ -52,10 +52,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the cargo-fuzz targets (packet parsers, engine, wire protocol) for a while each.
+    /// Run the cargo-fuzz targets (packet parsers and engine, wire protocol, control-channel
+    /// sequences, capture files), each for `--seconds` or `--runs` inputs, whichever ends first.
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        #[arg(long)]
+        runs: Option<u64>,
     },
     /// Build in release mode and run `copier` or `intercept` with the given arguments.
     Run {
@@ -151,9 +154,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(true)?;
             testbed_bin("xdpcopy-bench", &args)
         }
-        Task::Fuzz { seconds } => {
+        Task::Fuzz { seconds, runs } => {
             setup::run()?;
-            fuzz::run(seconds)
+            fuzz::run(seconds, runs)
         }
         Task::Run { binary, args } => {
             setup::run()?;
