@@ -68,8 +68,7 @@ pub struct Config {
     pub idle_timeout_us: u64,
     pub max_sessions: usize,
     /// `--max-opening`: sessions opening at once (SYN or first bytes unacknowledged); more wait
-    /// their turn, so a burst cannot overrun the test server's SYN and accept queues (it reset
-    /// a tenth of 100 000 sessions replayed at maximum speed without this).
+    /// their turn, so a burst cannot overrun the test server's SYN and accept queues.
     pub max_opening: usize,
     /// `-m`: bytes of captured payload held at most.
     pub max_buffered_bytes: usize,

@@ -3,9 +3,8 @@
 //!
 //! Linux keeps a small `inet_timewait_sock` instead of the whole socket for the same reason: at
 //! thousands of sessions a second a linger of seconds holds more closed sessions than live
-//! ones. As whole sessions they held their buffers and crowded the live ones' table (whose
-//! lookups are a tenth of the copier's profile, nearly all cache misses). Measured: peak RSS
-//! for 100 000 short sessions 53 → 45–46 MiB; the CPU per session moved within the noise.
+//! ones. As whole sessions they held their buffers and crowded the live ones' table, whose
+//! lookups are mostly cache misses (figures: docs/bench.md, "Design choices").
 
 use common::{
     endpoint::Endpoint,

@@ -1,9 +1,9 @@
 //! The engine's timers: a hierarchical timing wheel (as the Linux kernel's and tokio's), so that
 //! scheduling and firing cost the same however many sessions wait.
 //!
-//! A binary heap paid a logarithm of cache misses per entry: at maximum replay speed its `pop`
-//! was the copier's largest user-space symbol (8 % of the copier), because every session leaves
-//! an entry for its idle timeout (two minutes) behind when it closes, and those pile up.
+//! A binary heap paid a logarithm of cache misses per entry, and entries pile up: every session
+//! leaves one for its idle timeout (two minutes) behind when it closes (docs/bench.md, "Design
+//! choices").
 //!
 //! Deadlines are kept exact, in microseconds; only their placement is coarse. Level `L` has 64
 //! slots of 64^L ticks of 1024 µs, and nine levels hold every `u64` of microseconds, so nothing

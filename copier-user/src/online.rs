@@ -3,15 +3,11 @@
 //!
 //! Copy mode: the program copies matching frames into a ring buffer and passes every frame on;
 //! one reader, a task on the first worker's runtime, drains the ring, woken by the program
-//! when the ring turns non-empty and pausing between partial batches (`--coalesce-us`). As a
-//! thread of its own it woke the worker for every batch: in the bench's unpaced copy-mode step
-//! a quarter of the copier's profile was context switching. As a task, the copier's CPU at
-//! 50 000 frames/s fell from 104 to 66–78 ms per second (two interleaved bench runs, 3 s
-//! steps); at the higher steps the difference is within the noise. The ring (16 MiB) holds far
-//! more than a worker's pass takes. Mirror mode: the program redirects matching frames into one
-//! AF_XDP socket per RX queue, each drained by a reader thread of its own: as tasks on the
-//! workers' runtimes they lost 6–15 % of the redirected frames at the 2048-frame receive ring
-//! while the worker replayed (threads: 0–2 %), and were not faster.
+//! when the ring turns non-empty and pausing between partial batches (`--coalesce-us`); as a
+//! thread of its own it woke the worker for every batch. The ring (16 MiB) holds far more than
+//! a worker's pass takes. Mirror mode: the program redirects matching frames into one AF_XDP
+//! socket per RX queue, each drained by a reader thread of its own, so that the receive ring
+//! keeps draining while the worker replays (docs/bench.md, "Design choices").
 
 use std::{
     sync::{
@@ -49,10 +45,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const RING_POLL: Duration = Duration::from_millis(10);
 /// How long an AF_XDP reader waits in poll(2) before it looks at the stop flag.
 const XSK_POLL_MS: i32 = 100;
-/// `--coalesce-us`: a millisecond, and 2 Mpps for that long fits
-/// the AF_XDP receive ring (2048) while its reader pauses. Replay does not need a captured
-/// frame within the millisecond; in the bench, 1 ms against 500 µs took the copier from 1.2 to
-/// 1.7–2.3 Mpps per core in copy mode, and left the kernel's receive path more of a shared core.
+/// `--coalesce-us`: a millisecond, and 2 Mpps for that long fits the AF_XDP receive ring (2048)
+/// while its reader pauses. Replay does not need a captured frame within the millisecond.
 pub const DEFAULT_COALESCE_US: u32 = 1000;
 
 /// How the online interface is read.

@@ -32,8 +32,6 @@ pub enum ClaimError {
 /// Lookups made ahead of their use, a batch at a time: independent, so their cache misses
 /// overlap instead of queueing behind each other's work. A session's entries are touched about
 /// once a second (owned, replies, disowned): at thousands of sessions a second, out of cache.
-/// Routing this way took the lookups' share of the intercept's profile from 17.5 to 12 %,
-/// disowning from 6.7 to 2.7 %.
 const AHEAD: usize = 16;
 
 pub struct Ownership {

@@ -25,10 +25,8 @@ use crate::{
 /// Poll timeout: how quickly a worker notices shutdown when no traffic arrives.
 const POLL_MS: i32 = 100;
 
-/// The intercept's default pause (`--coalesce-us`). Replies pace the copier's sessions, so
-/// each may now come up to a millisecond later; in the bench, 1 ms against 500 µs took the
-/// intercept's CPU per short session from 9.5–9.8 µs to 7.2–7.8 and per keep-alive session
-/// from 32–36 to 26–30, and replay throughput did not drop.
+/// The intercept's default pause (`--coalesce-us`). Replies pace the copier's sessions, so each
+/// may come up to a millisecond later; replay throughput did not drop for it.
 pub const DEFAULT_COALESCE_US: u32 = 1000;
 
 /// Starts the worker for `socket` on `core`. It runs until `stop` is set.

@@ -248,9 +248,8 @@ impl XdpTx {
         }
     }
 
-    /// A short pause between kicks while the device is busy: a 1 ms poll(2) here left the
-    /// unpaced bench flood a quarter slower in one comparison, and a spin would take the core
-    /// the receiving side needs.
+    /// A short pause between kicks while the device is busy: poll(2)'s millisecond is too long
+    /// a wait here, and a spin would take the core the receiving side needs.
     fn wait_writable(&self) {
         std::thread::sleep(BUSY_WAIT);
     }

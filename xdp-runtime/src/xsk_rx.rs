@@ -19,10 +19,7 @@ use xsk_rs::{
 };
 
 /// Frames taken from the RX ring at once. Each pass hands its frames on (to a copier worker,
-/// to the intercept's router), and waking the receiver costs more than 64 frames' work: in
-/// mirror mode at half a million frames a second, 256 took the reader's and the worker's
-/// wake-ups from about 5 000 a second each to 1 300, and the copier from 1.6–2.1 to 2.1–2.5
-/// Mpps per core.
+/// to the intercept's router), and waking the receiver costs more than 64 frames' work.
 pub const BATCH: usize = 256;
 /// UMEM frames; all of them start in the fill ring, which is sized to hold them.
 const FRAMES: u32 = 4096;

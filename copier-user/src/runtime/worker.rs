@@ -3,14 +3,9 @@
 //!
 //! Each worker waits in a single-threaded async runtime of its own, and the first worker's
 //! also runs the intercept links and a capture file's (or copy mode's ring) reader: the facts
-//! and frames they hand over reach that worker without waking another thread. When the
-//! copier's main thread ran the links, it was woken for every batch of facts and woke the
-//! worker in turn; in the bench (interleaved runs) moving them here took the copier from 21–27
-//! to 19–22 µs per short session with one worker, from 22–26 to 16–20 with two, and from 57–64
-//! to 41–46 per keep-alive session. Moving the file's reader from a thread of its own took it from 18.7–20.1
-//! to 17.4–18.8 µs (one worker; sessions per second 2–15 % lower, as reading no longer runs
-//! beside replay on the other core) and from 24.9–27.6 to 21.6–23.8 with two workers (14–24 %
-//! more sessions per second).
+//! and frames they hand over reach that worker without waking another thread: a thread in
+//! between was woken for every batch and woke the worker in turn (docs/bench.md, "Design
+//! choices").
 
 use std::{
     future::Future,
