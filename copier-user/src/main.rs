@@ -33,6 +33,7 @@ use xdp_runtime::{
     xdp_tx::XdpTx,
 };
 
+mod metrics;
 mod online;
 mod report;
 
@@ -156,6 +157,9 @@ struct Args {
     /// Also write the summary, with each target's answers and latencies, to this file as JSON.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Replay only sessions whose SYN was captured.
     #[arg(short = 'O', long = "only-complete")]
     only_complete: bool,
@@ -553,6 +557,13 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
             pipeline.inputs.clone(),
             &pipeline.first_worker,
         )?);
+    }
+    if let Some(addr) = args.metrics {
+        let xdp: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync> = match &online {
+            Some(capture) => Box::new(capture.pairs_source()),
+            None => Box::new(Vec::new),
+        };
+        metrics::serve(addr, xdp, pipeline.shared.clone(), Arc::clone(&pipeline.links))?;
     }
 
     let interval = Duration::from_secs_f64(args.stats_interval);

@@ -60,7 +60,7 @@ pub enum OnlineMode {
 }
 
 pub struct Capture {
-    counters: Counters<CopierCounter>,
+    counters: Arc<Counters<CopierCounter>>,
     stop: Arc<AtomicBool>,
     /// Mirror mode's reader threads (copy mode's reader is a task of the first worker).
     readers: Vec<JoinHandle<()>>,
@@ -144,17 +144,27 @@ impl Capture {
                  SIGINT/SIGTERM, but not if this process is killed"
             ),
         }
-        Ok(Self { counters, stop, readers, dropped, _ebpf: ebpf })
+        Ok(Self { counters: Arc::new(counters), stop, readers, dropped, _ebpf: ebpf })
     }
 
     /// The XDP counters, and frames the readers could not hand to a full worker queue.
     pub fn pairs(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        use common::counters::Counter as _;
-        let values = self.counters.read()?;
-        let mut pairs: Vec<_> = CopierCounter::ALL.iter().map(|c| c.name()).zip(values).collect();
-        pairs.push(("queue_full", self.dropped.load(Ordering::Relaxed)));
-        Ok(pairs)
+        read_pairs(&self.counters, &self.dropped)
     }
+
+    /// [`Self::pairs`], for another thread (the metrics server's).
+    pub fn pairs_source(&self) -> impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static {
+        let (counters, dropped) = (Arc::clone(&self.counters), Arc::clone(&self.dropped));
+        move || read_pairs(&counters, &dropped).unwrap_or_default()
+    }
+}
+
+fn read_pairs(counters: &Counters<CopierCounter>, dropped: &AtomicU64) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    use common::counters::Counter as _;
+    let values = counters.read()?;
+    let mut pairs: Vec<_> = CopierCounter::ALL.iter().map(|c| c.name()).zip(values).collect();
+    pairs.push(("queue_full", dropped.load(Ordering::Relaxed)));
+    Ok(pairs)
 }
 
 impl Drop for Capture {

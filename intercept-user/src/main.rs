@@ -60,6 +60,9 @@ struct Args {
     /// secret, only these may connect.
     #[arg(long, value_delimiter = ',')]
     allow: Vec<IpNet>,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Copier connections at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_copiers: u32,
@@ -150,7 +153,7 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
             log::info!("intercepting replies from {t}");
         }
     }
-    let counters = Counters::<InterceptCounter>::take(&mut ebpf)?;
+    let counters = Arc::new(Counters::<InterceptCounter>::take(&mut ebpf)?);
 
     // Sockets first, so that no reply arrives before its queue has one.
     let queues = xdp_runtime::xsk_rx::rx_queue_count(&args.iface);
@@ -186,6 +189,19 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     }
 
     let stats = Arc::new(Stats::default());
+    if let Some(addr) = args.metrics {
+        let (counters, stats) = (Arc::clone(&counters), Arc::clone(&stats));
+        let source = Arc::new(move || {
+            use common::counters::Counter as _;
+            let mut s = xdp_runtime::metrics::Snapshot::default();
+            let xdp = counters.read().unwrap_or_default();
+            let pairs: Vec<_> =
+                InterceptCounter::ALL.iter().map(|c| c.name()).zip(xdp).chain(stats.snapshot()).collect();
+            s.pairs(&pairs, &["copiers", "connections"], help);
+            s
+        });
+        xdp_runtime::metrics::serve(addr, "xdpcopy_intercept", source)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let routes = server::SharedRoutes::default();
     log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
@@ -222,6 +238,30 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let stop = report?;
     log::info!("stopped by {stop:?}; XDP program detached from {}", args.iface);
     Ok(())
+}
+
+/// The metrics' descriptions.
+fn help(name: &str) -> &'static str {
+    match name {
+        "seen" => "Frames the XDP program ran for",
+        "matched" => "TCP segments sent by a test-server endpoint",
+        "redirected" => "Frames redirected into an AF_XDP socket",
+        "no_socket" => "Matching frames on a queue without an AF_XDP socket, passed to the kernel",
+        "passed" => "Frames handed on to the kernel",
+        "malformed" => "Frames that claimed IP/TCP but did not parse",
+        "replies" => "Replies reduced to facts",
+        "unparsed" => "Frames in the AF_XDP rings that did not parse as TCP",
+        "routed" => "Facts sent to their copier",
+        "unowned" => "Facts no copier owns, dropped",
+        "slow_copier_dropped" => "Facts dropped because their copier's buffer was full",
+        "copiers" => "Copiers connected now",
+        "rejected" => "Connections closed for a protocol error, a wrong version or secret, a refused claim",
+        "connections" => "Connections open now, handshakes included",
+        "refused" => "Connections refused at once: too many, or outside --allow",
+        "idle_closed" => "Connections closed for sending nothing for --idle-timeout",
+        "claims_refused" => "Announcements refused: taken endpoints or limits",
+        _ => "See the README's stats section",
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod coalesce;
 pub mod counters;
 pub mod cpu;
 pub mod iface;
+pub mod metrics;
 pub mod netlink;
 pub mod tx;
 pub mod xdp_tx;

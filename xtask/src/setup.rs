@@ -13,8 +13,8 @@ use std::{
 use anyhow::{bail, Context as _};
 
 /// Debian packages for the build (xsk-rs builds libxdp: clang, libelf, zlib, m4, pkg-config),
-/// the test bed (iproute2, procps for sysctl, nginx, redis, nftables for loss) and diagnosis
-/// (tcpdump, ethtool).
+/// the test bed (iproute2, procps for sysctl, nginx, redis, nftables for loss, prometheus to
+/// scrape the binaries) and diagnosis (tcpdump, ethtool).
 const DEBIAN_PACKAGES: &[&str] = &[
     "clang",
     "libelf-dev",
@@ -30,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "ethtool",
     "nftables",
+    "prometheus",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
