@@ -212,6 +212,20 @@ impl Args {
         c
     }
 
+    /// What this run needs: raw sockets always (the transmit fallback); live capture, the XDP
+    /// program; mirror mode, AF_XDP receive (AF_XDP transmit falls back to raw sockets).
+    fn capabilities(&self) -> Vec<xdp_runtime::caps::Cap> {
+        use xdp_runtime::caps::Cap;
+        let mut caps = vec![Cap::NetRaw];
+        if self.iface.is_some() {
+            caps.extend([Cap::Bpf, Cap::Perfmon, Cap::NetAdmin]);
+        }
+        if self.iface.is_some() && self.mode == Mode::Mirror {
+            caps.push(Cap::IpcLock);
+        }
+        caps
+    }
+
     /// Flag combinations that make no sense, as a usage error.
     fn inconsistent(&self) -> Option<&'static str> {
         if self.mode == Mode::Mirror && self.input.is_some() {
@@ -531,6 +545,7 @@ impl Reader {
 /// Runs until the capture is replayed or a signal comes; `Some((status, why))` if the run did
 /// not do its job although nothing failed.
 async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
+    xdp_runtime::caps::require(&args.capabilities(), "copier")?;
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let source = match &args.input {
         Some(path) => Some(PcapSource::open(path)?),

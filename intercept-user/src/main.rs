@@ -140,6 +140,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
+    use xdp_runtime::caps::Cap;
+    xdp_runtime::caps::require(&[Cap::Bpf, Cap::Perfmon, Cap::NetAdmin, Cap::NetRaw, Cap::IpcLock], "intercept")?;
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let listener = listen(args.listen).with_context(|| format!("listening for copiers on {}", args.listen))?;
 

@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod bpf;
+pub mod caps;
 pub mod coalesce;
 pub mod counters;
 pub mod cpu;
