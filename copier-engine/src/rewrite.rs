@@ -51,6 +51,14 @@ impl FromStr for ClientAddrs {
         let ip = |t: &str| t.trim().parse::<IpAddr>().map_err(|_| ClientAddrsError::NotAnAddress(t.trim().into()));
         let mut out = Vec::new();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            // tcpcopy's `a.b.c.x`: every host of that /24, .1 to .254.
+            if let Some(net) = item.strip_suffix(".x") {
+                match format!("{net}.0").parse::<std::net::Ipv4Addr>() {
+                    Ok(base) => out.extend((1..=254).map(|h| IpAddr::V4((u32::from(base) | h).into()))),
+                    Err(_) => return Err(ClientAddrsError::NotAnAddress(item.into())),
+                }
+                continue;
+            }
             match item.split_once('-') {
                 None => out.push(ip(item)?),
                 Some((lo, hi)) => {
@@ -213,6 +221,11 @@ mod tests {
         assert!(matches!("10.0.0.1-fd00::1".parse::<ClientAddrs>(), Err(ClientAddrsError::BadRange(_))));
         assert!(matches!("host".parse::<ClientAddrs>(), Err(ClientAddrsError::NotAnAddress(_))));
         assert_eq!("".parse::<ClientAddrs>(), Err(ClientAddrsError::Empty));
+        // tcpcopy's form: a /24's hosts.
+        let x: ClientAddrs = "62.135.200.x,10.9.0.1".parse().unwrap();
+        assert_eq!(x.len(), 255);
+        assert_eq!((x.0[0], x.0[253]), ("62.135.200.1".parse().unwrap(), "62.135.200.254".parse().unwrap()));
+        assert!(matches!("62.135.x".parse::<ClientAddrs>(), Err(ClientAddrsError::NotAnAddress(_))));
     }
 
     #[test]

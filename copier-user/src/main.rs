@@ -123,7 +123,7 @@ struct Args {
     /// Transmit path (default: AF_XDP, falling back to raw sockets if it cannot be set up).
     #[arg(long, value_enum)]
     tx: Option<Tx>,
-    /// Client addresses the copies come from: a list a,b or a range a-b.
+    /// Client addresses the copies come from: a list a,b, a range a-b, or a.b.c.x (.1 to .254).
     #[arg(short = 'c', long = "clients")]
     client_addrs: Option<ClientAddrs>,
     /// Replay each session N times.
