@@ -6,6 +6,7 @@
 //! ([`Engine::on_timer`] at [`Engine::next_deadline`]). Outputs: IP packets to send and
 //! ownership announcements for the intercepts, collected in the [`Outbox`].
 
+pub mod admission;
 pub mod capture;
 pub mod emit;
 pub mod exchange;
@@ -31,6 +32,7 @@ use common::{
 };
 
 use self::{
+    admission::Admission,
     capture::{ClientSegment, Link},
     exchange::Exchanges,
     rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
@@ -60,6 +62,10 @@ pub struct Config {
     pub port_shift: u16,
     /// `-r`: percentage of sessions replayed.
     pub sample_percent: u8,
+    /// `--ramp`: `sample_percent` is reached after this long, rising from 1 %.
+    pub ramp_us: u64,
+    /// `--max-rate`, this engine's share: sessions started per second at most.
+    pub max_sessions_per_s: Option<f64>,
     /// Pace requests by the test server's answers (tcpcopy's default; `-W` turns it off).
     pub wait_for_response: bool,
     /// `-O`: replay only sessions whose SYN was captured.
@@ -96,6 +102,8 @@ impl Config {
             multiply: 1,
             port_shift: 1000,
             sample_percent: 100,
+            ramp_us: 0,
+            max_sessions_per_s: None,
             wait_for_response: true,
             only_complete: false,
             idle_timeout_us: 120_000_000,
@@ -132,6 +140,8 @@ pub struct Counters {
     pub sessions_shed: u64,
     /// Sessions left out by `-r` or `-O`.
     pub sessions_skipped: u64,
+    /// Sessions left out by `--max-rate`.
+    pub sessions_rate_limited: u64,
     /// Sessions that waited for their turn to open (`--max-opening`).
     pub sessions_queued: u64,
     /// Most sessions waiting at once (summed over workers: each worker's own peak). A capture
@@ -168,6 +178,7 @@ impl Counters {
             ("gave_up", self.sessions_gave_up),
             ("shed", self.sessions_shed),
             ("skipped", self.sessions_skipped),
+            ("rate_limited", self.sessions_rate_limited),
             ("queued", self.sessions_queued),
             ("queued_peak", self.queued_peak),
             ("requests", self.requests_sent),
@@ -257,6 +268,7 @@ type CaptureKey = (Endpoint, Endpoint, u16);
 
 pub struct Engine {
     config: Config,
+    admission: Admission,
     counters: Counters,
     exchanges: Exchanges,
     out: Outbox,
@@ -283,6 +295,7 @@ impl Engine {
     pub fn new(mut config: Config) -> Self {
         config.multiply = config.multiply.max(1);
         Self {
+            admission: Admission::new(config.sample_percent, config.ramp_us, config.max_sessions_per_s),
             config,
             counters: Counters::default(),
             exchanges: Exchanges::default(),
@@ -409,10 +422,15 @@ impl Engine {
     fn start(&mut self, now: u64, key: CaptureKey, target: Endpoint, seg: &ClientSegment<'_>) -> Option<SessionId> {
         let (client, online, copy) = key;
         let has_syn = seg.flags & SYN != 0;
-        if (self.config.only_complete && !has_syn) || !sampled(self.config.sample_percent, &client, &online) {
+        if (self.config.only_complete && !has_syn) || !sampled(self.admission.percent(now), &client, &online) {
             if copy == 0 {
                 self.counters.sessions_skipped += 1;
             }
+            self.decline(key);
+            return None;
+        }
+        if !self.admission.take(now) {
+            self.counters.sessions_rate_limited += 1;
             self.decline(key);
             return None;
         }

@@ -135,6 +135,17 @@ struct Args {
     /// Replay this percentage of sessions (chosen by flow hash: whole sessions).
     #[arg(short = 'r', long = "rate", default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
     sample: u8,
+    /// Seconds over which the replayed share of sessions rises from 1 % to -r (tcpcopy's -g
+    /// gradual start), from the first session on.
+    #[arg(long, value_parser = xdp_runtime::positive_seconds)]
+    ramp: Option<f64>,
+    /// New sessions per second at most (all workers together); the rest are not replayed and
+    /// are counted as rate_limited.
+    #[arg(long, value_parser = positive_factor)]
+    max_rate: Option<f64>,
+    /// Stop after this many seconds (a capture file's replay, or a live copy).
+    #[arg(long, value_parser = xdp_runtime::positive_seconds)]
+    duration: Option<f64>,
     /// Offline: speed factor over the recorded timing.
     #[arg(short = 'a', long = "accelerate", default_value_t = 1.0, value_parser = positive_factor)]
     speed: f64,
@@ -206,6 +217,8 @@ impl Args {
         c.max_buffered_bytes = (self.memory_mb as usize) << 20;
         c.max_opening = self.max_opening as usize;
         c.answer_timeout_us = (self.answer_timeout * 1e6) as u64;
+        c.ramp_us = self.ramp.map_or(0, |s| (s * 1e6) as u64);
+        c.max_sessions_per_s = self.max_rate.map(|r| r / f64::from(self.workers));
         // Wall-clock milliseconds: timestamps keep rising from one run to the next.
         let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         c.ts_offset_ms = unix_ms as u32;
@@ -598,6 +611,11 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
                     break;
                 }
                 if pipeline.links.refused.lock().expect("not poisoned").is_some() {
+                    pipeline.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                if args.duration.is_some_and(|d| pipeline.started.elapsed().as_secs_f64() >= d) {
+                    log::info!("stopping: --duration reached");
                     pipeline.stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }

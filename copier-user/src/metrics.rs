@@ -34,6 +34,7 @@ fn help(name: &str) -> &'static str {
         "gave_up" => "Sessions that ran out of retransmissions",
         "shed" => "Sessions refused or dropped for the session or memory bound",
         "skipped" => "Sessions left out by -r or -O",
+        "rate_limited" => "Sessions left out by --max-rate",
         "queued" => "Sessions that waited for their turn to open",
         "queued_peak" => "Most sessions waiting at once",
         "requests" => "Requests sent",

@@ -448,3 +448,31 @@ fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retrans
     );
     assert!(summary.get("retransmitted") > 0, "sessions were still retransmitting: {}", copier.describe());
 }
+
+#[test]
+fn max_rate_caps_new_sessions_and_duration_stops_the_replay() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online: _online, target, _intercept } = servers(&tb);
+    // 100 sessions over two seconds of capture.
+    let sessions = pcapgen::Sessions { count: 100, requests_per_session: 1, gap_us: 20_000 };
+    let pcap = tb.dir().join("paced.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let mut copier = replay(&tb, &pcap, &["--max-rate", "10"]);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    let s = stats::last(&copier.stdout()).unwrap();
+    let (started, limited) = (s.get("sessions"), s.get("rate_limited"));
+    // A second's burst, then ten a second over the two seconds the capture takes.
+    assert!((20..=40).contains(&started), "{started} started\n{}", copier.describe());
+    assert_eq!(started + limited, 100);
+    assert_eq!(target.requests().len() as u64, started, "every admitted session answered");
+
+    // Ten seconds of capture, stopped after one.
+    let long = pcapgen::Sessions { count: 100, requests_per_session: 1, gap_us: 100_000 };
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), long).unwrap();
+    let begun = std::time::Instant::now();
+    let mut copier = replay(&tb, &pcap, &["--duration", "1"]);
+    copier.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(8), "stopped early: {:?}", begun.elapsed());
+    assert!(copier.stderr().contains("--duration reached"), "{}", copier.describe());
+    assert!(stats::last(&copier.stdout()).unwrap().get("sessions") < 100);
+}

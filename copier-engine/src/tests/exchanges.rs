@@ -202,3 +202,20 @@ fn a_close_after_a_connection_close_answer_counts_the_servers_fin_as_the_client_
     assert_eq!(e.counters().sessions_completed, 1);
     assert_eq!(e.exchanges().totals(), (1, 0, 0, 0), "101 of 101");
 }
+
+#[test]
+fn sessions_beyond_the_rate_cap_are_not_replayed_and_are_counted() {
+    let cfg = Config { max_sessions_per_s: Some(2.0), ..config() };
+    let mut e = Engine::new(cfg);
+    for port in 40000..40005 {
+        handshake(&mut e, 1_000, port);
+    }
+    let syns = sent(&mut e).iter().filter(|p| p.flags == SYN).count();
+    assert_eq!((syns, e.counters().sessions_started, e.counters().sessions_rate_limited), (2, 2, 3));
+    // A rate-limited session stays out whole: its later packets start nothing.
+    e.on_captured(2_000, Link::Ip, &data(40004, 0, 0, b"GET / HTTP/1.1\r\n\r\n"));
+    assert!(sent(&mut e).is_empty());
+    // A second later there is room again.
+    handshake(&mut e, 1_001_000, 40010);
+    assert_eq!(e.counters().sessions_started, 3);
+}
