@@ -3,7 +3,7 @@
 //! endpoint ever changes hands, limits hold, and a copier that breaks a rule is disconnected.
 #![no_main]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use common::{
     endpoint::Endpoint,
@@ -77,7 +77,7 @@ fn endpoint(b: &[u8]) -> Endpoint {
 fuzz_target!(|data: &[u8]| {
     let mut ownership = Ownership::with_limits(PER_COPIER, TOTAL);
     let mut model = Model::default();
-    let mut touched = Vec::new();
+    let mut touched = HashSet::new();
     // Each step: a copier (0..4), then either a compact announcement or a raw frame.
     let mut rest = data;
     while let [who, how, tail @ ..] = rest {

@@ -13,7 +13,7 @@ fn cargo_fuzz_installed() -> bool {
     Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success())
 }
 
-pub fn run(seconds: u64, runs: Option<u64>) -> anyhow::Result<()> {
+pub fn run(seconds: u64, runs: u64) -> anyhow::Result<()> {
     if cargo_fuzz_installed() {
         println!("setup: cargo-fuzz: present");
     } else {
@@ -25,13 +25,10 @@ pub fn run(seconds: u64, runs: Option<u64>) -> anyhow::Result<()> {
     }
     let dir = crate::workspace_root().join("fuzz");
     for target in TARGETS {
-        let limit = runs.map_or(String::new(), |n| format!("{n} inputs or "));
-        println!("xtask: fuzzing {target} for {limit}{seconds} s");
+        println!("xtask: fuzzing {target} for {runs} inputs or {seconds} s");
         let mut args = vec!["+nightly".to_owned(), "fuzz".into(), "run".into(), (*target).into(), "--".into()];
         args.push(format!("-max_total_time={seconds}"));
-        if let Some(n) = runs {
-            args.push(format!("-runs={n}"));
-        }
+        args.push(format!("-runs={runs}"));
         let out = Command::new("cargo")
             .args(&args)
             .env("AYA_BUILD_SKIP", "1") // the copier's library needs no eBPF object

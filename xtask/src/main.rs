@@ -53,12 +53,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Run the cargo-fuzz targets (packet parsers and engine, wire protocol, control-channel
-    /// sequences, capture files), each for `--seconds` or `--runs` inputs, whichever ends first.
+    /// sequences, capture files), each for `--runs` inputs or `--seconds`, whichever ends first.
     Fuzz {
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 3600)]
         seconds: u64,
-        #[arg(long)]
-        runs: Option<u64>,
+        #[arg(long, default_value_t = 10_000_000)]
+        runs: u64,
     },
     /// Build in release mode and run `copier` or `intercept` with the given arguments.
     Run {
