@@ -171,6 +171,9 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// How log records are written (standard error).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: xdp_runtime::logging::LogFormat,
     /// Replay only sessions whose SYN was captured.
     #[arg(short = 'O', long = "only-complete")]
     only_complete: bool,
@@ -264,8 +267,8 @@ const FACTS_QUEUE: usize = 4096;
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    xdp_runtime::logging::init(args.log_format);
     if let Some(why) = args.inconsistent() {
         eprintln!("copier: error: {why}");
         return std::process::ExitCode::from(2);

@@ -63,6 +63,9 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// How log records are written (standard error).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: xdp_runtime::logging::LogFormat,
     /// Copier connections at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_copiers: u32,
@@ -87,8 +90,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    xdp_runtime::logging::init(args.log_format);
     let targets = match targets(&args) {
         Ok(t) => t,
         Err(err) => {

@@ -434,11 +434,15 @@ fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retrans
     let sessions = pcapgen::Sessions { count: 20, requests_per_session: 1, gap_us: 1_000 };
     let pcap = tb.dir().join("silent.pcap");
     pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
-    let mut copier = replay(&tb, &pcap, &["--tx", "raw"]);
+    let mut copier = replay(&tb, &pcap, &["--tx", "raw", "--log-format", "json"]);
     // Connect wait (10 s) + the grace (5 s), far below the SYN give-up limit (minutes).
     let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(3), "nothing was answered: the run failed\n{}", copier.describe());
     assert!(copier.stderr().contains("the test server answered nothing"), "{}", copier.describe());
+    // Its log records are JSON lines (the closing verdict is a plain line of its own).
+    let records: Vec<serde_json::Value> =
+        copier.stderr().lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.iter().any(|r| r["level"] == "WARN" && r["target"] == "copier"), "{}", copier.describe());
     let summary = stats::last(&copier.stdout()).unwrap();
     assert_eq!(
         (summary.get("sessions"), summary.get("timed_out"), summary.get("facts")),

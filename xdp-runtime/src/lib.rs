@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod counters;
 pub mod cpu;
 pub mod iface;
+pub mod logging;
 pub mod metrics;
 pub mod netlink;
 pub mod tx;
