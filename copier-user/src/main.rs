@@ -35,6 +35,7 @@ use xdp_runtime::{
 
 mod metrics;
 mod online;
+mod progress;
 mod report;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -568,6 +569,14 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
         None => None,
     };
     let live = source.is_none();
+    // On a terminal, a capture's replay shows a live line instead of printing stats lines.
+    let mut progress = match (&source, &args.input) {
+        (Some(s), Some(path)) if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+            let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+            Some(progress::Progress::start(s.progress(), bytes))
+        }
+        _ => None,
+    };
     let mut pipeline = start_pipeline(&args, secret, source)?;
     for m in &args.mappings.0 {
         log::info!("replaying {} to {}", m.online, m.target);
@@ -622,7 +631,9 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
                     pipeline.stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
-                if since.elapsed() >= interval {
+                if let Some(p) = &mut progress {
+                    p.update(&copier_pairs(&pipeline.shared, &pipeline.links));
+                } else if since.elapsed() >= interval {
                     let mut now = copier_pairs(&pipeline.shared, &pipeline.links);
                     if let Some(c) = &online {
                         now.splice(0..0, c.pairs()?);
@@ -632,6 +643,9 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
                 }
             }
         }
+    }
+    if let Some(p) = progress {
+        p.finish();
     }
     let xdp_totals = online.as_ref().map(|c| c.pairs()).transpose()?.unwrap_or_default();
     drop(online); // detaches the XDP program before anything else can fail

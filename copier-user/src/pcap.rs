@@ -6,7 +6,10 @@ use std::{
     io::{BufReader, Cursor, Read},
     ops::Range,
     path::Path,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use pcap_file::{
@@ -115,7 +118,14 @@ pub struct PcapSource {
     /// Records longer than the file's snap length says any is: read whole, as tcpdump reads
     /// them (a snap length of 0 says nothing, and is not counted against).
     pub over_snaplen: u64,
+    /// About how many bytes of the file the records handed out so far took (the reader
+    /// buffers far ahead of them), for a progress display on another thread.
+    consumed: Arc<AtomicU64>,
 }
+
+/// A pcap record's header, and about a pcapng packet block's framing.
+const RECORD_HEADER: u64 = 16;
+const BLOCK_FRAMING: u64 = 32;
 
 /// Nanoseconds per pcapng timestamp unit, from `if_tsresol` (default microseconds).
 fn units_ns(resolution: Option<u8>) -> u64 {
@@ -161,7 +171,12 @@ impl PcapSource {
                 Err(source) => return Err(SourceError::NotACapture { path: name, source }),
             },
         };
-        Ok(Self { path: name, reader, records: 0, skipped: 0, over_snaplen: 0 })
+        Ok(Self { path: name, reader, records: 0, skipped: 0, over_snaplen: 0, consumed: Arc::default() })
+    }
+
+    /// About how many bytes of the file have been handed out, readable while it is read.
+    pub fn progress(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.consumed)
     }
 
     /// Fills `batch` with up to [`BATCH`] packets; `Ok(false)` at the end of the file.
@@ -178,6 +193,7 @@ impl PcapSource {
                         if *snaplen != 0 && p.incl_len > *snaplen {
                             self.over_snaplen += 1;
                         }
+                        self.consumed.fetch_add(RECORD_HEADER + p.data.len() as u64, Ordering::Relaxed);
                         let frac_us = if *nanos { u64::from(p.ts_frac) / 1000 } else { u64::from(p.ts_frac) };
                         let ts = u64::from(p.ts_sec) * 1_000_000 + frac_us;
                         match strip_link(*link, &p.data) {
@@ -199,6 +215,7 @@ impl PcapSource {
                         Some(Ok(false))
                     }
                     Some(Ok(Block::EnhancedPacket(epb))) => {
+                        self.consumed.fetch_add(BLOCK_FRAMING + epb.data.len() as u64, Ordering::Relaxed);
                         // pcap-file hands the raw tick count over as nanoseconds.
                         let ticks = epb.timestamp.as_nanos() as u64;
                         match interfaces.get(epb.interface_id as usize) {

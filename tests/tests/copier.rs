@@ -480,3 +480,61 @@ fn max_rate_caps_new_sessions_and_duration_stops_the_replay() {
     assert!(copier.stderr().contains("--duration reached"), "{}", copier.describe());
     assert!(stats::last(&copier.stdout()).unwrap().get("sessions") < 100);
 }
+
+/// A tmux session, killed on drop (also when the test panics).
+struct Tmux(String);
+
+impl Tmux {
+    fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_replay_on_a_terminal_shows_a_live_progress_line() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online: _online, target, _intercept } = servers(&tb);
+    let sessions = pcapgen::Sessions { count: 400, requests_per_session: 1, gap_us: 10_000 };
+    let pcap = tb.dir().join("progress.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let copier = format!(
+        "ip netns exec {} {} -x 80-{} -s {} -i {}; echo copier exited $?; sleep 60",
+        tb.online.name(),
+        bins::xdpcopy("copier").display(),
+        target_http(),
+        addr::ASSIST_CONTROL,
+        pcap.display()
+    );
+    let tmux = Tmux(format!("{}-tty", tb.online.name()));
+    let started = std::process::Command::new("tmux")
+        .args(["new-session", "-d", "-s", &tmux.0, "-x", "160", "-y", "30", &copier])
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let (mut live, mut seen) = (String::new(), false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let screen = tmux.screen();
+        if !seen && screen.contains("% of the file") && screen.contains(" open, ") && screen.contains(" done | ") {
+            (live, seen) = (screen.clone(), true);
+        }
+        if screen.contains("copier exited") {
+            assert!(seen, "no live line before the end:\n{screen}");
+            assert!(screen.contains("copier exited 0"), "{screen}");
+            assert!(screen.contains("copier summary:"), "the summary follows the live line:\n{screen}");
+            assert!(!screen.contains("copier stats:"), "no periodic stats lines on a terminal:\n{screen}");
+            assert_eq!(target.requests().len(), 400);
+            assert!(live.contains("left |"), "{live}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the replay did not end within a minute:\n{}", tmux.screen());
+}

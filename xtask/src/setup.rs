@@ -14,7 +14,7 @@ use anyhow::{bail, Context as _};
 
 /// Debian packages for the build (xsk-rs builds libxdp: clang, libelf, zlib, m4, pkg-config),
 /// the test bed (iproute2, procps for sysctl, nginx, redis, nftables for loss, prometheus to
-/// scrape the binaries) and diagnosis (tcpdump, ethtool).
+/// scrape the binaries, tmux for a terminal) and diagnosis (tcpdump, ethtool).
 const DEBIAN_PACKAGES: &[&str] = &[
     "clang",
     "libelf-dev",
@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "nftables",
     "prometheus",
+    "tmux",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
