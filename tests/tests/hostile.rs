@@ -109,3 +109,51 @@ fn a_copier_with_the_wrong_secret_or_a_taken_address_says_why_and_exits_4() {
     assert_eq!(second.wait_timeout(Duration::from_secs(30)).unwrap().code(), Some(4), "{}", second.describe());
     assert!(second.stderr().contains("owned by another copier"), "{}", second.describe());
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_own_flood_is_cut_at_the_per_copier_limit_and_its_memory_returned_beside_a_replay() {
+    let tb = Testbed::new().unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let key = secret(&tb, "secret", "s3cret");
+    let intercept = start_intercept(&tb, &key);
+    let before = rss_kib(intercept.pid());
+
+    // A peer that knows the secret (a misbehaving copier) announces 1.1 million endpoints.
+    let mut flooder = ProtoClient::connect(&tb.online, control(), b"s3cret", 5).unwrap();
+    let endpoints: Vec<Endpoint> =
+        (0..1_100_000u32).map(|i| Endpoint::v4([10, 200, (i / 60_000) as u8, 1], (i % 60_000) as u16 + 1)).collect();
+    let mut refused = None;
+    for chunk in endpoints.chunks(common::proto::MAX_ENTRIES) {
+        if flooder.own(chunk).is_err() {
+            break; // the intercept closed the connection
+        }
+    }
+    while let Ok(r) = flooder.recv(Duration::from_secs(10)) {
+        if let xdpcopy_testbed::proto_client::Received::Bye { permanent, reason } = r {
+            refused = Some((permanent, reason));
+            break;
+        }
+    }
+    let (permanent, reason) = refused.expect("the flood is refused");
+    assert!(permanent && reason.contains("more client endpoints than one copier may"), "{reason}");
+
+    // The tables shrink back once it is gone.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(intercept.pid());
+    assert!(after < before + 32 * 1024, "RSS {before} KiB before the flood, {after} KiB after it");
+
+    // And a real replay is answered in full.
+    let sessions = pcapgen::Sessions { count: 100, requests_per_session: 1, gap_us: 1_000 };
+    let pcap = tb.dir().join("sessions.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let mut copier = replay(&tb, &pcap, &key);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    assert_eq!(target.requests().len(), 100, "{}", copier.describe());
+}
