@@ -352,15 +352,21 @@ mod tests {
             w.write_packet(&PcapPacket::new(Duration::from_micros(i), ip.len() as u32, &ip)).unwrap();
         }
         drop(w);
-        let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
-
-        let mut source = PcapSource::open(&path).unwrap();
-        let mut batch = Batch::default();
-        let err = source.next_batch(&mut batch).unwrap_err();
+        let (_, batch, err) = cut_and_read(&path);
         assert!(matches!(err, SourceError::Truncated { records: 2, .. }), "{err}");
         assert_eq!(batch.len(), 2, "the complete packets are kept");
         assert!(err.to_string().contains("truncated"));
+    }
+
+    /// Cuts the last 7 bytes off `path` (inside its last record) and reads it: the error, and
+    /// what was read before it.
+    fn cut_and_read(path: &Path) -> (PcapSource, Batch, SourceError) {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len - 7).unwrap();
+        let mut source = PcapSource::open(path).unwrap();
+        let mut batch = Batch::default();
+        let err = source.next_batch(&mut batch).unwrap_err();
+        (source, batch, err)
     }
 
     /// A raw-IP pcap of three records whose header then says `snaplen`.
@@ -412,12 +418,7 @@ mod tests {
             w.write_pcapng_block(epb).unwrap();
         }
         drop(w);
-        let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
-
-        let mut source = PcapSource::open(&path).unwrap();
-        let mut batch = Batch::default();
-        let err = source.next_batch(&mut batch).unwrap_err();
+        let (source, batch, err) = cut_and_read(&path);
         // The interface block is no packet record; the skipped record is one, not replayed.
         assert!(matches!(err, SourceError::Truncated { records: 2, .. }), "{err}");
         assert_eq!((batch.len(), source.skipped), (1, 1));

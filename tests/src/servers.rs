@@ -106,39 +106,44 @@ http {{
         Ok(Self { addr, access_log, _process: process })
     }
 
-    /// (request line, request length with the body) of every logged request, in order.
-    pub fn entries(&self) -> Vec<(String, u64)> {
+    /// Every logged request, in order: its line (`GET /x HTTP/1.1`), the status nginx answered
+    /// with, and the request's length with its body.
+    pub fn log(&self) -> Vec<LogEntry> {
         std::fs::read_to_string(&self.access_log)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
-                let (req, rest) = l.strip_prefix('"')?.split_once('"')?;
-                let length = rest.split_whitespace().nth(1)?.parse().ok()?;
-                Some((req.to_owned(), length))
+                let (request, rest) = l.strip_prefix('"')?.split_once('"')?;
+                let mut fields = rest.split_whitespace();
+                let status = fields.next()?.parse().ok()?;
+                let length = fields.next()?.parse().ok()?;
+                Some(LogEntry { request: request.to_owned(), status, length })
             })
             .collect()
+    }
+
+    /// (request line, request length with the body) of every logged request, in order.
+    pub fn entries(&self) -> Vec<(String, u64)> {
+        self.log().into_iter().map(|e| (e.request, e.length)).collect()
     }
 
     /// (request line, status nginx answered with) of every logged request, in order.
     pub fn answers(&self) -> Vec<(String, u16)> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (req, rest) = l.strip_prefix('"')?.split_once('"')?;
-                Some((req.to_owned(), rest.split_whitespace().next()?.parse().ok()?))
-            })
-            .collect()
+        self.log().into_iter().map(|e| (e.request, e.status)).collect()
     }
 
-    /// The request lines nginx logged, in order (`GET /x HTTP/1.1`).
+    /// The request lines nginx logged, in order.
     pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix('"')?.split_once('"').map(|(req, _)| req.to_owned()))
-            .collect()
+        self.log().into_iter().map(|e| e.request).collect()
     }
+}
+
+/// One line of nginx's access log, as the test bed's format writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub request: String,
+    pub status: u16,
+    pub length: u64,
 }
 
 /// Per-command call counts from `INFO commandstats`, without the INFO calls that read them.
