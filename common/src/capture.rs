@@ -18,7 +18,10 @@ pub struct CaptureRecordOf<const N: usize> {
     pub len: u16,
     /// The frame's real length (larger than `len` when it was truncated).
     pub frame_len: u16,
-    pub _pad: u32,
+    /// When the program saw the frame: CLOCK_MONOTONIC in microseconds, cut to 32 bits (it
+    /// wraps every 71 minutes; the reader extends it by its own clock, which is never that far
+    /// ahead).
+    pub at_us: u32,
     pub data: [u8; N],
 }
 
@@ -31,12 +34,20 @@ pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CAPTURE_BYTES>;
 pub const RECORD_HEADER: usize = 8;
 
 impl CaptureRecord {
-    /// Reads a record of either size from ring buffer bytes: the copied frame, or `None` if
-    /// malformed (a length past the record's end).
-    pub fn frame(bytes: &[u8]) -> Option<&[u8]> {
+    /// Reads a record of either size from ring buffer bytes: the copied frame and its
+    /// [`CaptureRecordOf::at_us`], or `None` if malformed (a length past the record's end).
+    pub fn frame(bytes: &[u8]) -> Option<(u32, &[u8])> {
         let len = u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]) as usize;
-        bytes.get(RECORD_HEADER..RECORD_HEADER + len.min(CAPTURE_BYTES))
+        let at = u32::from_ne_bytes(bytes.get(4..8)?.try_into().ok()?);
+        Some((at, bytes.get(RECORD_HEADER..RECORD_HEADER + len.min(CAPTURE_BYTES))?))
     }
+}
+
+/// A record's 32-bit microsecond stamp as the full CLOCK_MONOTONIC microseconds, given the
+/// clock `now_us` read after the record was written (so at most one wrap later).
+pub fn extend_stamp(at: u32, now_us: u64) -> u64 {
+    let back = (now_us as u32).wrapping_sub(at);
+    now_us.saturating_sub(u64::from(back))
 }
 
 /// The kernel's header before every ring buffer record (`BPF_RINGBUF_HDR_SZ`).
@@ -71,9 +82,10 @@ mod tests {
         assert_eq!(size_of::<CaptureRecord>(), 2048);
         let mut bytes = vec![0u8; 2048];
         bytes[0..2].copy_from_slice(&60u16.to_ne_bytes());
-        assert_eq!(CaptureRecord::frame(&bytes).unwrap().len(), 60);
+        bytes[4..8].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(CaptureRecord::frame(&bytes).map(|(at, f)| (at, f.len())), Some((77, 60)));
         bytes[0..2].copy_from_slice(&u16::MAX.to_ne_bytes());
-        assert_eq!(CaptureRecord::frame(&bytes).unwrap().len(), CAPTURE_BYTES, "a corrupt length is bounded");
+        assert_eq!(CaptureRecord::frame(&bytes).unwrap().1.len(), CAPTURE_BYTES, "a corrupt length is bounded");
         assert_eq!(CaptureRecord::frame(&bytes[..1]), None);
     }
 
@@ -83,8 +95,16 @@ mod tests {
         let mut bytes = vec![0u8; 256];
         bytes[0..2].copy_from_slice(&54u16.to_ne_bytes());
         bytes[8] = 0xaa;
-        assert_eq!(CaptureRecord::frame(&bytes).unwrap(), &bytes[8..62]);
+        assert_eq!(CaptureRecord::frame(&bytes).unwrap().1, &bytes[8..62]);
         bytes[0..2].copy_from_slice(&300u16.to_ne_bytes());
         assert_eq!(CaptureRecord::frame(&bytes), None, "a length past the record is malformed");
+    }
+
+    #[test]
+    fn a_stamp_is_extended_by_the_clock_read_after_it_across_a_wrap() {
+        assert_eq!(extend_stamp(1_000, 5_000), 1_000);
+        let now = (7u64 << 32) + 10; // just past a wrap
+        assert_eq!(extend_stamp(u32::MAX - 5, now), (7u64 << 32) - 6);
+        assert_eq!(extend_stamp(10, now), now);
     }
 }

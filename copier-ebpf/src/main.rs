@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::generated::bpf_xdp_load_bytes,
+    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::XdpContext,
@@ -142,7 +142,7 @@ fn copy_into<const N: usize>(ctx: &XdpContext, frame_len: usize) {
     let loaded = unsafe {
         (*record).len = len as u16;
         (*record).frame_len = frame_len as u16;
-        (*record)._pad = 0;
+        (*record).at_us = (bpf_ktime_get_ns() / 1000) as u32;
         bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) == 0
     };
     if !loaded {

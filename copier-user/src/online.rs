@@ -188,10 +188,13 @@ async fn read_ring(ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coa
     };
     while !stop.load(Ordering::Relaxed) {
         let mut taken = 0;
+        // Every record of this pass was written before this.
+        let now_us = xdp_runtime::cpu::monotonic_us();
         while taken < copier_user::pcap::BATCH {
             let Some(item) = ring.get_mut().next() else { break };
-            if let Some(frame) = CaptureRecord::frame(&item) {
-                if dispatch.push(0, Link::Ethernet, frame).is_err() {
+            if let Some((at, frame)) = CaptureRecord::frame(&item) {
+                let at = common::capture::extend_stamp(at, now_us);
+                if dispatch.push(at, Link::Ethernet, frame).is_err() {
                     return;
                 }
             }
@@ -224,14 +227,22 @@ async fn read_ring(ring: RingBuf<MapData>, mut dispatch: Dispatch, coalesce: Coa
 fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, coalesce: Coalesce, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let mut gone = false;
-        let received =
-            match socket.receive(XSK_POLL_MS, |frame| gone |= dispatch.push(0, Link::Ethernet, frame).is_err()) {
-                Ok(n) => n,
-                Err(err) => {
-                    log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
-                    return;
-                }
-            };
+        // AF_XDP frames carry no time: a pass's frames share the time it took them (the
+        // granularity of production's latencies in mirror mode is the reader's pause).
+        let mut at = 0;
+        let mut push = |frame: &[u8]| {
+            if at == 0 {
+                at = xdp_runtime::cpu::monotonic_us();
+            }
+            gone |= dispatch.push(at, Link::Ethernet, frame).is_err();
+        };
+        let received = match socket.receive(XSK_POLL_MS, &mut push) {
+            Ok(n) => n,
+            Err(err) => {
+                log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
+                return;
+            }
+        };
         if gone || dispatch.flush().is_err() {
             return;
         }

@@ -33,6 +33,11 @@ fn clock_us(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
+/// CLOCK_MONOTONIC in microseconds: the clock of the XDP programs' `bpf_ktime_get_ns`.
+pub fn monotonic_us() -> u64 {
+    clock_us(libc::CLOCK_MONOTONIC)
+}
+
 /// CPU time (user + system) of the calling thread, in microseconds.
 pub fn thread_cpu_us() -> u64 {
     clock_us(libc::CLOCK_THREAD_CPUTIME_ID)

@@ -350,10 +350,8 @@ impl Worker {
                     Input::Captured(batch) => {
                         frames_taken += batch.len() as u64;
                         let now = now_us();
-                        // A capture time of 0 (live capture) is the time the worker takes it.
-                        batch.iter().for_each(|(ts, link, p)| {
-                            self.engine.on_captured_at(now, if ts == 0 { now } else { ts }, link, p)
-                        });
+                        // Capture times: the file's, or the kernel's monotonic clock (live).
+                        batch.iter().for_each(|(ts, link, p)| self.engine.on_captured_at(now, ts, link, p));
                     }
                     Input::Wake => {}
                     Input::SourceDone => {
