@@ -349,6 +349,12 @@ impl Engine {
     /// A captured packet with its capture time (µs, any epoch): production's answer times are
     /// measured on that clock, not on the replay's.
     pub fn on_captured_at(&mut self, now: u64, captured_at: u64, link: Link, packet: &[u8]) {
+        self.on_captured_round(now, captured_at, 0, link, packet);
+    }
+
+    /// A captured packet of round `round` of a looped capture (`--loop`): each round's copies
+    /// are copies of their own (`round × -n` on), so a round replays in a fresh port space.
+    pub fn on_captured_round(&mut self, now: u64, captured_at: u64, round: u16, link: Link, packet: &[u8]) {
         self.counters.captured += 1;
         let seg = match capture::parse(link, packet) {
             Ok(Some(seg)) => seg,
@@ -359,7 +365,8 @@ impl Engine {
             return self.counters.captured_unmapped += 1;
         };
         let target = Endpoint::from(target);
-        for copy in 0..self.config.multiply {
+        let first = round.saturating_mul(self.config.multiply);
+        for copy in first..first.saturating_add(self.config.multiply) {
             let key = (seg.src, seg.dst, copy);
             if self.declined.contains(&key) {
                 if seg.flags & SYN == 0 {
@@ -376,7 +383,7 @@ impl Engine {
                 Some(id) => Some(id),
                 // A reset ends a session; it never starts one (there is nothing to replay).
                 None if seg.flags & RST != 0 => {
-                    if copy == 0 {
+                    if copy == first {
                         self.counters.captured_stray_resets += 1;
                     }
                     None

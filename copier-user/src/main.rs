@@ -150,6 +150,10 @@ struct Args {
     /// Offline: speed factor over the recorded timing.
     #[arg(short = 'a', long = "accelerate", default_value_t = 1.0, value_parser = positive_factor)]
     speed: f64,
+    /// Offline: replay the file this many times, each round from its own client ports (as
+    /// further copies of -n), paced from the round's start.
+    #[arg(short = 'T', long = "loop", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    rounds: u16,
     /// Offline: skip idle gaps longer than this many milliseconds.
     #[arg(short = 'I', long = "skip-gaps")]
     skip_gaps_ms: Option<u64>,
@@ -253,6 +257,12 @@ impl Args {
         }
         if self.out_iface.is_some() && self.tx == Some(Tx::Raw) {
             return Some("--out-iface goes with --tx xdp (raw sockets follow the kernel's routes)");
+        }
+        if self.rounds > 1 && self.input.is_none() {
+            return Some("--loop replays a capture file (-i) again");
+        }
+        if u32::from(self.rounds) * u32::from(self.multiply) > u32::from(u16::MAX) {
+            return Some("--loop times -n must stay below 65536 copies");
         }
         None
     }
@@ -373,6 +383,8 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
         };
         let reader = Reader {
             dispatch: Dispatch::new(inputs.clone()).with_backpressure(backpressure),
+            path: args.input.clone().expect("a file source has a path"),
+            rounds: args.rounds,
             speed: args.speed,
             skip_gap_us: args.skip_gaps_ms.map(|ms| ms * 1000),
             stop: Arc::clone(&stop),
@@ -486,6 +498,10 @@ async fn wait_for_intercepts(links: &LinkStats, wanted: usize) {
 /// A capture file's reader, a task on the first worker's runtime.
 struct Reader {
     dispatch: Dispatch,
+    /// The file, opened again for each round after the first.
+    path: PathBuf,
+    /// `--loop`: rounds to replay.
+    rounds: u16,
     /// `-a`: the recorded pace is divided by it.
     speed: f64,
     /// `-I`: gaps longer than this are cut.
@@ -503,10 +519,11 @@ impl Reader {
         // live traffic does not wait (SYN retransmission covers a late intercept).
         wait_for_intercepts(&self.links, self.intercepts).await;
         let dispatch = &mut self.dispatch;
-        let start = Instant::now();
+        let mut start = Instant::now();
         let (mut first, mut last, mut skipped) = (None::<u64>, 0u64, 0u64);
         let mut batch = Batch::default();
         let mut packets = 0u64;
+        let mut round = 1;
         let outcome = loop {
             if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break None;
@@ -542,6 +559,19 @@ impl Reader {
                     return None;
                 }
                 packets += 1;
+            }
+            if !more && round < self.rounds {
+                // The next round: the file again from its start, paced from now.
+                match PcapSource::open(&self.path) {
+                    Ok(again) => source = again,
+                    Err(err) => break Some(err.to_string()),
+                }
+                if dispatch.next_round().await.is_err() {
+                    return None;
+                }
+                (start, first, last, skipped) = (Instant::now(), None, 0, 0);
+                round += 1;
+                continue;
             }
             if !more {
                 break None;
@@ -758,6 +788,8 @@ mod tests {
         let base = ["copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3"];
         for (extra, why) in [
             (&["-i", "f", "--mode", "mirror"][..], "--iface"),
+            (&["--iface", "eth0", "--loop", "2"][..], "capture file"),
+            (&["-i", "f", "--loop", "1000", "-n", "100"][..], "65536"),
             (&["--iface", "m0", "--mirror-other", "drop"], "--mode mirror"),
             (&["--iface", "m0", "--tx", "raw", "--out-iface", "x"], "--tx xdp"),
         ] {

@@ -28,6 +28,8 @@ pub const BATCH: usize = 256;
 pub struct Batch {
     bytes: Vec<u8>,
     packets: Vec<(u64, Link, Range<usize>)>,
+    /// `--loop`'s round these packets belong to (each round replays in its own port space).
+    pub round: u16,
 }
 
 impl Batch {

@@ -538,3 +538,22 @@ fn a_replay_on_a_terminal_shows_a_live_progress_line() {
     }
     panic!("the replay did not end within a minute:\n{}", tmux.screen());
 }
+
+#[test]
+fn a_looped_capture_replays_every_session_once_a_round() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online: _online, target, _intercept } = servers(&tb);
+    let sessions = pcapgen::Sessions { count: 20, requests_per_session: 2, gap_us: 1_000 };
+    let pcap = tb.dir().join("loop.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let mut copier = replay(&tb, &pcap, &["--loop", "3"]);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    let mut counts = std::collections::BTreeMap::new();
+    for (request, status) in target.answers() {
+        assert_eq!(status, 200);
+        *counts.entry(request).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 40, "every request of the capture");
+    assert!(counts.values().all(|&n| n == 3), "three times each: {counts:?}");
+    assert_eq!(stats::last(&copier.stdout()).unwrap().get("sessions"), 60);
+}

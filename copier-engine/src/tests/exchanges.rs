@@ -219,3 +219,16 @@ fn sessions_beyond_the_rate_cap_are_not_replayed_and_are_counted() {
     handshake(&mut e, 1_001_000, 40010);
     assert_eq!(e.counters().sessions_started, 3);
 }
+
+#[test]
+fn each_round_of_a_looped_capture_replays_from_ports_of_its_own() {
+    let mut e = Engine::new(config());
+    for round in 0..3u16 {
+        let syn = captured(PORT, SYN, CLIENT_ISN, 0, super::syn_options(100).as_bytes(), &[]);
+        e.on_captured_round(round as u64 * 10, round as u64 * 10, round, Link::Ip, &syn);
+    }
+    let ports: Vec<u16> = sent(&mut e).iter().filter(|p| p.flags == SYN).map(|p| p.src.port).collect();
+    assert_eq!(ports.len(), 3, "the same captured SYN, three sessions");
+    assert_eq!(ports.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "{ports:?}");
+    assert_eq!(e.counters().sessions_started, 3);
+}

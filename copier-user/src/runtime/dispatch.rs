@@ -94,6 +94,8 @@ impl Backpressure {
 pub struct Dispatch {
     workers: Vec<InputSender>,
     pending: Vec<Batch>,
+    /// The capture file's round (`--loop`), given to every batch.
+    round: u16,
     backpressure: Option<Backpressure>,
     /// Frames dropped at full worker queues.
     pub dropped: Arc<AtomicU64>,
@@ -108,7 +110,7 @@ impl Dispatch {
     pub fn counting_into(workers: Vec<InputSender>, dropped: Arc<AtomicU64>) -> Self {
         assert!(!workers.is_empty(), "at least one worker");
         let pending = workers.iter().map(|_| Batch::default()).collect();
-        Self { workers, pending, dropped, backpressure: None }
+        Self { workers, pending, round: 0, dropped, backpressure: None }
     }
 
     /// Batches for a worker that holds too many sessions wait, in [`Self::push_waiting`].
@@ -148,6 +150,9 @@ impl Dispatch {
     /// Adds a frame to its worker's batch; returns the worker if the batch is full.
     fn add(&mut self, ts_us: u64, link: Link, frame: &[u8]) -> Option<usize> {
         let w = self.worker_of(link, frame);
+        if self.pending[w].is_empty() {
+            self.pending[w].round = self.round;
+        }
         self.pending[w].push(ts_us, link, frame);
         (self.pending[w].len() >= BATCH).then_some(w)
     }
@@ -174,6 +179,13 @@ impl Dispatch {
                 self.send_waiting(w).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Ends a round of the capture file: what follows belongs to the next (`--loop`).
+    pub async fn next_round(&mut self) -> Result<(), WorkersGone> {
+        self.flush_waiting().await?;
+        self.round = self.round.saturating_add(1);
         Ok(())
     }
 

@@ -351,7 +351,8 @@ impl Worker {
                         frames_taken += batch.len() as u64;
                         let now = now_us();
                         // Capture times: the file's, or the kernel's monotonic clock (live).
-                        batch.iter().for_each(|(ts, link, p)| self.engine.on_captured_at(now, ts, link, p));
+                        let round = batch.round;
+                        batch.iter().for_each(|(ts, link, p)| self.engine.on_captured_round(now, ts, round, link, p));
                     }
                     Input::Wake => {}
                     Input::SourceDone => {
