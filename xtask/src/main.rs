@@ -6,6 +6,7 @@
 
 mod fresh;
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -60,6 +61,9 @@ enum Task {
         #[arg(long, default_value_t = 10_000_000)]
         runs: u64,
     },
+    /// Build the release binaries and a Debian package of them, their systemd units and man
+    /// pages: target/package/xdpcopy_VERSION_ARCH.deb.
+    Package,
     /// Build in release mode and run `copier` or `intercept` with the given arguments.
     Run {
         #[arg(value_parser = ["copier", "intercept"])]
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::run()?;
             lint()?;
             build(true)?;
+            package::run()?; // the package test installs it
             println!("xtask: running unit and integration tests");
             let mut test_args = vec!["test", "--locked", "--release"];
             test_args.extend(args.iter().map(String::as_str));
@@ -153,6 +158,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::run()?;
             build(true)?;
             testbed_bin("xdpcopy-bench", &args)
+        }
+        Task::Package => {
+            setup::run()?;
+            build(true)?;
+            package::run().map(|_| ())
         }
         Task::Fuzz { seconds, runs } => {
             setup::run()?;
