@@ -91,6 +91,11 @@ impl FromStr for ClientAddrs {
 }
 
 impl ClientAddrs {
+    /// The first address given.
+    pub fn first(&self) -> IpAddr {
+        self.0[0]
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

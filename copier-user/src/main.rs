@@ -33,10 +33,17 @@ use xdp_runtime::{
     xdp_tx::XdpTx,
 };
 
+mod doctor;
 mod metrics;
 mod online;
 mod progress;
 mod report;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Command {
+    /// Check the deployment before any traffic.
+    Doctor,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -99,8 +106,13 @@ fn positive_factor(s: &str) -> Result<f64, String> {
 
 #[derive(Debug, Parser)]
 #[command(name = "copier", version, about = "Copy live TCP traffic, or replay a capture, to a test server.")]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["iface", "input"])))]
+#[command(group(clap::ArgGroup::new("source").args(["iface", "input"])))]
 struct Args {
+    /// `doctor`: check the path to each target through the intercepts, with a probe SYN from
+    /// the first -c address, and say what to fix; exits 5 on a fault. Without it: copy or
+    /// replay.
+    #[arg(value_enum)]
+    command: Option<Command>,
     /// Online-to-target mappings: [ONLINE_IP:]ONLINE_PORT-TARGET_IP:TARGET_PORT[,...]
     #[arg(short = 'x', long = "map")]
     mappings: Mappings,
@@ -249,6 +261,14 @@ impl Args {
 
     /// Flag combinations that make no sense, as a usage error.
     fn inconsistent(&self) -> Option<&'static str> {
+        if self.command == Some(Command::Doctor) {
+            return self.client_addrs.is_none().then_some(
+                "doctor probes from a copied client address: give one with -c (one the test host routes via the assistant host)",
+            );
+        }
+        if self.iface.is_none() && self.input.is_none() {
+            return Some("a source is needed: --iface IFACE (live) or -i FILE (a capture)");
+        }
         if self.mode == Mode::Mirror && self.input.is_some() {
             return Some("--mode mirror reads an interface (--iface), not a capture file");
         }
@@ -284,6 +304,9 @@ fn main() -> std::process::ExitCode {
         eprintln!("copier: error: {why}");
         return std::process::ExitCode::from(2);
     }
+    if args.command == Some(Command::Doctor) {
+        return doctor(&args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     match runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(args))) {
         Ok(None) => std::process::ExitCode::SUCCESS,
@@ -293,6 +316,24 @@ fn main() -> std::process::ExitCode {
         }
         Err(err) => {
             // The chain of causes, not a backtrace: users act on the message.
+            eprintln!("copier: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `copier doctor`: exit 0 when every check passed, 5 when one found a fault, 1 on an error.
+fn doctor(args: &Args) -> std::process::ExitCode {
+    let checked = xdp_runtime::caps::require(&[xdp_runtime::caps::Cap::NetRaw], "copier doctor").and_then(|()| {
+        let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
+        let targets: Vec<SocketAddr> = args.mappings.0.iter().map(|m| m.target).collect();
+        let client = args.client_addrs.as_ref().expect("checked by inconsistent()").first();
+        doctor::run(&args.intercepts.0, secret.as_deref(), &targets, client)
+    });
+    match checked {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(EXIT_FAULT_FOUND),
+        Err(err) => {
             eprintln!("copier: error: {err:#}");
             std::process::ExitCode::FAILURE
         }
@@ -704,6 +745,8 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
 
 /// Exit statuses besides 0 (success), 1 (an error) and 2 (a usage error).
 const EXIT_NOTHING_ANSWERED: u8 = 3;
+/// `copier doctor` found something to fix.
+const EXIT_FAULT_FOUND: u8 = 5;
 /// An intercept refused this copier for good: wrong secret or protocol version, client
 /// endpoints another copier owns, or an address outside its `--allow` list.
 const EXIT_REFUSED: u8 = 4;
@@ -770,8 +813,7 @@ mod tests {
     #[test]
     fn bad_flags_are_usage_errors() {
         for argv in [
-            &["copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3"][..],
-            &["copier", "-x", "80", "-s", "10.0.0.3", "-i", "f"],
+            &["copier", "-x", "80", "-s", "10.0.0.3", "-i", "f"][..],
             &["copier", "-x", "80-10.0.0.2:8080", "-i", "f"],
             &["copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3", "-i", "f", "--iface", "eth0"],
             &["copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3", "-i", "f", "-r", "0"],
@@ -788,6 +830,8 @@ mod tests {
         let base = ["copier", "-x", "80-10.0.0.2:8080", "-s", "10.0.0.3"];
         for (extra, why) in [
             (&["-i", "f", "--mode", "mirror"][..], "--iface"),
+            (&[][..], "a source is needed"),
+            (&["doctor"][..], "-c"),
             (&["--iface", "eth0", "--loop", "2"][..], "capture file"),
             (&["-i", "f", "--loop", "1000", "-n", "100"][..], "65536"),
             (&["--iface", "m0", "--mirror-other", "drop"], "--mode mirror"),

@@ -1,0 +1,50 @@
+//! `copier doctor` on the test bed: a healthy path, and each fault provoked in turn, with the
+//! diagnosis it must give and exit status 5.
+
+use std::{net::SocketAddr, time::Duration};
+
+use xdpcopy_testbed::{
+    bins,
+    servers::Nginx,
+    topology::{addr, iface},
+    Host, Process, Testbed,
+};
+
+fn doctor(tb: &Testbed, map: &str, intercepts: &str) -> Process {
+    let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["doctor", "-x", map, "-s", intercepts, "-c", "10.100.1.50"]);
+    let mut p = tb.start("doctor", cmd).unwrap();
+    p.wait_timeout(Duration::from_secs(30)).unwrap();
+    p
+}
+
+#[test]
+fn the_doctor_passes_a_working_path_and_names_each_fault() {
+    let tb = Testbed::new().unwrap();
+    let target = SocketAddr::new(addr::TARGET.into(), 8080);
+    let _nginx = Nginx::start(&tb, Host::Target, "target-nginx", target).unwrap();
+    let mut cmd = tb.intercept_command(Host::Assist);
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &format!("{target},{}:9999", addr::TARGET)]);
+    let mut intercept = tb.start("intercept", cmd).unwrap();
+    intercept.wait_for_line(Duration::from_secs(20), |l| l.contains("XDP program attached")).unwrap();
+    let control = addr::ASSIST_CONTROL.to_string();
+
+    let mut ok = doctor(&tb, &format!("80-{target}"), &control);
+    assert_eq!(ok.try_status().unwrap().and_then(|s| s.code()), Some(0), "{}", ok.describe());
+    assert!(ok.stdout().contains(&format!("target {target}: OK")), "{}", ok.describe());
+
+    let mut closed = doctor(&tb, &format!("80-{}:9999", addr::TARGET), &control);
+    assert_eq!(closed.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", closed.describe());
+    assert!(closed.stdout().contains("nothing listens on that port"), "{}", closed.describe());
+
+    let mut nobody = doctor(&tb, &format!("80-{target}"), &format!("{control}:36599"));
+    assert_eq!(nobody.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", nobody.describe());
+    assert!(nobody.stdout().contains("FAULT: intercept"), "{}", nobody.describe());
+
+    // The test host loses its route back through the assistant host.
+    tb.target.ip(&["route", "del", addr::CLIENT_NET]).unwrap();
+    let mut lost = doctor(&tb, &format!("80-{target}"), &control);
+    assert_eq!(lost.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", lost.describe());
+    assert!(lost.stdout().contains("no SYN-ACK reached any intercept"), "{}", lost.describe());
+    assert!(lost.stdout().contains("ip route get 10.100.1.50"), "{}", lost.describe());
+}
