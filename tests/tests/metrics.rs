@@ -18,18 +18,19 @@ use xdpcopy_testbed::{
 
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// A plain HTTP GET from inside `ns`; the body.
-fn get(ns: &Netns, addr: SocketAddr, path: &str) -> String {
+/// A plain HTTP GET from inside `ns`: the body, or None if nothing answered.
+fn get(ns: &Netns, addr: SocketAddr, path: &str) -> Option<String> {
     let path = path.to_owned();
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    ns.run(move || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+        s.read_to_string(&mut out)?;
+        Ok(out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
     })
     .unwrap()
+    .ok()
 }
 
 /// Percent-encodes a PromQL query for a URL.
@@ -41,7 +42,7 @@ fn encode(q: &str) -> String {
 
 /// The value of a PromQL query with one result, or None.
 fn query(ns: &Netns, prometheus: SocketAddr, q: &str) -> Option<f64> {
-    let body = get(ns, prometheus, &format!("/api/v1/query?query={}", encode(q)));
+    let body = get(ns, prometheus, &format!("/api/v1/query?query={}", encode(q)))?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
@@ -91,7 +92,12 @@ fn prometheus_scrapes_both_binaries_during_a_live_copy() {
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address={prometheus}"));
-    let _prometheus = tb.start("prometheus", cmd).unwrap();
+    let prometheus_process = tb.start("prometheus", cmd).unwrap();
+    let ready = Instant::now() + Duration::from_secs(60);
+    while get(&tb.online, prometheus, "/-/ready").is_none() {
+        assert!(Instant::now() < ready, "Prometheus not ready after a minute\n{}", prometheus_process.describe());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     tb.client
         .run(move || {
@@ -130,7 +136,7 @@ fn prometheus_scrapes_both_binaries_during_a_live_copy() {
     assert!(eventually(&p50, &|s| s > 0.0 && s < 1.0).is_some_and(|s| s > 0.0 && s < 1.0), "{p50}");
 
     for (ns, at) in [(&tb.online, copier_metrics), (&tb.online, intercept_metrics)] {
-        let text = get(ns, at, "/metrics");
+        let text = get(ns, at, "/metrics").unwrap_or_else(|| panic!("nothing serves {at}"));
         let mut check = std::process::Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
