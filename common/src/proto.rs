@@ -7,7 +7,7 @@
 //! | kind | direction | body |
 //! |---|---|---|
 //! | HELLO 1 | copier → intercept, first | magic `XDPC`, version u16, instance u64, nonce 16 bytes |
-//! | WELCOME 2 | intercept → copier | version u16, authenticates u8 (0/1), nonce 16 bytes, proof 32 bytes |
+//! | WELCOME 2 | intercept → copier | version u16, flags u8 (1: authenticates, 2: its host forwards IP), nonce 16 bytes, proof 32 bytes |
 //! | AUTH 9 | copier → intercept, after WELCOME | proof 32 bytes (zeros without a secret) |
 //! | PING 10 | copier → intercept | empty: the copier is alive (idle connections are closed) |
 //! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
@@ -109,6 +109,9 @@ pub enum Message<'a> {
     Welcome {
         version: u16,
         authenticates: bool,
+        /// The intercept's host forwards IP: replies it does not steal go on (to the real
+        /// clients, if the routes lead there).
+        forwarding: bool,
         nonce: [u8; NONCE_LEN],
         proof: [u8; PROOF_LEN],
     },
@@ -277,15 +280,15 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
             if version != VERSION {
                 return Err(ProtoError::UnsupportedVersion(version));
             }
-            let authenticates = match b[2] {
-                0 => false,
-                1 => true,
-                _ => return Err(bad),
-            };
+            if b[2] & !0b11 != 0 {
+                return Err(bad);
+            }
+            let (authenticates, forwarding) = (b[2] & 1 != 0, b[2] & 2 != 0);
             let nonce = b[3..3 + NONCE_LEN].try_into().expect("nonce length");
             Message::Welcome {
                 version,
                 authenticates,
+                forwarding,
                 nonce,
                 proof: b[3 + NONCE_LEN..].try_into().expect("proof length"),
             }
@@ -338,17 +341,18 @@ pub fn encode_hello(out: &mut [u8], instance: u64, nonce: &[u8; NONCE_LEN]) -> R
     })
 }
 
-/// WELCOME: whether this intercept authenticates copiers, its nonce, and its proof that it
-/// knows the secret (zeros when it has none).
+/// WELCOME: whether this intercept authenticates copiers and whether its host forwards IP, its
+/// nonce, and its proof that it knows the secret (zeros when it has none).
 pub fn encode_welcome(
     out: &mut [u8],
     authenticates: bool,
+    forwarding: bool,
     nonce: &[u8; NONCE_LEN],
     proof: &[u8; PROOF_LEN],
 ) -> Result<usize, ProtoError> {
     frame(out, kind::WELCOME, 3 + NONCE_LEN + PROOF_LEN, |b| {
         b[..2].copy_from_slice(&VERSION.to_be_bytes());
-        b[2] = u8::from(authenticates);
+        b[2] = u8::from(authenticates) | u8::from(forwarding) << 1;
         b[3..3 + NONCE_LEN].copy_from_slice(nonce);
         b[3 + NONCE_LEN..].copy_from_slice(proof);
     })
@@ -425,11 +429,21 @@ mod tests {
         let n = encode_hello(&mut buf, 0xfeed, &[7; NONCE_LEN]).unwrap();
         assert_eq!(roundtrip(&buf[..n]), Message::Hello { instance: 0xfeed, nonce: [7; NONCE_LEN] });
         assert_eq!(&buf[..4], &(n as u32 - 4).to_be_bytes(), "length prefix is big-endian");
-        let n = encode_welcome(&mut buf, true, &[1; NONCE_LEN], &[2; PROOF_LEN]).unwrap();
+        let n = encode_welcome(&mut buf, true, false, &[1; NONCE_LEN], &[2; PROOF_LEN]).unwrap();
         assert_eq!(
             roundtrip(&buf[..n]),
-            Message::Welcome { version: VERSION, authenticates: true, nonce: [1; NONCE_LEN], proof: [2; PROOF_LEN] }
+            Message::Welcome {
+                version: VERSION,
+                authenticates: true,
+                forwarding: false,
+                nonce: [1; NONCE_LEN],
+                proof: [2; PROOF_LEN]
+            }
         );
+        let n = encode_welcome(&mut buf, false, true, &[1; NONCE_LEN], &[0; PROOF_LEN]).unwrap();
+        assert!(matches!(roundtrip(&buf[..n]), Message::Welcome { authenticates: false, forwarding: true, .. }));
+        buf[7] = 4; // an unknown flag
+        assert_eq!(decode(&buf[..n]), Err(ProtoError::BadLength { kind: kind::WELCOME }));
         let n = encode_auth(&mut buf, &[3; PROOF_LEN]).unwrap();
         assert_eq!(roundtrip(&buf[..n]), Message::Auth { proof: [3; PROOF_LEN] });
         let n = encode_ping(&mut buf).unwrap();

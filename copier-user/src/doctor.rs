@@ -32,19 +32,24 @@ struct Link {
     addr: SocketAddr,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The intercept's host forwards IP (WELCOME says so).
+    forwarding: bool,
 }
 
 impl Link {
     fn connect(addr: SocketAddr, secret: Option<&[u8]>) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).context("cannot connect")?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        let mut link = Self { addr, stream, buf: Vec::new() };
+        let mut link = Self { addr, stream, buf: Vec::new(), forwarding: false };
         let nonce = auth::nonce();
         let mut frame = [0; 128];
         let n = proto::encode_hello(&mut frame, auth::instance(), &nonce)?;
         link.stream.write_all(&frame[..n])?;
         let (authenticates, theirs, proof) = match link.next()? {
-            Msg::Welcome { authenticates, nonce, proof } => (authenticates, nonce, proof),
+            Msg::Welcome { authenticates, forwarding, nonce, proof } => {
+                link.forwarding = forwarding;
+                (authenticates, nonce, proof)
+            }
             Msg::Bye(reason) => bail!("refused: {reason}"),
             other => bail!("answered {other:?} to HELLO"),
         };
@@ -82,8 +87,8 @@ impl Link {
         loop {
             if let Some((message, used)) = proto::decode(&self.buf).map_err(|e| anyhow::anyhow!("garbage: {e}"))? {
                 let msg = match message {
-                    Message::Welcome { authenticates, nonce, proof, .. } => {
-                        Msg::Welcome { authenticates, nonce, proof }
+                    Message::Welcome { authenticates, forwarding, nonce, proof, .. } => {
+                        Msg::Welcome { authenticates, forwarding, nonce, proof }
                     }
                     Message::Synced(_) => Msg::Synced,
                     Message::Facts(records) => Msg::Facts(records.collect()),
@@ -105,7 +110,7 @@ impl Link {
 
 #[derive(Debug)]
 enum Msg {
-    Welcome { authenticates: bool, nonce: auth::Nonce, proof: auth::Proof },
+    Welcome { authenticates: bool, forwarding: bool, nonce: auth::Nonce, proof: auth::Proof },
     Synced,
     Facts(Vec<ReplyFacts>),
     Bye(String),
@@ -191,6 +196,10 @@ pub fn run(
         match Link::connect(addr, secret) {
             Ok(link) => {
                 println!("doctor: intercept {addr}: connected");
+                if link.forwarding {
+                    healthy = false;
+                    println!("doctor: FAULT: intercept {addr}: its host forwards IP, so the test server's replies that the intercept does not steal (other ports, or all of them when it stops) go on towards the real clients. Fix it on the assistant host: sysctl -w net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0");
+                }
                 links.push(link);
             }
             Err(e) => {

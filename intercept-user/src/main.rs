@@ -210,7 +210,14 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let routes = server::SharedRoutes::default();
     log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
-    let access = server::Access { secret, allow: args.allow.clone() };
+    let forwarding = forwards_ip();
+    if forwarding {
+        log::warn!(
+            "this host forwards IP: replies the intercept does not steal (other ports, or all of them once it stops) \
+             go on towards the real clients; turn it off (net.ipv4.ip_forward=0, net.ipv6.conf.all.forwarding=0)"
+        );
+    }
+    let access = server::Access { secret, allow: args.allow.clone(), forwarding };
     let limits = server::Limits {
         max_copiers: args.max_copiers as usize,
         idle_timeout: Duration::from_secs_f64(args.idle_timeout),
@@ -243,6 +250,13 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let stop = report?;
     log::info!("stopped by {stop:?}; XDP program detached from {}", args.iface);
     Ok(())
+}
+
+/// Whether this network namespace forwards IPv4 or IPv6.
+fn forwards_ip() -> bool {
+    ["/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"]
+        .iter()
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|v| v.trim() != "0"))
 }
 
 /// The metrics' descriptions.

@@ -55,6 +55,8 @@ pub struct Access {
     pub secret: Option<Arc<[u8]>>,
     /// Copiers' networks (empty: any).
     pub allow: Vec<IpNet>,
+    /// This host forwards IP, said in WELCOME so that copiers (and `copier doctor`) can warn.
+    pub forwarding: bool,
 }
 
 impl Access {
@@ -361,6 +363,7 @@ async fn handshake(
     wr: &mut OwnedWriteHalf,
     buf: &mut Vec<u8>,
     secret: Option<&[u8]>,
+    forwarding: bool,
 ) -> Result<u64, Refusal> {
     let within = |what: &'static str| move |_| Refusal::permanent(format!("no {what} within {HANDSHAKE_TIMEOUT:?}"));
     let garbage = |reason: String| Refusal::permanent(reason);
@@ -375,7 +378,7 @@ async fn handshake(
     };
     let nonce = auth::nonce();
     let proof = secret.map_or([0; proto::PROOF_LEN], |s| auth::intercept_proof(s, &copier_nonce, &nonce));
-    let welcome = frame(|b| proto::encode_welcome(b, secret.is_some(), &nonce, &proof), 64);
+    let welcome = frame(|b| proto::encode_welcome(b, secret.is_some(), forwarding, &nonce, &proof), 64);
     wr.write_all(&welcome).await.map_err(|err| Refusal::transient(format!("write failed: {err}")))?;
     let second = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_frame(rd, buf, incoming))
         .await
@@ -402,7 +405,7 @@ async fn connection(
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::with_capacity(16 * 1024);
-    let instance = match handshake(&mut rd, &mut wr, &mut buf, access.secret.as_deref()).await {
+    let instance = match handshake(&mut rd, &mut wr, &mut buf, access.secret.as_deref(), access.forwarding).await {
         Ok(instance) => instance,
         Err(refusal) => {
             log::warn!("closing connection from {peer}: {}", refusal.reason);

@@ -41,6 +41,21 @@ fn the_doctor_passes_a_working_path_and_names_each_fault() {
     assert_eq!(nobody.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", nobody.describe());
     assert!(nobody.stdout().contains("FAULT: intercept"), "{}", nobody.describe());
 
+    // The assistant host forwards IP: the intercept says so, and the doctor names it.
+    intercept.signal(libc::SIGINT).unwrap();
+    intercept.wait_timeout(Duration::from_secs(10)).unwrap();
+    tb.assist.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let mut cmd = tb.intercept_command(Host::Assist);
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string()]);
+    let mut intercept = tb.start("intercept-forwarding", cmd).unwrap();
+    intercept.wait_for_line(Duration::from_secs(20), |l| l.contains("XDP program attached")).unwrap();
+    assert!(intercept.stderr().contains("this host forwards IP"), "{}", intercept.describe());
+    let mut forwards = doctor(&tb, &format!("80-{target}"), &control);
+    assert_eq!(forwards.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", forwards.describe());
+    assert!(forwards.stdout().contains("its host forwards IP"), "{}", forwards.describe());
+    assert!(forwards.stdout().contains(&format!("target {target}: OK")), "the path itself works");
+    tb.assist.sysctl("net.ipv4.ip_forward", "0").unwrap();
+
     // The test host loses its route back through the assistant host.
     tb.target.ip(&["route", "del", addr::CLIENT_NET]).unwrap();
     let mut lost = doctor(&tb, &format!("80-{target}"), &control);

@@ -252,7 +252,10 @@ async fn session(
                 Err(e) => return Err(Ended::Permanent(format!("intercept sent garbage: {e}"))),
             };
             match message {
-                Message::Welcome { authenticates, nonce: theirs, proof, .. } if writer.is_none() => {
+                Message::Welcome { authenticates, forwarding, nonce: theirs, proof, .. } if writer.is_none() => {
+                    if forwarding {
+                        log::warn!("intercept {addr}: its host forwards IP, so replies it does not steal may reach the real clients (copier doctor says more)");
+                    }
                     let proof = match (secret, authenticates) {
                         (Some(s), true) if auth::intercept_proof_holds(s, &nonce, &theirs, &proof) => {
                             auth::copier_proof(s, &theirs, &nonce)
