@@ -39,6 +39,26 @@ pub fn copier_proof_holds(secret: &[u8], intercept_nonce: &Nonce, copier_nonce: 
     mac(secret, COPIER, intercept_nonce, copier_nonce).verify_slice(proof).is_ok()
 }
 
+/// What a copier answers an intercept's WELCOME with (its AUTH proof), or why it must not
+/// go on: the intercept proves the secret first, and a copier with a secret trusts no
+/// intercept without one. Without a secret the answer is zeros (the intercept may refuse it).
+pub fn copier_answer(
+    secret: Option<&[u8]>,
+    authenticates: bool,
+    ours: &Nonce,
+    theirs: &Nonce,
+    proof: &Proof,
+) -> Result<Proof, &'static str> {
+    match (secret, authenticates) {
+        (Some(s), true) if intercept_proof_holds(s, ours, theirs, proof) => Ok(copier_proof(s, theirs, ours)),
+        (Some(_), true) => Err("the intercept does not know our secret"),
+        (Some(_), false) => {
+            Err("the intercept runs without a secret; this copier has one (--secret-file on both, or on neither)")
+        }
+        (None, _) => Ok([0; PROOF_LEN]),
+    }
+}
+
 /// A fresh nonce from the kernel's random source.
 pub fn nonce() -> Nonce {
     let mut n = [0; NONCE_LEN];
@@ -68,5 +88,15 @@ mod tests {
         assert!(copier_proof_holds(b"secret", &i, &c, &q));
         assert!(!copier_proof_holds(b"secret", &c, &i, &p), "the intercept's proof is not the copier's");
         assert_ne!(nonce(), nonce());
+    }
+
+    #[test]
+    fn a_copier_answers_only_an_intercept_that_proved_the_secret() {
+        let (ours, theirs) = ([1; NONCE_LEN], [2; NONCE_LEN]);
+        let proof = intercept_proof(b"k", &ours, &theirs);
+        assert_eq!(copier_answer(Some(b"k"), true, &ours, &theirs, &proof), Ok(copier_proof(b"k", &theirs, &ours)));
+        assert!(copier_answer(Some(b"other"), true, &ours, &theirs, &proof).is_err());
+        assert!(copier_answer(Some(b"k"), false, &ours, &theirs, &[0; PROOF_LEN]).is_err(), "no secret there");
+        assert_eq!(copier_answer(None, true, &ours, &theirs, &proof), Ok([0; PROOF_LEN]));
     }
 }

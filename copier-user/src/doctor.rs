@@ -53,15 +53,7 @@ impl Link {
             Msg::Bye(reason) => bail!("refused: {reason}"),
             other => bail!("answered {other:?} to HELLO"),
         };
-        let answer = match (secret, authenticates) {
-            (Some(s), true) if auth::intercept_proof_holds(s, &nonce, &theirs, &proof) => {
-                auth::copier_proof(s, &theirs, &nonce)
-            }
-            (Some(_), true) => bail!("it does not know our secret (--secret-file differs)"),
-            (Some(_), false) => bail!("it runs without a secret, this copier has one"),
-            (None, true) => bail!("it requires a secret (--secret-file)"),
-            (None, false) => [0; proto::PROOF_LEN],
-        };
+        let answer = auth::copier_answer(secret, authenticates, &nonce, &theirs, &proof).map_err(anyhow::Error::msg)?;
         let n = proto::encode_auth(&mut frame, &answer)?;
         link.stream.write_all(&frame[..n])?;
         Ok(link)

@@ -256,22 +256,8 @@ async fn session(
                     if forwarding {
                         log::warn!("intercept {addr}: its host forwards IP, so replies it does not steal may reach the real clients (copier doctor says more)");
                     }
-                    let proof = match (secret, authenticates) {
-                        (Some(s), true) if auth::intercept_proof_holds(s, &nonce, &theirs, &proof) => {
-                            auth::copier_proof(s, &theirs, &nonce)
-                        }
-                        (Some(_), true) => {
-                            return Err(Ended::Permanent("the intercept does not know our secret".into()));
-                        }
-                        (Some(_), false) => {
-                            return Err(Ended::Permanent(
-                                "the intercept runs without a secret; this copier has one (--secret-file on both, \
-                                 or on neither)"
-                                    .into(),
-                            ));
-                        }
-                        (None, _) => [0; proto::PROOF_LEN], // it says whether it wants one
-                    };
+                    let proof = auth::copier_answer(secret, authenticates, &nonce, &theirs, &proof)
+                        .map_err(|why| Ended::Permanent(why.into()))?;
                     let mut auth_frame = [0; 64];
                     let n = proto::encode_auth(&mut auth_frame, &proof).expect("sized to fit");
                     let mut w = wr.take().expect("welcomed once");
