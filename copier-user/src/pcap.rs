@@ -347,17 +347,21 @@ mod tests {
     fn a_truncated_file_is_reported_after_its_complete_packets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cut.pcap");
-        let header = PcapHeader { datalink: DataLink::RAW, ..Default::default() };
-        let mut w = PcapWriter::with_header(File::create(&path).unwrap(), header).unwrap();
-        let ip = ipv4_tcp();
-        for i in 0..3u64 {
-            w.write_packet(&PcapPacket::new(Duration::from_micros(i), ip.len() as u32, &ip)).unwrap();
-        }
-        drop(w);
+        write_three_records(&path);
         let (_, batch, err) = cut_and_read(&path);
         assert!(matches!(err, SourceError::Truncated { records: 2, .. }), "{err}");
         assert_eq!(batch.len(), 2, "the complete packets are kept");
         assert!(err.to_string().contains("truncated"));
+    }
+
+    /// A raw-IP pcap of three TCP records, a microsecond apart.
+    fn write_three_records(path: &Path) {
+        let header = PcapHeader { datalink: DataLink::RAW, ..Default::default() };
+        let mut w = PcapWriter::with_header(File::create(path).unwrap(), header).unwrap();
+        let ip = ipv4_tcp();
+        for i in 0..3u64 {
+            w.write_packet(&PcapPacket::new(Duration::from_micros(i), ip.len() as u32, &ip)).unwrap();
+        }
     }
 
     /// Cuts the last 7 bytes off `path` (inside its last record) and reads it: the error, and
@@ -374,13 +378,7 @@ mod tests {
     /// A raw-IP pcap of three records whose header then says `snaplen`.
     fn with_snaplen(dir: &Path, snaplen: u32) -> std::path::PathBuf {
         let path = dir.join(format!("snap{snaplen}.pcap"));
-        let header = PcapHeader { datalink: DataLink::RAW, ..Default::default() };
-        let mut w = PcapWriter::with_header(File::create(&path).unwrap(), header).unwrap();
-        let ip = ipv4_tcp();
-        for i in 0..3u64 {
-            w.write_packet(&PcapPacket::new(Duration::from_micros(i), ip.len() as u32, &ip)).unwrap();
-        }
-        drop(w);
+        write_three_records(&path);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[16..20].copy_from_slice(&snaplen.to_be_bytes()); // the global header's snaplen (big-endian file)
         std::fs::write(&path, bytes).unwrap();
