@@ -10,11 +10,16 @@
 //! | WELCOME 2 | intercept → copier | version u16, flags u8 (1: authenticates, 2: its host forwards IP), nonce 16 bytes, proof 32 bytes |
 //! | AUTH 9 | copier → intercept, after WELCOME | proof 32 bytes (zeros without a secret) |
 //! | PING 10 | copier → intercept | empty: the copier is alive (idle connections are closed) |
+//! | SPACE 11 | copier → intercept, once, before OWN | count u16, count × (first address 16 bytes, last address 16 bytes): every client address it will announce |
 //! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
 //! | FACTS 5 | intercept → copier | count u16, count × 62-byte records |
 //! | BYE 6 | either, before closing | permanent u8 (1: retrying cannot help), UTF-8 reason |
 //! | SYNC 7 | copier → intercept | token u64 |
 //! | SYNCED 8 | intercept → copier | token u64: every OWN/DISOWN sent before the SYNC is in effect |
+//!
+//! A copier that replays from addresses of its own (`-c`) declares them in SPACE, and the
+//! intercept refuses any announcement outside them: a copier whose clients are the real ones
+//! cannot know its space, and declares none.
 //!
 //! SYNC exists so that a copier can hold a new session's SYN until the intercepts know the
 //! session is its own: otherwise the SYN-ACK can arrive first and be dropped as unowned.
@@ -40,11 +45,14 @@ pub const NONCE_LEN: usize = 16;
 pub const PROOF_LEN: usize = 32;
 pub const MAX_REASON_LEN: usize = 1024;
 pub const ENTRY_LEN: usize = 18;
+pub const RANGE_LEN: usize = 32;
 pub const RECORD_LEN: usize = 62;
 /// Records that fit one FACTS frame.
 pub const MAX_RECORDS: usize = (MAX_FRAME_LEN - 1 - 2) / RECORD_LEN;
 /// Entries that fit one OWN/DISOWN frame.
 pub const MAX_ENTRIES: usize = (MAX_FRAME_LEN - 1 - 2) / ENTRY_LEN;
+/// Address ranges that fit one SPACE frame.
+pub const MAX_RANGES: usize = (MAX_FRAME_LEN - 1 - 2) / RANGE_LEN;
 
 /// Frame kinds.
 pub mod kind {
@@ -58,6 +66,7 @@ pub mod kind {
     pub const SYNCED: u8 = 8;
     pub const AUTH: u8 = 9;
     pub const PING: u8 = 10;
+    pub const SPACE: u8 = 11;
 }
 
 /// Why a byte stream is not this protocol. Each closes the connection it came from.
@@ -119,6 +128,7 @@ pub enum Message<'a> {
         proof: [u8; PROOF_LEN],
     },
     Ping,
+    Space(Ranges<'a>),
     Own(Entries<'a>),
     Disown(Entries<'a>),
     Facts(Records<'a>),
@@ -152,6 +162,31 @@ impl Iterator for Entries<'_> {
         let (entry, rest) = self.0.split_at_checked(ENTRY_LEN)?;
         self.0 = rest;
         Some(read_endpoint(entry))
+    }
+}
+
+/// The address ranges of a SPACE frame: (first, last), both included, 16-byte addresses
+/// (IPv4 mapped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ranges<'a>(&'a [u8]);
+
+impl Ranges<'_> {
+    pub fn len(&self) -> usize {
+        self.0.len() / RANGE_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Iterator for Ranges<'_> {
+    type Item = ([u8; 16], [u8; 16]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (range, rest) = self.0.split_at_checked(RANGE_LEN)?;
+        self.0 = rest;
+        Some((range[..16].try_into().expect("16 bytes"), range[16..].try_into().expect("16 bytes")))
     }
 }
 
@@ -296,6 +331,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
         kind::AUTH => Message::Auth { proof: body.try_into().map_err(|_| bad)? },
         kind::PING if body.is_empty() => Message::Ping,
         kind::PING => return Err(bad),
+        kind::SPACE => {
+            let ranges = Ranges(counted(kind, body, RANGE_LEN)?);
+            if ranges.is_empty() || { ranges }.any(|(first, last)| first > last) {
+                return Err(bad);
+            }
+            Message::Space(ranges)
+        }
         kind::OWN => Message::Own(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::DISOWN => Message::Disown(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::FACTS => Message::Facts(Records(counted(kind, body, RECORD_LEN)?)),
@@ -376,6 +418,20 @@ pub fn encode_endpoints(out: &mut [u8], own: bool, entries: &[Endpoint]) -> Resu
         b[..2].copy_from_slice(&(entries.len() as u16).to_be_bytes());
         for (chunk, e) in b[2..].chunks_exact_mut(ENTRY_LEN).zip(entries) {
             write_endpoint(chunk, e);
+        }
+    })
+}
+
+/// SPACE: 1 to [`MAX_RANGES`] ranges of client addresses, each (first, last) with first ≤ last.
+pub fn encode_space(out: &mut [u8], ranges: &[([u8; 16], [u8; 16])]) -> Result<usize, ProtoError> {
+    if ranges.is_empty() || ranges.len() > MAX_RANGES || ranges.iter().any(|(first, last)| first > last) {
+        return Err(ProtoError::TooLarge);
+    }
+    frame(out, kind::SPACE, 2 + ranges.len() * RANGE_LEN, |b| {
+        b[..2].copy_from_slice(&(ranges.len() as u16).to_be_bytes());
+        for (chunk, (first, last)) in b[2..].chunks_exact_mut(RANGE_LEN).zip(ranges) {
+            chunk[..16].copy_from_slice(first);
+            chunk[16..].copy_from_slice(last);
         }
     })
 }
@@ -476,6 +532,22 @@ mod tests {
     }
 
     #[test]
+    fn space_lists_address_ranges_first_to_last() {
+        let v4 = |a: [u8; 4]| Endpoint::v4(a, 0).addr;
+        let ranges = [(v4([10, 9, 0, 1]), v4([10, 9, 0, 254])), ([0xfd; 16], [0xfd; 16])];
+        let mut buf = [0; 128];
+        let n = encode_space(&mut buf, &ranges).unwrap();
+        let Message::Space(got) = roundtrip(&buf[..n]) else { panic!("not SPACE") };
+        assert!(got.eq(ranges.iter().copied()));
+        // Reversed, or empty: a copier that declares a space declares some.
+        buf[HEADER_LEN + 2..HEADER_LEN + 18].copy_from_slice(&v4([10, 9, 1, 0]));
+        assert_eq!(decode(&buf[..n]), Err(ProtoError::BadLength { kind: kind::SPACE }));
+        assert_eq!(decode(&[0, 0, 0, 3, kind::SPACE, 0, 0]), Err(ProtoError::BadLength { kind: kind::SPACE }));
+        assert_eq!(encode_space(&mut buf, &[]), Err(ProtoError::TooLarge));
+        assert_eq!(encode_space(&mut buf, &[(ranges[0].1, ranges[0].0)]), Err(ProtoError::TooLarge));
+    }
+
+    #[test]
     fn sync_and_synced_carry_their_token() {
         let mut buf = [0; 16];
         let n = encode_sync(&mut buf, false, 7).unwrap();
@@ -493,7 +565,7 @@ mod tests {
         );
         assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
         assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
-        assert_eq!(decode(&[0, 0, 0, 1, 11]), Err(ProtoError::UnknownKind(11)));
+        assert_eq!(decode(&[0, 0, 0, 1, 12]), Err(ProtoError::UnknownKind(12)));
         assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(ProtoError::Oversize(u32::from_be_bytes(*b"GET "))));
     }
 

@@ -2,7 +2,10 @@
 //! shifting (`-n`, `-f`), and sampling (`-r`). All decisions are pure functions of the flow, so a
 //! session is treated the same way by every packet, every worker and every run.
 
-use std::{net::IpAddr, str::FromStr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use common::endpoint::Endpoint;
 
@@ -91,6 +94,23 @@ impl FromStr for ClientAddrs {
 }
 
 impl ClientAddrs {
+    /// The addresses as few ranges (first, last), 16-byte addresses with IPv4 mapped, sorted: what
+    /// the copier declares to the intercepts, which refuse announcements outside them.
+    pub fn ranges(&self) -> Vec<([u8; 16], [u8; 16])> {
+        let mut addrs: Vec<u128> =
+            self.0.iter().map(|&ip| u128::from_be_bytes(Endpoint::from(SocketAddr::new(ip, 0)).addr)).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let mut ranges: Vec<(u128, u128)> = Vec::new();
+        for a in addrs {
+            match ranges.last_mut() {
+                Some(last) if last.1 + 1 == a => last.1 = a,
+                _ => ranges.push((a, a)),
+            }
+        }
+        ranges.into_iter().map(|(first, last)| (first.to_be_bytes(), last.to_be_bytes())).collect()
+    }
+
     /// The first address given.
     pub fn first(&self) -> IpAddr {
         self.0[0]
@@ -231,6 +251,22 @@ mod tests {
         assert_eq!(x.len(), 255);
         assert_eq!((x.0[0], x.0[253]), ("62.135.200.1".parse().unwrap(), "62.135.200.254".parse().unwrap()));
         assert!(matches!("62.135.x".parse::<ClientAddrs>(), Err(ClientAddrsError::NotAnAddress(_))));
+    }
+
+    #[test]
+    fn client_addresses_are_declared_as_few_ranges() {
+        let v4 = |a: [u8; 4]| Endpoint::v4(a, 0).addr;
+        let x: ClientAddrs = "10.9.0.1,62.135.200.x,10.9.0.2,10.9.0.7".parse().unwrap();
+        assert_eq!(
+            x.ranges(),
+            vec![
+                (v4([10, 9, 0, 1]), v4([10, 9, 0, 2])),
+                (v4([10, 9, 0, 7]), v4([10, 9, 0, 7])),
+                (v4([62, 135, 200, 1]), v4([62, 135, 200, 254]))
+            ]
+        );
+        let v6: ClientAddrs = "fd00::3,fd00::1-fd00::2".parse().unwrap();
+        assert_eq!(v6.ranges().len(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use common::proto::DEFAULT_PORT;
+use common::proto::{self, DEFAULT_PORT};
 use copier_engine::{
     mapping::Mappings,
     rewrite::{ClientAddrs, PortClass},
@@ -406,9 +406,17 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
     let (facts, facts_rxs): (Vec<_>, Vec<_>) =
         inputs.iter().map(|doorbell| facts_queue(doorbell.clone(), FACTS_QUEUE)).unzip();
     let announced: Vec<Arc<Announced>> = (0..n).map(|_| Arc::default()).collect();
+    let space = args.client_addrs.as_ref().and_then(|c| {
+        let frame = intercepts::space_frame(&c.ranges());
+        if frame.is_none() {
+            log::info!("-c holds more than {} ranges of addresses: not declared to the intercepts", proto::MAX_RANGES);
+        }
+        frame
+    });
     let mut tasks: Vec<worker::Task> = vec![Box::pin(intercepts::run(
         args.intercepts.0.clone(),
         secret,
+        space,
         events_rx,
         announced.clone(),
         facts,

@@ -5,3 +5,4 @@
 pub mod filter;
 pub mod outbound;
 pub mod router;
+pub mod space;

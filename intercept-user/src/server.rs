@@ -37,6 +37,7 @@ use xdp_runtime::AbortOnDrop;
 use intercept_core::{
     outbound::{Outbound, Sent},
     router::{ClaimError, CopierId, Ownership},
+    space::ClientSpace,
 };
 use ipnet::IpNet;
 
@@ -334,6 +335,7 @@ enum Incoming {
     Hello { instance: u64, nonce: auth::Nonce },
     Auth(auth::Proof),
     Ping,
+    Space(ClientSpace),
     Own(Vec<Endpoint>),
     Disown(Vec<Endpoint>),
     Bye(String),
@@ -346,6 +348,7 @@ fn incoming(m: Message<'_>) -> Incoming {
         Message::Hello { instance, nonce } => Incoming::Hello { instance, nonce },
         Message::Auth { proof } => Incoming::Auth(proof),
         Message::Ping => Incoming::Ping,
+        Message::Space(ranges) => Incoming::Space(ClientSpace::new(ranges)),
         Message::Own(entries) => Incoming::Own(entries.collect()),
         Message::Disown(entries) => Incoming::Disown(entries.collect()),
         Message::Bye { reason, .. } => Incoming::Bye(reason.to_owned()),
@@ -426,6 +429,9 @@ async fn connection(
     Stats::add(&stats.copiers, 1);
     log::info!("copier {id} connected from {peer}");
 
+    // The addresses it declared (SPACE), if it did, and whether it announced any yet.
+    let mut space: Option<ClientSpace> = None;
+    let mut announced = false;
     let outcome: Result<(), Refusal> = loop {
         let next = tokio::select! {
             next = tokio::time::timeout(limits.idle_timeout, next_frame(&mut rd, &mut buf, incoming)) => next,
@@ -436,7 +442,22 @@ async fn connection(
             break Err(Refusal::transient(format!("nothing received for {:?}", limits.idle_timeout)));
         };
         match next {
+            Ok(Some(Incoming::Space(declared))) => {
+                if space.is_some() || announced {
+                    break Err(Refusal::permanent("SPACE comes once, before the first OWN"));
+                }
+                log::info!("copier {id} replays from {declared}");
+                space = Some(declared);
+            }
             Ok(Some(Incoming::Own(entries))) => {
+                announced = true;
+                if let Some(outside) = space.as_ref().and_then(|s| entries.iter().find(|e| !s.contains(e))) {
+                    Stats::add(&stats.claims_refused, 1);
+                    let declared = space.as_ref().expect("checked");
+                    break Err(Refusal::permanent(format!(
+                        "{outside} is outside the client addresses this copier declared ({declared})"
+                    )));
+                }
                 let claimed = Routes::lock(&routes).ownership.own_all(id, &entries);
                 if let Err(err) = claimed {
                     Stats::add(&stats.claims_refused, 1);

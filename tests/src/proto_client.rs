@@ -76,6 +76,13 @@ impl ProtoClient {
         self.stream.write_all(bytes).context("writing to the intercept")
     }
 
+    /// Declares the client addresses this copier replays from: (first, last) ranges.
+    pub fn space(&mut self, ranges: &[([u8; 16], [u8; 16])]) -> anyhow::Result<()> {
+        let mut buf = vec![0; 16 + ranges.len() * proto::RANGE_LEN];
+        let n = proto::encode_space(&mut buf, ranges)?;
+        self.send_bytes(&buf[..n])
+    }
+
     /// Announces that this copier owns `clients`.
     pub fn own(&mut self, clients: &[Endpoint]) -> anyhow::Result<()> {
         let mut buf = vec![0; 16 + clients.len() * proto::ENTRY_LEN];

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 use common::endpoint::Endpoint;
 use xdpcopy_testbed::{
     bins, pcapgen,
-    proto_client::ProtoClient,
+    proto_client::{ProtoClient, Received},
     servers::Nginx,
     topology::{addr, iface},
     Host, Process, Testbed,
@@ -39,7 +39,12 @@ fn start_intercept(tb: &Testbed, secret: &Path) -> Process {
 }
 
 fn replay(tb: &Testbed, pcap: &Path, secret: &Path) -> Process {
+    replay_with(tb, pcap, secret, &[])
+}
+
+fn replay_with(tb: &Testbed, pcap: &Path, secret: &Path, extra: &[&str]) -> Process {
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(extra);
     cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
         "-i",
         &pcap.to_string_lossy(),
@@ -70,14 +75,27 @@ fn a_replay_is_answered_in_full_beside_a_hijacker_and_a_connection_flood() {
     // A hijacker without the secret, claiming every port of the clients' first address.
     let refused = ProtoClient::connect(&tb.online, control(), b"", 99).err().expect("no secret, no connection");
     assert!(refused.to_string().contains("wrong secret"), "{refused:#}");
+    // One that knows the secret and declared its client addresses, claiming another's.
+    let mut stray = ProtoClient::connect(&tb.online, control(), b"s3cret", 98).unwrap();
+    let v4 = |a: [u8; 4]| Endpoint::v4(a, 0).addr;
+    stray.space(&[(v4([10, 100, 1, 200]), v4([10, 100, 1, 200]))]).unwrap();
+    stray.own(&[Endpoint::v4([10, 100, 1, 100], 0)]).unwrap();
+    match stray.recv(Duration::from_secs(5)).unwrap() {
+        Received::Bye { permanent: true, reason } => {
+            assert!(reason.contains("outside the client addresses"), "{reason}")
+        }
+        other => panic!("a claim outside the declared space was not refused: {other:?}"),
+    }
     // Forty connections that never say HELLO: more than --max-copiers.
     let flood: Vec<_> = (0..40).map(|_| ProtoClient::connect_raw(&tb.online, control()).unwrap()).collect();
 
-    let mut copier = replay(&tb, &pcap, &key);
+    // The real copier declares its -c addresses, and announces nothing outside them.
+    let mut copier = replay_with(&tb, &pcap, &key, &["-c", "10.100.1.100-10.100.1.110"]);
     let status = copier.wait_timeout(Duration::from_secs(120)).unwrap();
     assert!(status.success(), "{}", copier.describe());
     let requests: BTreeSet<String> = target.requests().into_iter().collect();
     assert_eq!(requests.len(), sessions.requests() as usize, "every request answered\n{}", copier.describe());
+    assert!(intercept.stderr().contains("replays from 10.100.1.100-10.100.1.110"), "{}", intercept.describe());
     drop(flood);
     let stats = xdpcopy_testbed::stats::last(&intercept.stdout()).unwrap();
     assert!(stats.get("refused") >= 24, "the flood beyond the limit was refused: {}", intercept.describe());
@@ -136,7 +154,7 @@ fn an_own_flood_is_cut_at_the_per_copier_limit_and_its_memory_returned_beside_a_
         }
     }
     while let Ok(r) = flooder.recv(Duration::from_secs(10)) {
-        if let xdpcopy_testbed::proto_client::Received::Bye { permanent, reason } = r {
+        if let Received::Bye { permanent, reason } = r {
             refused = Some((permanent, reason));
             break;
         }

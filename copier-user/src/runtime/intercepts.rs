@@ -128,11 +128,22 @@ fn endpoint_frames(own: bool, endpoints: &[Endpoint]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The SPACE frame that declares `ranges` (the `-c` addresses), or none if they take more ranges
+/// than one frame holds: the intercepts then take the copier's word for its endpoints.
+pub fn space_frame(ranges: &[([u8; 16], [u8; 16])]) -> Option<Vec<u8>> {
+    let mut buf = vec![0; proto::HEADER_LEN + 2 + ranges.len() * proto::RANGE_LEN];
+    let n = proto::encode_space(&mut buf, ranges).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
 /// Runs the hub and one connection task per intercept until `events` closes. `announced` and
-/// `workers` hold one entry per worker, in worker order.
+/// `workers` hold one entry per worker, in worker order. `space`, sent first on every
+/// connection, declares the client addresses the copier replays from.
 pub async fn run(
     intercepts: Vec<SocketAddr>,
     secret: Option<Arc<[u8]>>,
+    space: Option<Vec<u8>>,
     mut events: mpsc::Receiver<(u64, Vec<Event>)>,
     announced: Vec<Arc<Announced>>,
     workers: Vec<FactsSender>,
@@ -183,7 +194,8 @@ pub async fn run(
             Some(ctl) = ctl_rx.recv() => match ctl {
                 Control::Connected(i, tx) => {
                     let all: Vec<Endpoint> = owned.iter().copied().collect();
-                    if endpoint_frames(true, &all).into_iter().all(|f| tx.try_send(f).is_ok()) {
+                    let frames = space.iter().cloned().chain(endpoint_frames(true, &all));
+                    if frames.into_iter().all(|f| tx.try_send(f).is_ok()) {
                         links[i] = Some(tx);
                     }
                 }

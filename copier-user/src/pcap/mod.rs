@@ -1,9 +1,11 @@
 //! Offline input: pcap and pcapng files (Ethernet, VLAN, Linux SLL and SLL2, raw IP, BSD
-//! loopback), read with the `pcap-file` crate into batches.
+//! loopback), parsed with the `pcap-file` crate into batches.
+
+mod read_ahead;
 
 use std::{
     fs::File,
-    io::{BufReader, Cursor, Read},
+    io::{Cursor, Read},
     ops::Range,
     path::Path,
     sync::{
@@ -13,12 +15,13 @@ use std::{
 };
 
 use pcap_file::{
-    pcap::PcapReader,
-    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgReader},
+    pcap::PcapParser,
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgParser},
     DataLink, PcapError,
 };
 
 use copier_engine::capture::Link;
+use read_ahead::ReadAhead;
 
 /// Packets per batch handed to a worker.
 pub const BATCH: usize = 256;
@@ -98,13 +101,13 @@ pub fn strip_link(link: DataLink, data: &[u8]) -> Result<Option<(Link, &[u8])>, 
 enum Reader {
     /// `nanos`: the file's timestamps are nanoseconds (not microseconds).
     Pcap {
-        reader: PcapReader<Input>,
+        parser: PcapParser,
         link: DataLink,
         nanos: bool,
         snaplen: u32,
     },
     PcapNg {
-        reader: PcapNgReader<Input>,
+        parser: PcapNgParser,
         interfaces: Vec<(DataLink, u64)>,
     },
 }
@@ -112,6 +115,7 @@ enum Reader {
 /// Reads a capture file batch by batch.
 pub struct PcapSource {
     path: String,
+    input: ReadAhead,
     reader: Reader,
     /// Packet records read (replayed or skipped; pcapng's other blocks are not counted).
     records: u64,
@@ -120,14 +124,10 @@ pub struct PcapSource {
     /// Records longer than the file's snap length says any is: read whole, as tcpdump reads
     /// them (a snap length of 0 says nothing, and is not counted against).
     pub over_snaplen: u64,
-    /// About how many bytes of the file the records handed out so far took (the reader
-    /// buffers far ahead of them), for a progress display on another thread.
+    /// How many bytes of the file the records handed out so far took (the reader buffers
+    /// ahead of them), for a progress display on another thread.
     consumed: Arc<AtomicU64>,
 }
-
-/// A pcap record's header, and about a pcapng packet block's framing.
-const RECORD_HEADER: u64 = 16;
-const BLOCK_FRAMING: u64 = 32;
 
 /// Nanoseconds per pcapng timestamp unit, from `if_tsresol` (default microseconds).
 fn units_ns(resolution: Option<u8>) -> u64 {
@@ -139,41 +139,37 @@ fn units_ns(resolution: Option<u8>) -> u64 {
     }
 }
 
-/// What a capture is read from: a file, or bytes (the fuzz target's).
-type Input = BufReader<Box<dyn Read + Send>>;
-
 impl PcapSource {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        Self::from_opener(path.display().to_string(), || Ok(Box::new(File::open(path)?)))
+        let name = path.display().to_string();
+        match File::open(path) {
+            Ok(file) => Self::from_input(name, Box::new(file)),
+            Err(source) => Err(SourceError::Open { path: name, source }),
+        }
     }
 
     /// A capture held in memory; `name` stands for its path in messages.
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self, SourceError> {
-        let bytes: Arc<[u8]> = bytes.into();
-        Self::from_opener(name.to_owned(), || Ok(Box::new(Cursor::new(Arc::clone(&bytes)))))
+        Self::from_input(name.to_owned(), Box::new(Cursor::new(bytes)))
     }
 
-    /// `open` gives the capture from its start, each time it is called: a file that is not pcap
-    /// is read again from the start as pcapng.
-    fn from_opener(
-        name: String,
-        open: impl Fn() -> std::io::Result<Box<dyn Read + Send>>,
-    ) -> Result<Self, SourceError> {
-        let open = || open().map(BufReader::new).map_err(|source| SourceError::Open { path: name.clone(), source });
-        let reader = match PcapReader::new(open()?) {
-            Ok(reader) => {
-                let header = reader.header();
+    /// Reads the file's header, as pcap or else as pcapng.
+    fn from_input(name: String, input: Box<dyn Read + Send>) -> Result<Self, SourceError> {
+        let mut input = ReadAhead::new(input);
+        let reader = match input.parse(|d| PcapParser::new(d).map(|(rest, p)| (d.len() - rest.len(), p))) {
+            Ok(parser) => {
+                let header = parser.header();
                 let link = header.datalink;
                 strip_link(link, &[]).map_err(|link| SourceError::LinkType { path: name.clone(), link })?;
                 let nanos = header.ts_resolution == pcap_file::TsResolution::NanoSecond;
-                Reader::Pcap { reader, link, nanos, snaplen: header.snaplen }
+                Reader::Pcap { parser, link, nanos, snaplen: header.snaplen }
             }
-            Err(_) => match PcapNgReader::new(open()?) {
-                Ok(reader) => Reader::PcapNg { reader, interfaces: Vec::new() },
+            Err(_) => match input.parse(|d| PcapNgParser::new(d).map(|(rest, p)| (d.len() - rest.len(), p))) {
+                Ok(parser) => Reader::PcapNg { parser, interfaces: Vec::new() },
                 Err(source) => return Err(SourceError::NotACapture { path: name, source }),
             },
         };
-        Ok(Self { path: name, reader, records: 0, skipped: 0, over_snaplen: 0, consumed: Arc::default() })
+        Ok(Self { path: name, input, reader, records: 0, skipped: 0, over_snaplen: 0, consumed: Arc::default() })
     }
 
     /// About how many bytes of the file have been handed out, readable while it is read.
@@ -184,69 +180,69 @@ impl PcapSource {
     /// Fills `batch` with up to [`BATCH`] packets; `Ok(false)` at the end of the file.
     pub fn next_batch(&mut self, batch: &mut Batch) -> Result<bool, SourceError> {
         batch.clear();
+        let result = self.fill_batch(batch);
+        self.consumed.store(self.input.consumed, Ordering::Relaxed);
+        result.map_err(|source| SourceError::Truncated { path: self.path.clone(), records: self.records, source })
+    }
+
+    fn fill_batch(&mut self, batch: &mut Batch) -> Result<bool, PcapError> {
         while batch.len() < BATCH {
-            let outcome = match &mut self.reader {
+            if !self.input.has_data_left()? {
+                return Ok(!batch.is_empty());
+            }
+            // Whether a packet record was read, whatever became of it.
+            let record = match &mut self.reader {
                 // Raw records: the crate refuses a record longer than the header's snap length
                 // (and every record under a snap length of 0), which tcpdump reads.
-                Reader::Pcap { reader, link, nanos, snaplen } => match reader.next_raw_packet() {
-                    None => None,
-                    Some(Err(e)) => Some(Err(e)),
-                    Some(Ok(p)) => {
-                        if *snaplen != 0 && p.incl_len > *snaplen {
-                            self.over_snaplen += 1;
-                        }
-                        self.consumed.fetch_add(RECORD_HEADER + p.data.len() as u64, Ordering::Relaxed);
-                        let frac_us = if *nanos { u64::from(p.ts_frac) / 1000 } else { u64::from(p.ts_frac) };
-                        let ts = u64::from(p.ts_sec) * 1_000_000 + frac_us;
-                        match strip_link(*link, &p.data) {
-                            Ok(Some((l, ip))) => batch.push(ts, l, ip),
-                            _ => self.skipped += 1,
-                        }
-                        Some(Ok(true))
+                Reader::Pcap { parser, link, nanos, snaplen } => self.input.parse(|data| {
+                    let (rest, p) = parser.next_raw_packet(data)?;
+                    if *snaplen != 0 && p.incl_len > *snaplen {
+                        self.over_snaplen += 1;
                     }
-                },
-                Reader::PcapNg { reader, interfaces } => match reader.next_block() {
-                    None => None,
-                    Some(Err(e)) => Some(Err(e)),
-                    Some(Ok(Block::InterfaceDescription(idb))) => {
-                        let resolution = idb.options.iter().find_map(|o| match o {
-                            InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
-                            _ => None,
-                        });
-                        interfaces.push((idb.linktype, units_ns(resolution)));
-                        Some(Ok(false))
+                    let frac_us = if *nanos { u64::from(p.ts_frac) / 1000 } else { u64::from(p.ts_frac) };
+                    let ts = u64::from(p.ts_sec) * 1_000_000 + frac_us;
+                    match strip_link(*link, &p.data) {
+                        Ok(Some((l, ip))) => batch.push(ts, l, ip),
+                        _ => self.skipped += 1,
                     }
-                    Some(Ok(Block::EnhancedPacket(epb))) => {
-                        self.consumed.fetch_add(BLOCK_FRAMING + epb.data.len() as u64, Ordering::Relaxed);
-                        // pcap-file hands the raw tick count over as nanoseconds.
-                        let ticks = epb.timestamp.as_nanos() as u64;
-                        match interfaces.get(epb.interface_id as usize) {
-                            Some(&(link, ns)) => match strip_link(link, &epb.data) {
-                                Ok(Some((l, ip))) => batch.push(ticks.saturating_mul(ns) / 1_000, l, ip),
+                    Ok((data.len() - rest.len(), true))
+                })?,
+                Reader::PcapNg { parser, interfaces } => self.input.parse(|data| {
+                    let (rest, block) = parser.next_block(data)?;
+                    let record = match block {
+                        Block::InterfaceDescription(idb) => {
+                            let resolution = idb.options.iter().find_map(|o| match o {
+                                InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                                _ => None,
+                            });
+                            interfaces.push((idb.linktype, units_ns(resolution)));
+                            false
+                        }
+                        Block::EnhancedPacket(epb) => {
+                            // pcap-file hands the raw tick count over as nanoseconds.
+                            let ticks = epb.timestamp.as_nanos() as u64;
+                            match interfaces.get(epb.interface_id as usize) {
+                                Some(&(link, ns)) => match strip_link(link, &epb.data) {
+                                    Ok(Some((l, ip))) => batch.push(ticks.saturating_mul(ns) / 1_000, l, ip),
+                                    _ => self.skipped += 1,
+                                },
+                                None => self.skipped += 1,
+                            }
+                            true
+                        }
+                        Block::SimplePacket(spb) => {
+                            match interfaces.first().map(|&(link, _)| strip_link(link, &spb.data)) {
+                                Some(Ok(Some((l, ip)))) => batch.push(0, l, ip),
                                 _ => self.skipped += 1,
-                            },
-                            None => self.skipped += 1,
+                            }
+                            true
                         }
-                        Some(Ok(true))
-                    }
-                    Some(Ok(Block::SimplePacket(spb))) => {
-                        match interfaces.first().map(|&(link, _)| strip_link(link, &spb.data)) {
-                            Some(Ok(Some((l, ip)))) => batch.push(0, l, ip),
-                            _ => self.skipped += 1,
-                        }
-                        Some(Ok(true))
-                    }
-                    Some(Ok(_)) => Some(Ok(false)),
-                },
+                        _ => false,
+                    };
+                    Ok((data.len() - rest.len(), record))
+                })?,
             };
-            // `Some(Ok(true))`: a packet record was read, whatever became of it.
-            match outcome {
-                None => return Ok(!batch.is_empty()),
-                Some(Ok(record)) => self.records += u64::from(record),
-                Some(Err(source)) => {
-                    return Err(SourceError::Truncated { path: self.path.clone(), records: self.records, source });
-                }
-            }
+            self.records += u64::from(record);
         }
         Ok(true)
     }
