@@ -6,8 +6,12 @@
 //! keeps the counts and the first-byte latencies, so the copier can say whether the test server
 //! answered like production, not only whether it took the bytes.
 
+use std::collections::BTreeMap;
+
 use common::endpoint::Endpoint;
 use hdrhistogram::Histogram;
+
+use crate::compare::{self, Answer, Difference, IgnoredHeaders, Kinds, Protocol};
 
 /// How the test server answered one request, measured against production's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct TargetExchanges {
     /// as the client saw it (the client's first acknowledgement of the answer).
     pub target_latency_us: Histogram<u64>,
     pub production_latency_us: Histogram<u64>,
+    /// How its answers compared with production's (`--payload-bytes`).
+    pub comparison: Comparison,
 }
 
 impl TargetExchanges {
@@ -69,6 +75,7 @@ impl TargetExchanges {
             stale_connections_reset: 0,
             target_latency_us: latency_histogram(),
             production_latency_us: latency_histogram(),
+            comparison: Comparison::default(),
         }
     }
 
@@ -99,6 +106,100 @@ impl TargetExchanges {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.target_latency_us.add(&other.target_latency_us);
         let _ = self.production_latency_us.add(&other.production_latency_us);
+        self.comparison.merge(&other.comparison);
+    }
+}
+
+/// Differing exchanges kept as examples, per target.
+pub const MAX_SAMPLES: usize = 32;
+/// Request groups counted apart; the rest are counted together under [`OTHER_GROUPS`].
+pub const MAX_GROUPS: usize = 256;
+pub const OTHER_GROUPS: &str = "(other requests)";
+
+/// A differing exchange, for people to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub request: String,
+    pub production: String,
+    pub target: String,
+    pub difference: Difference,
+}
+
+/// Exchanges compared and equal, per request group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    pub compared: u64,
+    pub different: u64,
+}
+
+/// The answers of a target against production's, exchange by exchange.
+#[derive(Clone, Debug, Default)]
+pub struct Comparison {
+    pub compared: u64,
+    pub different: u64,
+    /// Answered exchanges not compared: production's answer bytes were not captured (live copy
+    /// mode), or the test server's did not come (an intercept without payload).
+    pub not_compared: u64,
+    /// Differing exchanges by kind ([`Kinds::ALL`]'s order); one exchange may count in several.
+    pub by_kind: [u64; Kinds::ALL.len()],
+    /// By request group ([`compare::request_group`]).
+    pub groups: BTreeMap<String, GroupCounts>,
+    pub samples: Vec<Sample>,
+}
+
+impl Comparison {
+    pub fn equal(&self) -> u64 {
+        self.compared - self.different
+    }
+
+    /// Compares one exchange and counts it.
+    pub fn record(&mut self, request: &[u8], production: Answer<'_>, target: Answer<'_>, ignored: &IgnoredHeaders) {
+        let protocol = Protocol::of_request(request);
+        let difference = compare::compare(protocol, production, target, ignored);
+        self.compared += 1;
+        let group = self.group(compare::request_group(protocol, request));
+        group.compared += 1;
+        if difference.is_empty() {
+            return;
+        }
+        group.different += 1;
+        self.different += 1;
+        for (i, (kind, _)) in Kinds::ALL.iter().enumerate() {
+            self.by_kind[i] += u64::from(difference.kinds.contains(*kind));
+        }
+        if self.samples.len() < MAX_SAMPLES {
+            self.samples.push(Sample {
+                request: compare::first_line(request),
+                production: compare::first_line(production.head),
+                target: compare::first_line(target.head),
+                difference,
+            });
+        }
+    }
+
+    fn group(&mut self, name: String) -> &mut GroupCounts {
+        let name = if self.groups.len() >= MAX_GROUPS && !self.groups.contains_key(&name) {
+            OTHER_GROUPS.to_owned()
+        } else {
+            name
+        };
+        self.groups.entry(name).or_default()
+    }
+
+    pub fn merge(&mut self, other: &Self) {
+        self.compared += other.compared;
+        self.different += other.different;
+        self.not_compared += other.not_compared;
+        for (mine, theirs) in self.by_kind.iter_mut().zip(other.by_kind) {
+            *mine += theirs;
+        }
+        for (name, counts) in &other.groups {
+            let group = self.group(name.clone());
+            group.compared += counts.compared;
+            group.different += counts.different;
+        }
+        let room = MAX_SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.iter().take(room).cloned());
     }
 }
 

@@ -7,7 +7,9 @@
 //! ownership announcements for the intercepts, collected in the [`Outbox`].
 
 pub mod admission;
+mod answers;
 pub mod capture;
+pub mod compare;
 pub mod emit;
 pub mod exchange;
 pub mod mapping;
@@ -92,6 +94,11 @@ pub struct Config {
     pub default_mss: u16,
     /// The replay source ports this engine may use (its worker's share).
     pub ports: PortClass,
+    /// `--payload-bytes`: the first bytes of each answer kept for the comparison with
+    /// production's (0: no comparison).
+    pub payload_bytes: usize,
+    /// `--ignore-header`: HTTP headers the comparison leaves out.
+    pub ignored_headers: compare::IgnoredHeaders,
 }
 
 impl Config {
@@ -116,6 +123,8 @@ impl Config {
             ts_offset_ms: 0,
             default_mss: 1460,
             ports: PortClass::ALL,
+            payload_bytes: 0,
+            ignored_headers: compare::IgnoredHeaders::default(),
         }
     }
 
@@ -160,6 +169,9 @@ pub struct Counters {
     pub captured_not_tcp: u64,
     /// Captured TCP segments to a port (or address) no `-x` mapping names.
     pub captured_unmapped: u64,
+    /// Captured segments of the online server to its clients: production's answers, kept for
+    /// the comparison (`--payload-bytes`) and otherwise left alone.
+    pub captured_answers: u64,
     /// Captured resets of no live session: nothing to end, and no reason to start one.
     pub captured_stray_resets: u64,
     pub captured_malformed: u64,
@@ -188,10 +200,52 @@ impl Counters {
             ("captured", self.captured),
             ("not_tcp", self.captured_not_tcp),
             ("unmapped", self.captured_unmapped),
+            ("answers_captured", self.captured_answers),
             ("stray_resets", self.captured_stray_resets),
             ("unparsed", self.captured_malformed),
             ("unmatched_replies", self.replies_unmatched),
         ]
+    }
+}
+
+/// Reply facts with the first payload bytes the intercepts sent along (`--payload-bytes`), in
+/// two reused buffers.
+#[derive(Clone, Debug, Default)]
+pub struct Replies {
+    facts: Vec<ReplyFacts>,
+    bytes: Vec<u8>,
+    spans: Vec<Range<usize>>,
+}
+
+impl Replies {
+    pub fn push(&mut self, facts: ReplyFacts, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.facts.push(facts);
+        self.spans.push(start..self.bytes.len());
+    }
+
+    pub fn facts(&self) -> &[ReplyFacts] {
+        &self.facts
+    }
+
+    /// The payload bytes that came with reply `i` (none if the intercept sent none).
+    pub fn payload(&self, i: usize) -> &[u8] {
+        self.spans.get(i).map_or(&[], |r| &self.bytes[r.clone()])
+    }
+
+    pub fn len(&self) -> usize {
+        self.facts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.facts.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.facts.clear();
+        self.bytes.clear();
+        self.spans.clear();
     }
 }
 
@@ -362,6 +416,9 @@ impl Engine {
             Err(_) => return self.counters.captured_malformed += 1,
         };
         let Some(target) = self.config.target_for(&seg.dst) else {
+            if self.config.target_for(&seg.src).is_some() {
+                return self.on_production(now, round, &seg);
+            }
             return self.counters.captured_unmapped += 1;
         };
         let target = Endpoint::from(target);
@@ -398,6 +455,20 @@ impl Engine {
         }
         self.enforce_memory_bound();
         self.release_held(now);
+    }
+
+    /// A captured segment of the online server: production's answer, for every copy's session.
+    fn on_production(&mut self, now: u64, round: u16, seg: &ClientSegment<'_>) {
+        self.counters.captured_answers += 1;
+        if self.config.payload_bytes == 0 {
+            return;
+        }
+        let first = round.saturating_mul(self.config.multiply);
+        for copy in first..first.saturating_add(self.config.multiply) {
+            if let Some(&id) = self.by_capture.get(&(seg.dst, seg.src, copy)) {
+                self.with_session(now, id, |s, ctx| s.on_production(ctx, seg));
+            }
+        }
     }
 
     /// Lets held sessions open, oldest first, while fewer than `--max-opening` are opening.
@@ -469,7 +540,9 @@ impl Engine {
             }
         };
         let online_base = (!has_syn && seg.flags & common::tcp::flags::ACK != 0).then_some(seg.ack);
-        let id = self.table.insert(key, Session::new(replay_client, target, syn, online_base, now));
+        let id = self
+            .table
+            .insert(key, Session::new(replay_client, target, syn, online_base, self.config.payload_bytes > 0, now));
         self.by_capture.insert(key, id);
         self.by_replay.insert(replay_client, id);
         self.counters.sessions_started += 1;
@@ -519,17 +592,26 @@ impl Engine {
     /// A reply fact from an intercept.
     pub fn on_reply(&mut self, now: u64, facts: &ReplyFacts) {
         let id = self.by_replay.get(&facts.client).copied();
-        self.on_reply_to(now, id, facts);
+        self.on_reply_to(now, id, facts, &[]);
     }
 
-    /// A batch of reply facts, in order, as [`Self::on_reply`]. Their sessions are looked up a
-    /// handful ahead and their slots prefetched: the lookups are independent, so their cache
-    /// misses overlap instead of each waiting for the previous reply's work. An id found ahead
-    /// whose session a reply before it ended reaches nothing (its slot's generation moved on),
-    /// as a fresh lookup would.
+    /// A batch of reply facts, in order, as [`Self::on_reply`].
     pub fn on_replies(&mut self, now: u64, facts: &[ReplyFacts]) {
+        self.replies(now, facts, |_| &[]);
+    }
+
+    /// A batch of replies with the payload bytes the intercepts sent along.
+    pub fn on_replies_with_payload(&mut self, now: u64, replies: &Replies) {
+        self.replies(now, &replies.facts, |i| replies.payload(i));
+    }
+
+    /// Their sessions are looked up a handful ahead and their slots prefetched: the lookups are
+    /// independent, so their cache misses overlap instead of each waiting for the previous
+    /// reply's work. An id found ahead whose session a reply before it ended reaches nothing
+    /// (its slot's generation moved on), as a fresh lookup would.
+    fn replies<'p>(&mut self, now: u64, facts: &[ReplyFacts], payload: impl Fn(usize) -> &'p [u8]) {
         const AHEAD: usize = 16;
-        for chunk in facts.chunks(AHEAD) {
+        for (c, chunk) in facts.chunks(AHEAD).enumerate() {
             let mut ids = [None; AHEAD];
             for (id, f) in ids.iter_mut().zip(chunk) {
                 *id = self.by_replay.get(&f.client).copied();
@@ -537,19 +619,19 @@ impl Engine {
                     self.table.prefetch(id);
                 }
             }
-            for (&id, f) in ids.iter().zip(chunk) {
-                self.on_reply_to(now, id, f);
+            for (i, (&id, f)) in ids.iter().zip(chunk).enumerate() {
+                self.on_reply_to(now, id, f, payload(c * AHEAD + i));
             }
         }
     }
 
-    fn on_reply_to(&mut self, now: u64, id: Option<SessionId>, facts: &ReplyFacts) {
+    fn on_reply_to(&mut self, now: u64, id: Option<SessionId>, facts: &ReplyFacts, payload: &[u8]) {
         let Some(id) = id else {
             return self.counters.replies_unmatched += 1;
         };
         match self.table.get_mut(id) {
             Some(Entry::Live(s)) if s.target == facts.target => {
-                self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts));
+                self.with_session(now, id, |s, ctx| s.on_reply(ctx, facts, payload));
                 self.release_held(now);
             }
             Some(Entry::Lingering(tw)) if tw.target == facts.target => {

@@ -10,7 +10,9 @@ use common::{
 };
 
 use super::{
+    answers::SessionAnswers,
     capture::ClientSegment,
+    compare::Answer,
     emit::{self, Options, TS_OPTION_LEN},
     exchange::Outcome,
     rto::Rto,
@@ -79,7 +81,11 @@ pub struct Session {
     /// Next target sequence number we expect (what we acknowledge).
     rcv_nxt: SeqNum,
     target_fin: bool,
+    /// Where the test server's FIN is in its answer stream.
+    target_fin_at: Option<u32>,
     window: u32,
+    /// What the comparison keeps (`--payload-bytes`), if it runs.
+    answers: Option<Box<SessionAnswers>>,
 
     // Our sending state, as offsets of the client stream.
     snd_una: u32,
@@ -131,6 +137,7 @@ impl Session {
         target: Endpoint,
         syn: SynParams,
         online_base: Option<SeqNum>,
+        keep_answers: bool,
         now: u64,
     ) -> Self {
         Self {
@@ -151,7 +158,9 @@ impl Session {
             ts_recent: 0,
             rcv_nxt: SeqNum(0),
             target_fin: false,
+            target_fin_at: None,
             window: 0,
+            answers: keep_answers.then(Box::default),
             snd_una: 0,
             snd_nxt: 0,
             snd_max: 0,
@@ -235,6 +244,7 @@ impl Session {
         let Some(offset) = self.offset_of(seg.seq) else { return };
         if !seg.payload.is_empty() {
             self.add_mark(offset, response.unwrap_or(0));
+            self.keep_request(offset, seg.payload);
             self.stream.insert(offset, seg.payload);
             if captured_at.is_some() {
                 self.online_request_at = captured_at;
@@ -258,6 +268,35 @@ impl Session {
         self.transmit(ctx);
     }
 
+    /// Keeps a request's first bytes for the comparison, where one starts (at 0 or at a mark).
+    fn keep_request(&mut self, offset: u32, payload: &[u8]) {
+        let Some(answers) = self.answers.as_deref_mut() else { return };
+        let pos = self.marks.partition_point(|m| m.start < offset);
+        match self.marks.get(pos).filter(|m| m.start == offset) {
+            Some(m) => answers.request(m.start, m.response),
+            None if offset == 0 => answers.request(0, 0),
+            None => {}
+        }
+        answers.client_bytes(offset, payload);
+    }
+
+    /// A captured segment of the online server to this session's client: production's answer,
+    /// kept for the comparison.
+    pub fn on_production(&mut self, ctx: &Ctx<'_>, seg: &ClientSegment<'_>) {
+        if seg.flags & SYN != 0 {
+            self.online_base.get_or_insert(seg.seq + 1);
+            return;
+        }
+        let (Some(base), Some(answers)) = (self.online_base, self.answers.as_deref_mut()) else { return };
+        let Ok(offset) = u32::try_from(seg.seq.since(base)) else { return };
+        if !seg.payload.is_empty() {
+            answers.production_bytes(offset, seg.payload, ctx.config.payload_bytes);
+        }
+        if seg.flags & FIN != 0 {
+            answers.production_fin.get_or_insert(offset + seg.payload.len() as u32);
+        }
+    }
+
     /// Records a request boundary if the client had received more response than before `start`.
     fn add_mark(&mut self, start: u32, response: u32) {
         let pos = self.marks.partition_point(|m| m.start <= start);
@@ -279,8 +318,8 @@ impl Session {
         at_marks + at_zero as u64
     }
 
-    /// A reply of the test server.
-    pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts) {
+    /// A reply of the test server, with its first payload bytes if the intercept sent them.
+    pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts, payload: &[u8]) {
         self.last_activity = ctx.now;
         if self.end.is_some() {
             return; // the engine forgets an ended session (a clean close lingers as a TimeWait)
@@ -341,6 +380,7 @@ impl Session {
         if f.payload_len > 0 || f.flags & FIN != 0 {
             must_ack = true;
             if !f.seq.is_after(self.rcv_nxt) && data_end.is_after(self.rcv_nxt) {
+                self.keep_target_answer(ctx, f.seq, payload);
                 self.rcv_nxt = data_end;
                 if f.payload_len > 0 {
                     self.last_response_at = ctx.now;
@@ -348,6 +388,7 @@ impl Session {
                 }
                 if f.flags & FIN != 0 {
                     self.target_fin = true;
+                    self.target_fin_at = Some(self.response_bytes() - 1);
                 }
             }
         }
@@ -362,6 +403,15 @@ impl Session {
             self.transmit_acking(ctx);
         } else {
             self.transmit(ctx);
+        }
+    }
+
+    /// Keeps the test server's answer bytes from `seq` on, for the comparison.
+    fn keep_target_answer(&mut self, ctx: &Ctx<'_>, seq: SeqNum, payload: &[u8]) {
+        let (Some(answers), Some(isn)) = (self.answers.as_deref_mut(), self.target_isn) else { return };
+        let in_answer = u32::try_from(seq.since(isn + 1)).ok().and_then(|o| o.checked_sub(self.response_base));
+        if let (Some(offset), false) = (in_answer, payload.is_empty()) {
+            answers.target_bytes(offset, payload, ctx.config.payload_bytes);
         }
     }
 
@@ -459,8 +509,10 @@ impl Session {
         true
     }
 
-    /// Counts the current exchange's outcome and the test server's first-byte latency.
+    /// Counts the current exchange's outcome and the test server's first-byte latency, and
+    /// compares its answer with production's.
     fn judge(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome) {
+        self.compare_answer(ctx, outcome);
         let stats = ctx.exchanges.of(self.target);
         stats.count(outcome);
         if let (Some(sent), Some(answered)) = (self.request_sent_at.take(), self.answer_started_at.take()) {
@@ -468,6 +520,42 @@ impl Session {
                 let _ = stats.target_latency_us.record((answered - sent).max(1));
             }
         }
+    }
+
+    /// Compares the current exchange's answer with production's, where both were seen.
+    fn compare_answer(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome) {
+        let i = self.current_mark;
+        let request_start = if i == 0 { 0 } else { self.marks[i - 1].start };
+        let answer_end = self.marks.get(i).map_or(self.online_acked.max(self.previous_response()), |m| m.response);
+        let (got_start, got_end) = (self.response_base, self.response_bytes());
+        let Some(answers) = self.answers.as_deref_mut() else { return };
+        let kept = answers.take(request_start);
+        if matches!(outcome, Outcome::Full | Outcome::Short) {
+            let comparison = &mut ctx.exchanges.of(self.target).comparison;
+            // Payload lengths: each side's FIN takes a sequence number, not a byte.
+            let fin_in = |fin: Option<u32>, start: u32, end: u32| u32::from(fin.is_some_and(|f| f >= start && f < end));
+            match kept.filter(|k| !k.request.is_empty() && answer_end >= k.answer_start) {
+                Some(k) => {
+                    let production_len =
+                        answer_end - k.answer_start - fin_in(answers.production_fin, k.answer_start, answer_end);
+                    let target_len = got_end.saturating_sub(got_start) - fin_in(self.target_fin_at, got_start, got_end);
+                    let unseen = (production_len > 0 && k.production.is_empty())
+                        || (target_len > 0 && answers.target.is_empty());
+                    if unseen {
+                        comparison.not_compared += 1;
+                    } else {
+                        comparison.record(
+                            &k.request,
+                            Answer { len: production_len, head: &k.production },
+                            Answer { len: target_len, head: &answers.target },
+                            &ctx.config.ignored_headers,
+                        );
+                    }
+                }
+                None => comparison.not_compared += 1,
+            }
+        }
+        answers.target.clear();
     }
 
     /// The session ends: judges the requests that went out and were not judged yet (the one

@@ -180,7 +180,7 @@ mod tests {
             sack_permitted: false,
             timestamps: false,
         };
-        Session::new(Endpoint::v4([10, 0, 0, 2], port), Endpoint::v4([10, 0, 0, 3], 80), syn, None, 0)
+        Session::new(Endpoint::v4([10, 0, 0, 2], port), Endpoint::v4([10, 0, 0, 3], 80), syn, None, false, 0)
     }
 
     fn record(s: &Session) -> TimeWait {

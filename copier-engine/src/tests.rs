@@ -684,6 +684,7 @@ fn shutdown_resets_what_is_open_on_the_target() {
     assert_eq!((e.active_sessions(), e.counters().sessions_timed_out), (0, 1));
 }
 
+mod comparison;
 mod exchanges;
 mod simulated;
 
