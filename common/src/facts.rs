@@ -1,5 +1,5 @@
 //! What the intercept tells a copier about each reply of the test server: TCP/IP header facts,
-//! never the payload.
+//! and the payload's first bytes only where the copier asked for them (`--payload-bytes`).
 
 use crate::{
     endpoint::Endpoint,
@@ -71,6 +71,11 @@ impl ReplyFacts {
 
     /// Reduces an Ethernet frame to its facts. `Ok(None)`: not a TCP segment.
     pub fn from_frame(frame: &[u8]) -> Result<Option<Self>, Malformed> {
+        Ok(Self::with_payload(frame)?.map(|(facts, _)| facts))
+    }
+
+    /// [`Self::from_frame`], and where the segment's payload is in the frame.
+    pub fn with_payload(frame: &[u8]) -> Result<Option<(Self, core::ops::Range<usize>)>, Malformed> {
         let Some(seg) = parse_frame(frame)? else { return Ok(None) };
         let header = &frame[seg.l4_offset..seg.l4_offset + seg.tcp_header_len];
         let fields = TcpFields::read(header).ok_or(Malformed::Truncated)?;
@@ -87,7 +92,7 @@ impl ReplyFacts {
             ..Self::default()
         };
         facts.set_options(options);
-        Ok(Some(facts))
+        Ok(Some((facts, seg.l4_offset + seg.tcp_header_len..seg.l4_end)))
     }
 }
 
@@ -124,6 +129,9 @@ mod tests {
         assert_eq!((facts.flags, facts.window, facts.payload_len), (SYN | ACK, 0xfe88, 5));
         let o = facts.tcp_options();
         assert_eq!((o.mss, o.window_scale, o.sack_permitted, o.timestamps), (Some(1460), Some(7), true, Some((7, 9))));
+        let frame = reply();
+        let (_, payload) = ReplyFacts::with_payload(&frame).unwrap().unwrap();
+        assert_eq!(&frame[payload], b"hello");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | WELCOME 2 | intercept → copier | version u16, flags u8 (1: authenticates, 2: its host forwards IP), nonce 16 bytes, proof 32 bytes |
 //! | AUTH 9 | copier → intercept, after WELCOME | proof 32 bytes (zeros without a secret) |
 //! | PING 10 | copier → intercept | empty: the copier is alive (idle connections are closed) |
+//! | WANT_PAYLOAD 12 | copier → intercept, once, before OWN | bytes u32: the first bytes of each answer it wants (at most 65 536) |
+//! | PAYLOAD_FACTS 13 | intercept → copier, instead of FACTS once payload is wanted | count u16, count × (62-byte record, length u16, that many bytes of the reply's payload) |
 //! | SPACE 11 | copier → intercept, once, before OWN | count u16, count × (first address 16 bytes, last address 16 bytes): every client address it will announce |
 //! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
 //! | FACTS 5 | intercept → copier | count u16, count × 62-byte records |
@@ -20,6 +22,10 @@
 //! A copier that replays from addresses of its own (`-c`) declares them in SPACE, and the
 //! intercept refuses any announcement outside them: a copier whose clients are the real ones
 //! cannot know its space, and declares none.
+//!
+//! Payload is opt-in (`--payload-bytes`): the intercept sends the first bytes of each answer, an
+//! answer being the replies between two changes of the test server's acknowledgement (a new
+//! request), so the copier can compare answers with production's.
 //!
 //! SYNC exists so that a copier can hold a new session's SYN until the intercepts know the
 //! session is its own: otherwise the SYN-ACK can arrive first and be dropped as unowned.
@@ -53,6 +59,10 @@ pub const MAX_RECORDS: usize = (MAX_FRAME_LEN - 1 - 2) / RECORD_LEN;
 pub const MAX_ENTRIES: usize = (MAX_FRAME_LEN - 1 - 2) / ENTRY_LEN;
 /// Address ranges that fit one SPACE frame.
 pub const MAX_RANGES: usize = (MAX_FRAME_LEN - 1 - 2) / RANGE_LEN;
+/// The most payload a copier may want of each answer.
+pub const MAX_PAYLOAD_WANTED: u32 = 65_536;
+/// A PAYLOAD_FACTS item without its payload: the record and the payload's length.
+pub const PAYLOAD_ITEM_LEN: usize = RECORD_LEN + 2;
 
 /// Frame kinds.
 pub mod kind {
@@ -67,6 +77,8 @@ pub mod kind {
     pub const AUTH: u8 = 9;
     pub const PING: u8 = 10;
     pub const SPACE: u8 = 11;
+    pub const WANT_PAYLOAD: u8 = 12;
+    pub const PAYLOAD_FACTS: u8 = 13;
 }
 
 /// Why a byte stream is not this protocol. Each closes the connection it came from.
@@ -129,6 +141,9 @@ pub enum Message<'a> {
     },
     Ping,
     Space(Ranges<'a>),
+    /// Bytes of each answer the copier wants.
+    WantPayload(u32),
+    PayloadFacts(PayloadRecords<'a>),
     Own(Entries<'a>),
     Disown(Entries<'a>),
     Facts(Records<'a>),
@@ -188,6 +203,55 @@ impl Iterator for Ranges<'_> {
         self.0 = rest;
         Some((range[..16].try_into().expect("16 bytes"), range[16..].try_into().expect("16 bytes")))
     }
+}
+
+/// The items of a PAYLOAD_FACTS frame: each reply's facts and the first bytes of its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadRecords<'a> {
+    count: usize,
+    bytes: &'a [u8],
+}
+
+impl PayloadRecords<'_> {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl<'a> Iterator for PayloadRecords<'a> {
+    type Item = (ReplyFacts, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (item, rest) = self.bytes.split_at_checked(PAYLOAD_ITEM_LEN)?;
+        let (payload, rest) = rest.split_at_checked(be16(item, RECORD_LEN) as usize)?;
+        self.bytes = rest;
+        self.count -= 1;
+        Some((read_record(&item[..RECORD_LEN]), payload))
+    }
+}
+
+/// Checks a PAYLOAD_FACTS body: exactly `count` items, each payload within its reply's length.
+fn payload_records(body: &[u8]) -> Result<PayloadRecords<'_>, ProtoError> {
+    let bad = ProtoError::BadLength { kind: kind::PAYLOAD_FACTS };
+    let (count, mut rest) = body.split_at_checked(2).ok_or(bad)?;
+    let count = be16(count, 0) as usize;
+    let items = rest;
+    for _ in 0..count {
+        let (item, after) = rest.split_at_checked(PAYLOAD_ITEM_LEN).ok_or(bad)?;
+        let len = be16(item, RECORD_LEN);
+        if len > be16(item, 48) {
+            return Err(bad); // more payload than the reply carried
+        }
+        rest = after.get(len as usize..).ok_or(bad)?;
+    }
+    if !rest.is_empty() {
+        return Err(bad);
+    }
+    Ok(PayloadRecords { count, bytes: items })
 }
 
 /// The records of a FACTS frame.
@@ -338,6 +402,14 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
             }
             Message::Space(ranges)
         }
+        kind::WANT_PAYLOAD => {
+            let bytes = u32::from_be_bytes(body.try_into().map_err(|_| bad)?);
+            if bytes > MAX_PAYLOAD_WANTED {
+                return Err(bad);
+            }
+            Message::WantPayload(bytes)
+        }
+        kind::PAYLOAD_FACTS => Message::PayloadFacts(payload_records(body)?),
         kind::OWN => Message::Own(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::DISOWN => Message::Disown(Entries(counted(kind, body, ENTRY_LEN)?)),
         kind::FACTS => Message::Facts(Records(counted(kind, body, RECORD_LEN)?)),
@@ -432,6 +504,39 @@ pub fn encode_space(out: &mut [u8], ranges: &[([u8; 16], [u8; 16])]) -> Result<u
         for (chunk, (first, last)) in b[2..].chunks_exact_mut(RANGE_LEN).zip(ranges) {
             chunk[..16].copy_from_slice(first);
             chunk[16..].copy_from_slice(last);
+        }
+    })
+}
+
+/// WANT_PAYLOAD: the first `bytes` of each answer (at most [`MAX_PAYLOAD_WANTED`]).
+pub fn encode_want_payload(out: &mut [u8], bytes: u32) -> Result<usize, ProtoError> {
+    if bytes > MAX_PAYLOAD_WANTED {
+        return Err(ProtoError::TooLarge);
+    }
+    frame(out, kind::WANT_PAYLOAD, 4, |b| b.copy_from_slice(&bytes.to_be_bytes()))
+}
+
+/// The body length of a PAYLOAD_FACTS frame of `items`.
+pub fn payload_facts_len<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    2 + items.into_iter().map(|p| PAYLOAD_ITEM_LEN + p.len()).sum::<usize>()
+}
+
+/// PAYLOAD_FACTS for `items`, which must fit one frame ([`payload_facts_len`] + 1 ≤
+/// [`MAX_FRAME_LEN`]); each payload at most its reply's `payload_len`.
+pub fn encode_payload_facts(out: &mut [u8], items: &[(ReplyFacts, &[u8])]) -> Result<usize, ProtoError> {
+    if items.len() > u16::MAX as usize || items.iter().any(|(f, p)| p.len() > f.payload_len as usize) {
+        return Err(ProtoError::TooLarge);
+    }
+    let len = payload_facts_len(items.iter().map(|(_, p)| *p));
+    frame(out, kind::PAYLOAD_FACTS, len, |b| {
+        b[..2].copy_from_slice(&(items.len() as u16).to_be_bytes());
+        let mut at = 2;
+        for (f, payload) in items {
+            write_record(&mut b[at..at + RECORD_LEN], f);
+            b[at + RECORD_LEN..at + PAYLOAD_ITEM_LEN].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+            at += PAYLOAD_ITEM_LEN;
+            b[at..at + payload.len()].copy_from_slice(payload);
+            at += payload.len();
         }
     })
 }
@@ -548,6 +653,25 @@ mod tests {
     }
 
     #[test]
+    fn payload_is_wanted_then_sent_with_its_facts() {
+        let mut buf = [0; 512];
+        let n = encode_want_payload(&mut buf, 4096).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::WantPayload(4096));
+        assert_eq!(encode_want_payload(&mut buf, MAX_PAYLOAD_WANTED + 1), Err(ProtoError::TooLarge));
+        let with = |len| ReplyFacts { payload_len: len, ..ReplyFacts::default() };
+        let items = [(with(1400), &b"HTTP/1.1 200 OK"[..]), (with(0), &b""[..]), (with(3), &b"abc"[..])];
+        let n = encode_payload_facts(&mut buf, &items).unwrap();
+        let Message::PayloadFacts(got) = roundtrip(&buf[..n]) else { panic!("not PAYLOAD_FACTS") };
+        assert_eq!(got.len(), 3);
+        assert!(got.eq(items.iter().copied()));
+        // More payload than the reply had, or a count that does not match the items.
+        assert_eq!(encode_payload_facts(&mut buf, &[(with(2), &b"abc"[..])]), Err(ProtoError::TooLarge));
+        let mut bad = buf;
+        bad[HEADER_LEN + 1] = 4;
+        assert_eq!(decode(&bad[..n]), Err(ProtoError::BadLength { kind: kind::PAYLOAD_FACTS }));
+    }
+
+    #[test]
     fn sync_and_synced_carry_their_token() {
         let mut buf = [0; 16];
         let n = encode_sync(&mut buf, false, 7).unwrap();
@@ -565,7 +689,7 @@ mod tests {
         );
         assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
         assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
-        assert_eq!(decode(&[0, 0, 0, 1, 12]), Err(ProtoError::UnknownKind(12)));
+        assert_eq!(decode(&[0, 0, 0, 1, 14]), Err(ProtoError::UnknownKind(14)));
         assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(ProtoError::Oversize(u32::from_be_bytes(*b"GET "))));
     }
 

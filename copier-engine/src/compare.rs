@@ -137,7 +137,7 @@ pub fn compare(protocol: Protocol, production: Answer<'_>, target: Answer<'_>, i
     }
 }
 
-/// The bytes both answers have, from `from` on: what can be compared of answers kept to their
+/// Whether the bytes both answers have differ: what can be compared of answers kept to their
 /// first bytes.
 fn common_prefix_differs(a: &[u8], b: &[u8]) -> bool {
     let n = a.len().min(b.len());
@@ -215,6 +215,35 @@ pub fn first_line(bytes: &[u8]) -> String {
     bytes[..end].iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect()
 }
 
+/// A redis command's words (`GET k`), from its RESP array, as far as the kept bytes go.
+fn resp_words(request: &[u8]) -> Vec<String> {
+    let mut lines = request.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let count = lines.next().and_then(|l| std::str::from_utf8(l.strip_prefix(b"*")?).ok()?.parse::<usize>().ok());
+    let mut words = Vec::new();
+    for _ in 0..count.unwrap_or(0).min(8) {
+        match (lines.next(), lines.next()) {
+            (Some(len), Some(word)) if len.first() == Some(&b'$') => words.push(first_line(word)),
+            _ => break,
+        }
+    }
+    words
+}
+
+/// A request for people to read: its first line, or for redis its command (`GET k`).
+pub fn describe_request(protocol: Protocol, request: &[u8]) -> String {
+    match protocol {
+        Protocol::Resp => {
+            let words = resp_words(request);
+            if words.is_empty() {
+                first_line(request)
+            } else {
+                words.join(" ").chars().take(120).collect()
+            }
+        }
+        _ => first_line(request),
+    }
+}
+
 /// What a request is grouped under in the report: an HTTP method and the path's first
 /// segment (`GET /api/`), a redis command (`SET`), or its first line.
 pub fn request_group(protocol: Protocol, request: &[u8]) -> String {
@@ -230,12 +259,7 @@ pub fn request_group(protocol: Protocol, request: &[u8]) -> String {
             };
             format!("{method} {segment}")
         }
-        // `*N\r\n$len\r\nCOMMAND\r\n`: the first bulk string.
-        Protocol::Resp => request
-            .split(|&b| b == b'\n')
-            .nth(2)
-            .map(|c| first_line(c).to_ascii_uppercase())
-            .unwrap_or_else(|| first_line(request)),
+        Protocol::Resp => resp_words(request).first().map_or_else(|| first_line(request), |c| c.to_ascii_uppercase()),
         Protocol::Other => first_line(request),
     }
 }
@@ -348,6 +372,8 @@ mod tests {
         assert_eq!(request_group(Protocol::Http, b"GET /api/v1/users?id=3 HTTP/1.1\r\n"), "GET /api/");
         assert_eq!(request_group(Protocol::Http, b"GET /health HTTP/1.1\r\n"), "GET /health");
         assert_eq!(request_group(Protocol::Resp, b"*2\r\n$3\r\nget\r\n$1\r\nk\r\n"), "GET");
+        assert_eq!(describe_request(Protocol::Resp, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), "GET k");
+        assert_eq!(describe_request(Protocol::Resp, b"*2\r\n$3\r\nGE"), "GE", "cut short");
         assert_eq!(first_line(b"\x01bin\r\nary"), ".bin");
     }
 }

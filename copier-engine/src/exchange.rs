@@ -169,7 +169,7 @@ impl Comparison {
         }
         if self.samples.len() < MAX_SAMPLES {
             self.samples.push(Sample {
-                request: compare::first_line(request),
+                request: compare::describe_request(protocol, request),
                 production: compare::first_line(production.head),
                 target: compare::first_line(target.head),
                 difference,

@@ -185,6 +185,18 @@ struct Args {
     /// Also write the summary, with each target's answers and latencies, to this file as JSON.
     #[arg(long)]
     summary_json: Option<PathBuf>,
+    /// Compare the test server's answers with production's on the first N bytes of each answer
+    /// (and its length): production's from the capture's server segments, the test server's
+    /// from the intercepts (at most 65536; default 4096 with --report, else no comparison).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    payload_bytes: Option<u32>,
+    /// HTTP headers the comparison leaves out (comma-separated or repeated), e.g. Date.
+    #[arg(long, value_delimiter = ',')]
+    ignore_header: Vec<String>,
+    /// Write report.json to this directory: per target, the exchanges compared with
+    /// production's and how they differ, with examples.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -218,6 +230,11 @@ struct Args {
 }
 
 impl Args {
+    /// Bytes of each answer compared (0: no comparison).
+    fn payload_bytes(&self) -> u32 {
+        self.payload_bytes.unwrap_or(if self.report.is_some() { 4096 } else { 0 })
+    }
+
     /// The engine configuration of worker `index`.
     fn worker_config(&self, index: u16) -> Config {
         let mut c = self.engine_config();
@@ -237,6 +254,8 @@ impl Args {
         c.max_buffered_bytes = (self.memory_mb as usize) << 20;
         c.max_opening = self.max_opening as usize;
         c.answer_timeout_us = (self.answer_timeout * 1e6) as u64;
+        c.payload_bytes = self.payload_bytes() as usize;
+        c.ignored_headers = copier_engine::compare::IgnoredHeaders::new(&self.ignore_header);
         c.ramp_us = self.ramp.map_or(0, |s| (s * 1e6) as u64);
         c.max_sessions_per_s = self.max_rate.map(|r| r / f64::from(self.workers));
         // Wall-clock milliseconds: timestamps keep rising from one run to the next.
@@ -413,10 +432,11 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
         }
         frame
     });
+    let first: Vec<Vec<u8>> = space.into_iter().chain(intercepts::want_payload_frame(args.payload_bytes())).collect();
     let mut tasks: Vec<worker::Task> = vec![Box::pin(intercepts::run(
         args.intercepts.0.clone(),
         secret,
-        space,
+        first,
         events_rx,
         announced.clone(),
         facts,
@@ -741,6 +761,9 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
     }
     if let Some(path) = &args.summary_json {
         report::write_json(path, &report::json(&totals, &exchanges))?;
+    }
+    if let Some(dir) = &args.report {
+        report::write_report(dir, &exchanges)?;
     }
     if let Some(err) = pipeline.file_error.lock().expect("not poisoned").take() {
         eprintln!("copier: warning: {err}");

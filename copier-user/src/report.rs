@@ -1,11 +1,15 @@
 //! What the copier reports at exit besides its counters: per target, how the test server
 //! answered (request by request, against production), its first-byte latency beside
-//! production's, the same as JSON for `--summary-json`, and whether the run succeeded.
+//! production's, how its answers compared with production's (`--report DIR`: report.json), the
+//! same as JSON for `--summary-json`, and whether the run succeeded.
 
 use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
-use copier_engine::exchange::{Exchanges, TargetExchanges};
+use copier_engine::{
+    compare::Kinds,
+    exchange::{Comparison, Exchanges, TargetExchanges},
+};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -33,6 +37,8 @@ pub fn pairs(e: &Exchanges) -> Vec<(&'static str, u64)> {
         ("refused", sum(|t| t.sessions_refused)),
         ("reset_by_target", sum(|t| t.sessions_reset_by_target)),
         ("stale_reset", sum(|t| t.stale_connections_reset)),
+        ("compared", sum(|t| t.comparison.compared)),
+        ("different", sum(|t| t.comparison.different)),
     ]
 }
 
@@ -60,6 +66,85 @@ fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
     v
 }
 
+/// ` | compared=… equal=… different=… (status=… body=…) not_compared=…`, if anything was.
+fn comparison_text(c: &Comparison) -> String {
+    if c.compared + c.not_compared == 0 {
+        return String::new();
+    }
+    let kinds: Vec<String> =
+        Kinds::ALL.iter().zip(c.by_kind).filter(|(_, n)| *n > 0).map(|((_, name), n)| format!("{name}={n}")).collect();
+    let kinds = if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(" ")) };
+    format!(
+        " | compared={} equal={} different={}{kinds} not_compared={}",
+        c.compared,
+        c.equal(),
+        c.different,
+        c.not_compared
+    )
+}
+
+fn comparison_json(c: &Comparison) -> serde_json::Value {
+    let by_kind: serde_json::Map<_, _> =
+        Kinds::ALL.iter().zip(c.by_kind).map(|((_, name), n)| (name.to_string(), json!(n))).collect();
+    let groups: Vec<_> = c
+        .groups
+        .iter()
+        .map(|(name, g)| json!({ "request": name, "compared": g.compared, "different": g.different }))
+        .collect();
+    let samples: Vec<_> = c
+        .samples
+        .iter()
+        .map(|s| {
+            json!({
+                "request": s.request,
+                "production": s.production,
+                "target": s.target,
+                "kinds": s.difference.kinds.names().collect::<Vec<_>>(),
+                "headers": s.difference.headers,
+            })
+        })
+        .collect();
+    json!({
+        "compared": c.compared,
+        "equal": c.equal(),
+        "different": c.different,
+        "not_compared": c.not_compared,
+        "different_by_kind": by_kind,
+        "by_request": groups,
+        "samples": samples,
+    })
+}
+
+/// `--report DIR`'s report.json: per target its endpoint, the exchanges compared and how they
+/// differ, latency beside production's, and a sample of differing exchanges.
+pub fn report_json(e: &Exchanges) -> serde_json::Value {
+    let targets: Vec<_> = e
+        .targets()
+        .iter()
+        .map(|t| {
+            json!({
+                "target": t.target.to_string(),
+                "requests": t.requests(),
+                "answered": t.answered,
+                "answered_short": t.answered_short,
+                "unanswered": t.unanswered,
+                "comparison": comparison_json(&t.comparison),
+                "latency_us": {
+                    "target": latency_json(&t.target_latency_us),
+                    "production": latency_json(&t.production_latency_us),
+                },
+            })
+        })
+        .collect();
+    json!({ "targets": targets })
+}
+
+/// Writes `dir`/report.json, creating `dir`.
+pub fn write_report(dir: &Path, e: &Exchanges) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the report directory {}", dir.display()))?;
+    write_json(&dir.join("report.json"), &report_json(e))
+}
+
 /// One line per target: `copier target ADDR: requests=… answered=… | latency_us target: … production: …`.
 pub fn target_lines(e: &Exchanges) -> Vec<String> {
     e.targets()
@@ -68,7 +153,7 @@ pub fn target_lines(e: &Exchanges) -> Vec<String> {
             format!(
                 "copier target {}: requests={} answered={} answered_short={} unanswered={} unanswered_online={} \
                  answer_timeouts={} refused={} reset_by_target={} stale_reset={} | first-byte latency_us \
-                 target: {} | production: {}",
+                 target: {} | production: {}{}",
                 t.target,
                 t.requests(),
                 t.answered,
@@ -81,6 +166,7 @@ pub fn target_lines(e: &Exchanges) -> Vec<String> {
                 t.stale_connections_reset,
                 latency_text(&t.target_latency_us),
                 latency_text(&t.production_latency_us),
+                comparison_text(&t.comparison),
             )
         })
         .collect()
@@ -105,6 +191,7 @@ pub fn json(counters: &[(&'static str, u64)], e: &Exchanges) -> serde_json::Valu
                 "sessions_refused": t.sessions_refused,
                 "sessions_reset_by_target": t.sessions_reset_by_target,
                 "stale_connections_reset": t.stale_connections_reset,
+                "comparison": comparison_json(&t.comparison),
                 "latency_us": {
                     "target": latency_json(&t.target_latency_us),
                     "production": latency_json(&t.production_latency_us),
@@ -190,5 +277,25 @@ mod tests {
         assert!(t["latency_us"]["target"]["p50"].as_u64().unwrap() >= 200);
         assert_eq!(t["latency_us"]["production"]["count"], 0);
         assert!(target_lines(&e)[0].contains("answered=2 answered_short=0 unanswered=1"));
+        assert!(!target_lines(&e)[0].contains("compared="), "nothing compared, nothing said");
+    }
+
+    #[test]
+    fn the_report_names_each_differing_exchange() {
+        use copier_engine::compare::{Answer, IgnoredHeaders};
+        let mut e = record(&[Outcome::Full, Outcome::Full]);
+        let t = e.of(Endpoint::v4([10, 0, 0, 2], 8080));
+        let (ok, broken) = (&b"HTTP/1.1 200 OK\r\n\r\n"[..], &b"HTTP/1.1 500 Oops\r\n\r\n"[..]);
+        let answer = |head: &'static [u8]| Answer { len: head.len() as u32, head };
+        let ignored = IgnoredHeaders::default();
+        t.comparison.record(b"GET /fine HTTP/1.1\r\n", answer(ok), answer(ok), &ignored);
+        t.comparison.record(b"GET /broken/1 HTTP/1.1\r\n", answer(ok), answer(broken), &ignored);
+        let v = report_json(&e);
+        let c = &v["targets"][0]["comparison"];
+        assert_eq!((c["compared"].as_u64(), c["different"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(c["different_by_kind"]["status"], 1);
+        assert_eq!(c["samples"][0]["request"], "GET /broken/1 HTTP/1.1");
+        assert_eq!(c["samples"][0]["target"], "HTTP/1.1 500 Oops");
+        assert!(target_lines(&e)[0].ends_with("compared=2 equal=1 different=1 (status=1) not_compared=0"));
     }
 }

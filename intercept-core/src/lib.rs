@@ -2,6 +2,7 @@
 //! endpoint and where each reply goes, and what a copier's connection has not taken yet. No
 //! build script and no runtime, so `cargo test -p intercept-core` runs without root.
 
+pub mod answer_cut;
 pub mod filter;
 pub mod outbound;
 pub mod router;

@@ -279,6 +279,8 @@ fn help(name: &str) -> &'static str {
         "refused" => "Connections refused at once: too many, or outside --allow",
         "idle_closed" => "Connections closed for sending nothing for --idle-timeout",
         "claims_refused" => "Announcements refused: taken endpoints or limits",
+        "payload_sent" => "Reply payload bytes sent to copiers that want them",
+        "payload_cut" => "Reply payload bytes past the first --payload-bytes of their answer, not sent",
         _ => "See the README's stats section",
     }
 }

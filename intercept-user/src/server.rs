@@ -35,6 +35,7 @@ use tokio::{
 use xdp_runtime::AbortOnDrop;
 
 use intercept_core::{
+    answer_cut::AnswerCuts,
     outbound::{Outbound, Sent},
     router::{ClaimError, CopierId, Ownership},
     space::ClientSpace,
@@ -147,6 +148,31 @@ impl Link for CopierLink {
     }
 }
 
+/// The first payload bytes of a batch's replies (one entry per reply, empty when no copier
+/// wants payload), in one reused buffer.
+#[derive(Debug, Default)]
+pub struct Payloads {
+    bytes: Vec<u8>,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Payloads {
+    pub fn push(&mut self, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.spans.push(start..self.bytes.len());
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        self.spans.get(i).map_or(&[], |r| &self.bytes[r.clone()])
+    }
+}
+
 /// Who owns which client endpoint, and the copiers' connections: what routing a reply needs.
 /// Shared under one lock, taken once per batch of replies and once per announcement frame.
 pub struct Routes<L = CopierLink> {
@@ -157,6 +183,11 @@ pub struct Routes<L = CopierLink> {
     instances: HashMap<u64, (CopierId, Arc<Notify>), Hasher>,
     /// A batch's replies per copier (vectors reused).
     grouped: HashMap<CopierId, Vec<ReplyFacts>, Hasher>,
+    /// Copiers that want payload, and how many bytes of each answer.
+    wants: HashMap<CopierId, u32, Hasher>,
+    cuts: AnswerCuts,
+    /// A batch's replies with payload per copier that wants it: the reply and its index.
+    grouped_payload: HashMap<CopierId, Vec<(ReplyFacts, usize, usize)>, Hasher>,
     /// Encoding buffer (reused).
     frame: Vec<u8>,
 }
@@ -171,6 +202,9 @@ impl<L> Default for Routes<L> {
             links: HashMap::default(),
             instances: HashMap::default(),
             grouped: HashMap::default(),
+            wants: HashMap::default(),
+            cuts: AnswerCuts::default(),
+            grouped_payload: HashMap::default(),
             frame: Vec::new(),
         }
     }
@@ -184,10 +218,15 @@ impl Routes {
 
 impl<L: Link> Routes<L> {
     /// Sends every reply of a batch to the copier that owns its client, counting what nobody
-    /// owns and what a slow copier could not take.
-    pub fn route(&mut self, batch: &[ReplyFacts], stats: &Stats) {
+    /// owns and what a slow copier could not take. `payload` holds the replies' first bytes
+    /// while some copier wants them.
+    pub fn route(&mut self, batch: &[ReplyFacts], payload: &Payloads, stats: &Stats) {
         self.grouped.values_mut().for_each(Vec::clear);
-        Stats::add(&stats.unowned, self.ownership.route(batch, &mut self.grouped) as u64);
+        if self.wants.is_empty() {
+            Stats::add(&stats.unowned, self.ownership.route(batch, &mut self.grouped) as u64);
+        } else {
+            self.route_with_payload(batch, payload, stats);
+        }
         for (id, replies) in &self.grouped {
             let Some(link) = self.links.get(id) else { continue };
             for chunk in replies.chunks(MAX_RECORDS) {
@@ -197,6 +236,65 @@ impl<L: Link> Routes<L> {
                 Stats::add(counter, chunk.len() as u64);
             }
         }
+    }
+
+    /// Groups the batch by owner, the replies of copiers that want payload apart with the
+    /// part of their payload within the first bytes of their answer, and sends those.
+    fn route_with_payload(&mut self, batch: &[ReplyFacts], payload: &Payloads, stats: &Stats) {
+        self.grouped_payload.values_mut().for_each(Vec::clear);
+        let (mut unowned, mut sent, mut cut) = (0, 0, 0);
+        for (i, r) in batch.iter().enumerate() {
+            let Some(owner) = self.ownership.owner(&r.client) else {
+                unowned += 1;
+                continue;
+            };
+            match self.wants.get(&owner) {
+                Some(&limit) => {
+                    let keep = self.cuts.keep(r, limit).min(payload.get(i).len());
+                    sent += keep as u64;
+                    cut += u64::from(r.payload_len) - keep as u64;
+                    self.grouped_payload.entry(owner).or_default().push((*r, i, keep));
+                }
+                None => self.grouped.entry(owner).or_default().push(*r),
+            }
+        }
+        Stats::add(&stats.unowned, unowned);
+        Stats::add(&stats.payload_sent, sent);
+        Stats::add(&stats.payload_cut, cut);
+        let mut items: Vec<(ReplyFacts, &[u8])> = Vec::new();
+        for (id, replies) in &self.grouped_payload {
+            let Some(link) = self.links.get(id) else { continue };
+            let mut rest = replies.as_slice();
+            while !rest.is_empty() {
+                // As many as fit one frame.
+                items.clear();
+                let mut len = 1 + 2;
+                for &(r, i, keep) in rest {
+                    let p = &payload.get(i)[..keep];
+                    if len + proto::PAYLOAD_ITEM_LEN + p.len() > MAX_FRAME_LEN || items.len() == u16::MAX as usize {
+                        break;
+                    }
+                    len += proto::PAYLOAD_ITEM_LEN + p.len();
+                    items.push((r, p));
+                }
+                rest = &rest[items.len()..];
+                self.frame.resize(4 + len, 0);
+                let n = proto::encode_payload_facts(&mut self.frame, &items).expect("sized for the items");
+                let counter = if link.send(&self.frame[..n]) { &stats.routed } else { &stats.slow_copier_dropped };
+                Stats::add(counter, items.len() as u64);
+            }
+        }
+    }
+
+    /// Copier `id` wants the first `bytes` of each answer (0: none); returns the most any
+    /// copier wants now.
+    fn want_payload(&mut self, id: CopierId, bytes: u32) -> u32 {
+        if bytes == 0 {
+            self.wants.remove(&id);
+        } else {
+            self.wants.insert(id, bytes);
+        }
+        self.wants.values().copied().max().unwrap_or(0)
     }
 
     /// Adds copier `id` of process `instance`; an older connection of the same process is
@@ -214,6 +312,8 @@ impl<L: Link> Routes<L> {
     fn release(&mut self, id: CopierId) -> usize {
         self.links.remove(&id);
         self.grouped.remove(&id);
+        self.grouped_payload.remove(&id);
+        self.wants.remove(&id);
         self.ownership.remove_copier(id)
     }
 
@@ -336,6 +436,7 @@ enum Incoming {
     Auth(auth::Proof),
     Ping,
     Space(ClientSpace),
+    WantPayload(u32),
     Own(Vec<Endpoint>),
     Disown(Vec<Endpoint>),
     Bye(String),
@@ -349,6 +450,8 @@ fn incoming(m: Message<'_>) -> Incoming {
         Message::Auth { proof } => Incoming::Auth(proof),
         Message::Ping => Incoming::Ping,
         Message::Space(ranges) => Incoming::Space(ClientSpace::new(ranges)),
+        Message::WantPayload(bytes) => Incoming::WantPayload(bytes),
+        Message::PayloadFacts(_) => Incoming::Unexpected("PAYLOAD_FACTS"),
         Message::Own(entries) => Incoming::Own(entries.collect()),
         Message::Disown(entries) => Incoming::Disown(entries.collect()),
         Message::Bye { reason, .. } => Incoming::Bye(reason.to_owned()),
@@ -449,6 +552,14 @@ async fn connection(
                 log::info!("copier {id} replays from {declared}");
                 space = Some(declared);
             }
+            Ok(Some(Incoming::WantPayload(bytes))) => {
+                if announced {
+                    break Err(Refusal::permanent("WANT_PAYLOAD comes before the first OWN"));
+                }
+                let most = Routes::lock(&routes).want_payload(id, bytes);
+                stats.payload_wanted.store(u64::from(most), std::sync::atomic::Ordering::Relaxed);
+                log::info!("copier {id} wants the first {bytes} bytes of each answer");
+            }
             Ok(Some(Incoming::Own(entries))) => {
                 announced = true;
                 if let Some(outside) = space.as_ref().and_then(|s| entries.iter().find(|e| !s.contains(e))) {
@@ -488,7 +599,13 @@ async fn connection(
             Err(reason) => break Err(Refusal::permanent(reason)),
         }
     };
-    let released = Routes::lock(&routes).disconnect(id, instance);
+    let released = {
+        let mut routes = Routes::lock(&routes);
+        let released = routes.disconnect(id, instance);
+        let most = routes.wants.values().copied().max().unwrap_or(0);
+        stats.payload_wanted.store(u64::from(most), std::sync::atomic::Ordering::Relaxed);
+        released
+    };
     stats.copiers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let Err(refusal) = &outcome {
         log::warn!("closing copier {id} ({peer}): {}", refusal.reason);
@@ -535,9 +652,9 @@ mod tests {
         routes.connect(1, 1, Arc::clone(&recorder), Arc::default());
         routes.ownership.own(1, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
         for _ in 0..batches {
-            routes.route(&[reply_to(1), reply_to(2)], &stats);
+            routes.route(&[reply_to(1), reply_to(2)], &Payloads::default(), &stats);
         }
-        routes.route(&[reply_to(3)], &stats);
+        routes.route(&[reply_to(3)], &Payloads::default(), &stats);
         let mut ports = Vec::new();
         for frame in recorder.frames.lock().unwrap().iter() {
             let Ok(Some((Message::Facts(records), used))) = proto::decode(frame) else { panic!("not one FACTS frame") };
@@ -571,14 +688,50 @@ mod tests {
         routes.ownership.own(7, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
         let mut batch: Vec<ReplyFacts> = (0..MAX_RECORDS as u16 + 5).map(reply_to).collect();
         batch.push(ReplyFacts { client: Endpoint::v4([10, 100, 1, 3], 1), ..Default::default() });
-        routes.route(&batch, &stats);
+        routes.route(&batch, &Payloads::default(), &stats);
         let sizes: Vec<usize> = recorder.frames.lock().unwrap().iter().map(|f| f.len()).collect();
         let frame_of = |n: usize| proto::HEADER_LEN + 2 + n * proto::RECORD_LEN;
         assert_eq!(sizes, [frame_of(MAX_RECORDS), frame_of(5)]);
         assert_eq!((stats.routed.load(Relaxed), stats.unowned.load(Relaxed)), (MAX_RECORDS as u64 + 5, 1));
         assert_eq!(routes.disconnect(7, 7), 1, "its whole address");
-        routes.route(&batch[..1], &stats);
+        routes.route(&batch[..1], &Payloads::default(), &stats);
         assert_eq!(stats.unowned.load(Relaxed), 2, "a gone copier's replies are nobody's");
+    }
+
+    #[test]
+    fn a_copier_that_wants_payload_gets_each_answers_first_bytes_and_the_others_none() {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        let (wants, plain) = (
+            Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 10 }),
+            Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 10 }),
+        );
+        routes.connect(1, 1, Arc::clone(&wants), Arc::default());
+        routes.connect(2, 2, Arc::clone(&plain), Arc::default());
+        routes.ownership.own(1, Endpoint::v4([10, 100, 1, 2], 0)).unwrap();
+        routes.ownership.own(2, Endpoint::v4([10, 100, 1, 3], 0)).unwrap();
+        assert_eq!(routes.want_payload(1, 6), 6);
+        let data = |last: u8, seq: u32, len: u16| ReplyFacts {
+            client: Endpoint::v4([10, 100, 1, last], 40000),
+            seq: common::seq::SeqNum(seq),
+            payload_len: len,
+            ..Default::default()
+        };
+        let batch = [data(2, 1, 4), data(2, 5, 4), data(3, 1, 4)];
+        let mut payload = Payloads::default();
+        for p in [&b"HTTP"[..], b"/1.1", b"HTTP"] {
+            payload.push(p);
+        }
+        routes.route(&batch, &payload, &stats);
+        let frames = wants.frames.lock().unwrap();
+        let Ok(Some((Message::PayloadFacts(items), _))) = proto::decode(&frames[0]) else {
+            panic!("not PAYLOAD_FACTS")
+        };
+        let got: Vec<(u32, Vec<u8>)> = items.map(|(f, p)| (f.seq.0, p.to_vec())).collect();
+        assert_eq!(got, [(1, b"HTTP".to_vec()), (5, b"/1".to_vec())], "the answer's first 6 bytes");
+        let frames = plain.frames.lock().unwrap();
+        assert!(matches!(proto::decode(&frames[0]), Ok(Some((Message::Facts(r), _))) if r.len() == 1));
+        assert_eq!((stats.payload_sent.load(Relaxed), stats.payload_cut.load(Relaxed)), (6, 2));
+        assert_eq!(routes.want_payload(1, 0), 0, "none wanted any more");
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub struct Stats {
     pub idle_closed: AtomicU64,
     /// Announcements refused: an endpoint another copier owns, or past a limit.
     pub claims_refused: AtomicU64,
+    /// Reply payload bytes sent to copiers that want them (`--payload-bytes`), and those left
+    /// out: past the first bytes of their answer.
+    pub payload_sent: AtomicU64,
+    pub payload_cut: AtomicU64,
+    /// The most payload bytes per answer any connected copier wants: what the workers copy.
+    pub payload_wanted: AtomicU64,
 }
 
 impl Stats {
@@ -49,6 +55,8 @@ impl Stats {
             ("refused", &self.refused),
             ("idle_closed", &self.idle_closed),
             ("claims_refused", &self.claims_refused),
+            ("payload_sent", &self.payload_sent),
+            ("payload_cut", &self.payload_cut),
         ]
         .into_iter()
         .map(|(name, c)| (name, c.load(Relaxed)))

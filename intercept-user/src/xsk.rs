@@ -18,7 +18,7 @@ use xdp_runtime::{
 };
 
 use crate::{
-    server::{Routes, SharedRoutes},
+    server::{Payloads, Routes, SharedRoutes},
     stats::Stats,
 };
 
@@ -43,11 +43,20 @@ pub fn spawn_worker(
         .spawn(move || {
             xdp_runtime::pin_to(core);
             let mut facts = Vec::with_capacity(BATCH);
+            let mut payload = Payloads::default();
             while !stop.load(Ordering::Relaxed) {
                 facts.clear();
+                payload.clear();
+                // Payload is copied out of the ring only while some copier wants it.
+                let wanted = stats.payload_wanted.load(Ordering::Relaxed) as usize;
                 let mut unparsed = 0;
-                let frames = socket.receive(POLL_MS, |frame| match ReplyFacts::from_frame(frame) {
-                    Ok(Some(f)) => facts.push(f),
+                let frames = socket.receive(POLL_MS, |frame| match ReplyFacts::with_payload(frame) {
+                    Ok(Some((f, range))) => {
+                        facts.push(f);
+                        if wanted > 0 {
+                            payload.push(&frame[range.start..range.end.min(range.start + wanted)]);
+                        }
+                    }
                     _ => unparsed += 1,
                 });
                 let frames = match frames {
@@ -60,7 +69,7 @@ pub fn spawn_worker(
                 Stats::add(&stats.replies, facts.len() as u64);
                 Stats::add(&stats.unparsed, unparsed);
                 if !facts.is_empty() {
-                    Routes::lock(&routes).route(&facts, &stats);
+                    Routes::lock(&routes).route(&facts, &payload, &stats);
                 }
                 if let Some(pause) = coalesce.pause_after(frames) {
                     std::thread::sleep(pause);

@@ -64,7 +64,8 @@ impl Nginx {
         Self::start_with(tb, host, name, addr, &format!("location / {{ proxy_pass http://{backend}; }}"))
     }
 
-    fn start_with(tb: &Testbed, host: Host, name: &str, addr: SocketAddr, locations: &str) -> anyhow::Result<Self> {
+    /// nginx with `locations` (its `location` blocks).
+    pub fn start_with(tb: &Testbed, host: Host, name: &str, addr: SocketAddr, locations: &str) -> anyhow::Result<Self> {
         let dir = tb.dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let access_log = dir.join("access.log");

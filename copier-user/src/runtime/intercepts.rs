@@ -20,6 +20,7 @@ use std::{
 use common::{
     auth,
     endpoint::Endpoint,
+    facts::ReplyFacts,
     hash::Hasher,
     proto::{self, Message, MAX_ENTRIES},
 };
@@ -128,6 +129,16 @@ fn endpoint_frames(own: bool, endpoints: &[Endpoint]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The WANT_PAYLOAD frame for `--payload-bytes`, if any are wanted.
+pub fn want_payload_frame(bytes: u32) -> Option<Vec<u8>> {
+    (bytes > 0).then(|| {
+        let mut buf = vec![0; proto::HEADER_LEN + 4];
+        let n = proto::encode_want_payload(&mut buf, bytes).expect("checked by the flag's range");
+        buf.truncate(n);
+        buf
+    })
+}
+
 /// The SPACE frame that declares `ranges` (the `-c` addresses), or none if they take more ranges
 /// than one frame holds: the intercepts then take the copier's word for its endpoints.
 pub fn space_frame(ranges: &[([u8; 16], [u8; 16])]) -> Option<Vec<u8>> {
@@ -138,12 +149,12 @@ pub fn space_frame(ranges: &[([u8; 16], [u8; 16])]) -> Option<Vec<u8>> {
 }
 
 /// Runs the hub and one connection task per intercept until `events` closes. `announced` and
-/// `workers` hold one entry per worker, in worker order. `space`, sent first on every
-/// connection, declares the client addresses the copier replays from.
+/// `workers` hold one entry per worker, in worker order. `first`, sent first on every
+/// connection, declares the client addresses the copier replays from and the payload it wants.
 pub async fn run(
     intercepts: Vec<SocketAddr>,
     secret: Option<Arc<[u8]>>,
-    space: Option<Vec<u8>>,
+    first: Vec<Vec<u8>>,
     mut events: mpsc::Receiver<(u64, Vec<Event>)>,
     announced: Vec<Arc<Announced>>,
     workers: Vec<FactsSender>,
@@ -194,7 +205,7 @@ pub async fn run(
             Some(ctl) = ctl_rx.recv() => match ctl {
                 Control::Connected(i, tx) => {
                     let all: Vec<Endpoint> = owned.iter().copied().collect();
-                    let frames = space.iter().cloned().chain(endpoint_frames(true, &all));
+                    let frames = first.iter().cloned().chain(endpoint_frames(true, &all));
                     if frames.into_iter().all(|f| tx.try_send(f).is_ok()) {
                         links[i] = Some(tx);
                     }
@@ -210,6 +221,25 @@ pub async fn run(
                 }
             },
             else => break,
+        }
+    }
+}
+
+/// Hands each reply to the worker whose port class holds its client's port.
+async fn deliver_all<'a>(
+    workers: &[FactsSender],
+    stats: &LinkStats,
+    replies: impl Iterator<Item = (ReplyFacts, &'a [u8])>,
+) {
+    let mut per_worker: Vec<FactsBatch> = vec![FactsBatch::default(); workers.len()];
+    for (f, payload) in replies {
+        per_worker[PortClass::of(f.client.port, workers.len() as u16) as usize].push(f, payload);
+    }
+    for (facts, worker) in per_worker.into_iter().zip(workers).filter(|(f, _)| !f.is_empty()) {
+        let n = facts.len() as u64;
+        stats.facts.fetch_add(n, Relaxed);
+        if !deliver(worker, facts).await {
+            stats.facts_dropped.fetch_add(n, Relaxed);
         }
     }
 }
@@ -295,17 +325,10 @@ async fn session(
                     ctl.send(Control::Connected(i, out_tx.clone())).await.map_err(|_| "shutting down".to_string())?;
                 }
                 Message::Facts(records) if writer.is_some() => {
-                    let mut per_worker: Vec<Vec<_>> = vec![Vec::new(); workers.len()];
-                    for f in records {
-                        per_worker[PortClass::of(f.client.port, workers.len() as u16) as usize].push(f);
-                    }
-                    for (facts, worker) in per_worker.into_iter().zip(workers).filter(|(f, _)| !f.is_empty()) {
-                        let n = facts.len() as u64;
-                        stats.facts.fetch_add(n, Relaxed);
-                        if !deliver(worker, facts).await {
-                            stats.facts_dropped.fetch_add(n, Relaxed);
-                        }
-                    }
+                    deliver_all(workers, stats, records.map(|f| (f, &[][..]))).await;
+                }
+                Message::PayloadFacts(records) if writer.is_some() => {
+                    deliver_all(workers, stats, records).await;
                 }
                 Message::Synced(batch) => {
                     let _ = ctl.send(Control::Synced(i, batch)).await;

@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::facts::ReplyFacts;
 use tokio::sync::{
     mpsc::{self as async_mpsc, error::TryRecvError},
     Notify,
@@ -40,7 +39,7 @@ pub enum Input {
 }
 
 /// Reply facts for a worker, in batches.
-pub type FactsBatch = Vec<ReplyFacts>;
+pub type FactsBatch = copier_engine::Replies;
 
 /// Where a worker's input comes from: the live readers (threads that never wait), a capture
 /// file's reader (a task that waits for room) and its facts doorbell.
@@ -392,7 +391,7 @@ impl Worker {
     /// captured input); returns how many batches there were.
     fn take_facts(&mut self, now: u64) -> usize {
         let engine = &mut self.engine;
-        self.facts.drain(FACTS_PER_PASS, |facts| engine.on_replies(now, &facts))
+        self.facts.drain(FACTS_PER_PASS, |facts| engine.on_replies_with_payload(now, &facts))
     }
 
     async fn flush(&mut self, announcements: &mut Announcements) {
@@ -433,7 +432,9 @@ mod tests {
         let (inputs_tx, mut inputs_rx) = input_queue(16);
         let (tx, rx) = facts_queue(inputs_tx, 16);
         for _ in 0..5 {
-            tx.try_send(vec![ReplyFacts::default()]).unwrap();
+            let mut one = FactsBatch::default();
+            one.push(common::facts::ReplyFacts::default(), &[]);
+            tx.try_send(one).unwrap();
         }
         assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)));
         assert!(inputs_rx.try_recv().is_err(), "one wake-up for five batches");
@@ -441,7 +442,7 @@ mod tests {
         assert_eq!(rx.drain(3, |b| seen += b.len()), 3, "bounded");
         assert_eq!(rx.drain(16, |b| seen += b.len()), 2);
         assert_eq!(seen, 5);
-        tx.try_send(vec![]).unwrap();
+        tx.try_send(FactsBatch::default()).unwrap();
         assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)), "after a drain the next batch rings again");
     }
 
@@ -450,9 +451,9 @@ mod tests {
         let (inputs_tx, mut inputs_rx) = input_queue(1);
         inputs_tx.try_send(Input::SourceDone).ok().unwrap();
         let (tx, rx) = facts_queue(inputs_tx, 4);
-        tx.try_send(vec![]).unwrap(); // the doorbell does not fit
+        tx.try_send(FactsBatch::default()).unwrap(); // the doorbell does not fit
         assert!(matches!(inputs_rx.try_recv(), Ok(Input::SourceDone)));
-        tx.try_send(vec![]).unwrap(); // so this one rings
+        tx.try_send(FactsBatch::default()).unwrap(); // so this one rings
         assert!(matches!(inputs_rx.try_recv(), Ok(Input::Wake)));
         assert_eq!(rx.drain(8, drop), 2);
     }
