@@ -116,14 +116,33 @@ pub const MAX_SAMPLES: usize = 32;
 pub const MAX_GROUPS: usize = 256;
 pub const OTHER_GROUPS: &str = "(other requests)";
 
-/// A differing exchange, for people to read.
+/// One exchange compared: how its answer differs from production's, and what people need to
+/// read it (kept as a sample when it differs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sample {
+pub struct Judged {
+    /// [`compare::request_group`].
+    pub group: String,
     pub request: String,
     pub production: String,
     pub target: String,
     pub difference: Difference,
 }
+
+impl Judged {
+    pub fn new(request: &[u8], production: Answer<'_>, target: Answer<'_>, ignored: &IgnoredHeaders) -> Self {
+        let protocol = Protocol::of_request(request);
+        Self {
+            group: compare::request_group(protocol, request),
+            request: compare::describe_request(protocol, request),
+            production: compare::first_line(production.head),
+            target: compare::first_line(target.head),
+            difference: compare::compare(protocol, production, target, ignored),
+        }
+    }
+}
+
+/// A differing exchange, for people to read.
+pub type Sample = Judged;
 
 /// Exchanges compared and equal, per request group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,26 +173,24 @@ impl Comparison {
 
     /// Compares one exchange and counts it.
     pub fn record(&mut self, request: &[u8], production: Answer<'_>, target: Answer<'_>, ignored: &IgnoredHeaders) {
-        let protocol = Protocol::of_request(request);
-        let difference = compare::compare(protocol, production, target, ignored);
+        self.count(Judged::new(request, production, target, ignored));
+    }
+
+    /// Counts an exchange compared.
+    pub fn count(&mut self, judged: Judged) {
         self.compared += 1;
-        let group = self.group(compare::request_group(protocol, request));
+        let group = self.group(judged.group.clone());
         group.compared += 1;
-        if difference.is_empty() {
+        if judged.difference.is_empty() {
             return;
         }
         group.different += 1;
         self.different += 1;
         for (i, (kind, _)) in Kinds::ALL.iter().enumerate() {
-            self.by_kind[i] += u64::from(difference.kinds.contains(*kind));
+            self.by_kind[i] += u64::from(judged.difference.kinds.contains(*kind));
         }
         if self.samples.len() < MAX_SAMPLES {
-            self.samples.push(Sample {
-                request: compare::describe_request(protocol, request),
-                production: compare::first_line(production.head),
-                target: compare::first_line(target.head),
-                difference,
-            });
+            self.samples.push(judged);
         }
     }
 

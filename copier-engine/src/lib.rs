@@ -8,6 +8,7 @@
 
 pub mod admission;
 mod answers;
+pub mod baseline;
 pub mod capture;
 pub mod compare;
 pub mod emit;
@@ -99,6 +100,9 @@ pub struct Config {
     pub payload_bytes: usize,
     /// `--ignore-header`: HTTP headers the comparison leaves out.
     pub ignored_headers: compare::IgnoredHeaders,
+    /// `--baseline`: the target running the stable build; what it differs from production in
+    /// is noise, taken out of the other targets' differences.
+    pub baseline: Option<Endpoint>,
 }
 
 impl Config {
@@ -125,15 +129,41 @@ impl Config {
             ports: PortClass::ALL,
             payload_bytes: 0,
             ignored_headers: compare::IgnoredHeaders::default(),
+            baseline: None,
         }
     }
 
-    /// Per captured packet: the address is converted only for a mapping that names one.
-    fn target_for(&self, online: &Endpoint) -> Option<SocketAddr> {
-        self.mappings
-            .iter()
-            .find(|m| m.online.port == online.port && m.online.addr.is_none_or(|a| a == SocketAddr::from(*online).ip()))
-            .map(|m| m.target)
+    /// The online endpoints and the targets each is mapped to (several: fan-out), in the
+    /// mappings' order.
+    fn fan_out(&self) -> Vec<(mapping::OnlineEndpoint, Vec<Endpoint>)> {
+        let mut groups: Vec<(mapping::OnlineEndpoint, Vec<Endpoint>)> = Vec::new();
+        for m in &self.mappings {
+            match groups.iter_mut().find(|(online, _)| *online == m.online) {
+                Some((_, targets)) => targets.push(Endpoint::from(m.target)),
+                None => groups.push((m.online, vec![Endpoint::from(m.target)])),
+            }
+        }
+        groups
+    }
+}
+
+/// The targets a captured flow is replayed to, copied out of the engine's table per packet.
+#[derive(Clone, Copy)]
+struct Targets {
+    list: [Endpoint; mapping::MAX_FAN_OUT],
+    len: u16,
+}
+
+impl Targets {
+    fn new(targets: &[Endpoint]) -> Self {
+        let mut list = [Endpoint::default(); mapping::MAX_FAN_OUT];
+        let len = targets.len().min(mapping::MAX_FAN_OUT);
+        list[..len].copy_from_slice(&targets[..len]);
+        Self { list, len: len as u16 }
+    }
+
+    fn as_slice(&self) -> &[Endpoint] {
+        &self.list[..self.len as usize]
     }
 }
 
@@ -297,6 +327,7 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     pub counters: &'a mut Counters,
     pub exchanges: &'a mut Exchanges,
+    pub pairing: &'a mut baseline::Pairing,
     out: &'a mut Outbox,
     scratch: Vec<u8>,
 }
@@ -325,6 +356,9 @@ pub struct Engine {
     admission: Admission,
     counters: Counters,
     exchanges: Exchanges,
+    pairing: baseline::Pairing,
+    /// [`Config::fan_out`].
+    fan_out: Vec<(mapping::OnlineEndpoint, Vec<Endpoint>)>,
     out: Outbox,
     scratch: Vec<u8>,
     /// Sessions, live and lingering (closed cleanly; their ids stay in the maps).
@@ -350,9 +384,11 @@ impl Engine {
         config.multiply = config.multiply.max(1);
         Self {
             admission: Admission::new(config.sample_percent, config.ramp_us, config.max_sessions_per_s),
+            fan_out: config.fan_out(),
             config,
             counters: Counters::default(),
             exchanges: Exchanges::default(),
+            pairing: baseline::Pairing::default(),
             out: Outbox::default(),
             scratch: Vec::new(),
             table: Table::default(),
@@ -415,15 +451,18 @@ impl Engine {
             Ok(None) => return self.counters.captured_not_tcp += 1,
             Err(_) => return self.counters.captured_malformed += 1,
         };
-        let Some(target) = self.config.target_for(&seg.dst) else {
-            if self.config.target_for(&seg.src).is_some() {
-                return self.on_production(now, round, &seg);
+        let Some(targets) = self.targets_for(&seg.dst) else {
+            if let Some(targets) = self.targets_for(&seg.src) {
+                return self.on_production(now, round, targets.len, &seg);
             }
             return self.counters.captured_unmapped += 1;
         };
-        let target = Endpoint::from(target);
-        let first = round.saturating_mul(self.config.multiply);
-        for copy in first..first.saturating_add(self.config.multiply) {
+        // Each target gets every copy of the flow (fan-out), each copy its own source port.
+        let t = targets.len;
+        let copies = self.config.multiply.saturating_mul(t);
+        let first = round.saturating_mul(copies);
+        for copy in first..first.saturating_add(copies) {
+            let target = targets.list[usize::from((copy - first) % t)];
             let key = (seg.src, seg.dst, copy);
             if self.declined.contains(&key) {
                 if seg.flags & SYN == 0 {
@@ -435,7 +474,7 @@ impl Engine {
                 Some(id) if self.is_new_incarnation(id, &seg) => {
                     // The 4-tuple is reused by a new connection: a fresh session replaces it.
                     self.remove(id);
-                    self.start(now, key, target, &seg)
+                    self.start(now, key, target, targets, &seg)
                 }
                 Some(id) => Some(id),
                 // A reset ends a session; it never starts one (there is nothing to replay).
@@ -445,11 +484,11 @@ impl Engine {
                     }
                     None
                 }
-                None => self.start(now, key, target, &seg),
+                None => self.start(now, key, target, targets, &seg),
             };
             if let Some(id) = id {
-                // Production's timing is the same for every copy: the first records it.
-                let at = (copy == 0).then_some(captured_at);
+                // Production's timing is the same for every copy: each target's first records it.
+                let at = (copy < t).then_some(captured_at);
                 self.with_session(now, id, |s, ctx| s.on_client(ctx, &seg, at));
             }
         }
@@ -457,14 +496,25 @@ impl Engine {
         self.release_held(now);
     }
 
-    /// A captured segment of the online server: production's answer, for every copy's session.
-    fn on_production(&mut self, now: u64, round: u16, seg: &ClientSegment<'_>) {
+    /// The targets the online endpoint `online` is mapped to.
+    fn targets_for(&self, online: &Endpoint) -> Option<Targets> {
+        let ip = || SocketAddr::from(*online).ip();
+        self.fan_out
+            .iter()
+            .find(|(o, _)| o.port == online.port && o.addr.is_none_or(|a| a == ip()))
+            .map(|(_, targets)| Targets::new(targets))
+    }
+
+    /// A captured segment of the online server: production's answer, for every copy's session
+    /// (`targets` of them a round and `-n` copy).
+    fn on_production(&mut self, now: u64, round: u16, targets: u16, seg: &ClientSegment<'_>) {
         self.counters.captured_answers += 1;
         if self.config.payload_bytes == 0 {
             return;
         }
-        let first = round.saturating_mul(self.config.multiply);
-        for copy in first..first.saturating_add(self.config.multiply) {
+        let copies = self.config.multiply.saturating_mul(targets);
+        let first = round.saturating_mul(copies);
+        for copy in first..first.saturating_add(copies) {
             if let Some(&id) = self.by_capture.get(&(seg.dst, seg.src, copy)) {
                 self.with_session(now, id, |s, ctx| s.on_production(ctx, seg));
             }
@@ -497,7 +547,14 @@ impl Engine {
         seg.flags & SYN != 0 && isn != seg.seq
     }
 
-    fn start(&mut self, now: u64, key: CaptureKey, target: Endpoint, seg: &ClientSegment<'_>) -> Option<SessionId> {
+    fn start(
+        &mut self,
+        now: u64,
+        key: CaptureKey,
+        target: Endpoint,
+        targets: Targets,
+        seg: &ClientSegment<'_>,
+    ) -> Option<SessionId> {
         let (client, online, copy) = key;
         let has_syn = seg.flags & SYN != 0;
         if (self.config.only_complete && !has_syn) || !sampled(self.admission.percent(now), &client, &online) {
@@ -540,9 +597,19 @@ impl Engine {
             }
         };
         let online_base = (!has_syn && seg.flags & common::tcp::flags::ACK != 0).then_some(seg.ack);
-        let id = self
-            .table
-            .insert(key, Session::new(replay_client, target, syn, online_base, self.config.payload_bytes > 0, now));
+        // Under --baseline, the copies of one captured flow to its targets compare notes.
+        let pair = self
+            .config
+            .baseline
+            .filter(|b| self.config.payload_bytes > 0 && targets.len > 1 && targets.as_slice().contains(b))
+            .map(|b| session::Pair {
+                flow: (client, online, copy / targets.len),
+                baseline: target == b,
+                candidates: usize::from(targets.len) - 1,
+            });
+        let mut session = Session::new(replay_client, target, syn, online_base, self.config.payload_bytes > 0, now);
+        session.pair = pair;
+        let id = self.table.insert(key, session);
         self.by_capture.insert(key, id);
         self.by_replay.insert(replay_client, id);
         self.counters.sessions_started += 1;
@@ -640,6 +707,7 @@ impl Engine {
                     config: &self.config,
                     counters: &mut self.counters,
                     exchanges: &mut self.exchanges,
+                    pairing: &mut self.pairing,
                     out: &mut self.out,
                     scratch: Vec::new(),
                 };
@@ -704,6 +772,7 @@ impl Engine {
             config: &self.config,
             counters: &mut self.counters,
             exchanges: &mut self.exchanges,
+            pairing: &mut self.pairing,
             out: &mut self.out,
             scratch: std::mem::take(&mut self.scratch),
         };
@@ -764,6 +833,7 @@ impl Engine {
             self.with_session(now, id, |s, ctx| s.abort(ctx));
             self.remove(id);
         }
+        self.pairing.flush(&mut self.exchanges);
     }
 
     /// Sheds the sessions holding the most captured bytes until under the `-m` bound.

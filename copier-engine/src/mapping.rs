@@ -53,8 +53,10 @@ pub enum MappingError {
     Online(String),
     #[error("no mapping given")]
     Empty,
-    #[error("online endpoint {0} is mapped twice")]
-    Duplicate(OnlineEndpoint),
+    #[error("online endpoint {0} is mapped twice to {1}")]
+    Duplicate(OnlineEndpoint, SocketAddr),
+    #[error("online endpoint {0} is mapped to more than {MAX_FAN_OUT} targets")]
+    TooManyTargets(OnlineEndpoint),
 }
 
 fn port(s: &str) -> Result<u16, MappingError> {
@@ -95,12 +97,18 @@ impl FromStr for Mappings {
 }
 
 /// Parses a comma-separated `-x` list.
+/// Targets one online endpoint may be mapped to (fan-out: each gets every session).
+pub const MAX_FAN_OUT: usize = 8;
+
 pub fn parse_mappings(s: &str) -> Result<Vec<Mapping>, MappingError> {
     let mut out: Vec<Mapping> = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let m: Mapping = item.parse()?;
-        if out.iter().any(|o| o.online == m.online) {
-            return Err(MappingError::Duplicate(m.online));
+        if out.contains(&m) {
+            return Err(MappingError::Duplicate(m.online, m.target));
+        }
+        if out.iter().filter(|o| o.online == m.online).count() >= MAX_FAN_OUT {
+            return Err(MappingError::TooManyTargets(m.online));
         }
         out.push(m);
     }
@@ -152,6 +160,14 @@ mod tests {
         assert_eq!("80-10.0.0.1".parse::<Mapping>(), Err(Target("10.0.0.1".into())));
         assert_eq!("80-10.0.0.1:0".parse::<Mapping>(), Err(Port("0".into())));
         assert_eq!("host:80-10.0.0.1:80".parse::<Mapping>(), Err(Online("host:80".into())));
-        assert!(matches!(parse_mappings("80-10.0.0.1:80,80-10.0.0.2:80"), Err(Duplicate(_))));
+        assert!(matches!(parse_mappings("80-10.0.0.1:80,80-10.0.0.1:80"), Err(Duplicate(..))));
+        let nine: Vec<String> = (1..=9).map(|i| format!("80-10.0.0.{i}:80")).collect();
+        assert!(matches!(parse_mappings(&nine.join(",")), Err(TooManyTargets(_))));
+    }
+
+    #[test]
+    fn one_online_port_may_fan_out_to_several_targets() {
+        let ms = parse_mappings("80-10.0.0.1:8080,80-10.0.0.2:8080").unwrap();
+        assert_eq!((ms[0].online, ms[1].target), (ms[1].online, sa("10.0.0.2:8080")));
     }
 }

@@ -14,6 +14,7 @@ use super::{
     capture::ClientSegment,
     compare::Answer,
     emit::{self, Options, TS_OPTION_LEN},
+    exchange::Judged,
     exchange::Outcome,
     rto::Rto,
     stream::Stream,
@@ -41,6 +42,18 @@ pub enum End {
 struct Mark {
     start: u32,
     response: u32,
+}
+
+/// Where a session's exchanges meet the same exchanges replayed to the other targets of a
+/// fan-out (`--baseline`).
+#[derive(Clone, Copy, Debug)]
+pub struct Pair {
+    /// The captured flow (client, online endpoint) and which copy of it, apart from the target.
+    pub flow: (Endpoint, Endpoint, u16),
+    /// This session replays to the baseline.
+    pub baseline: bool,
+    /// Targets other than the baseline.
+    pub candidates: usize,
 }
 
 /// What the SYN we send says.
@@ -86,6 +99,7 @@ pub struct Session {
     window: u32,
     /// What the comparison keeps (`--payload-bytes`), if it runs.
     answers: Option<Box<SessionAnswers>>,
+    pub pair: Option<Pair>,
 
     // Our sending state, as offsets of the client stream.
     snd_una: u32,
@@ -161,6 +175,7 @@ impl Session {
             target_fin_at: None,
             window: 0,
             answers: keep_answers.then(Box::default),
+            pair: None,
             snd_una: 0,
             snd_nxt: 0,
             snd_max: 0,
@@ -522,7 +537,8 @@ impl Session {
         }
     }
 
-    /// Compares the current exchange's answer with production's, where both were seen.
+    /// Compares the current exchange's answer with production's, where both were seen, and
+    /// counts it (under `--baseline`, once the baseline's copy of it is judged too).
     fn compare_answer(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome) {
         let i = self.current_mark;
         let request_start = if i == 0 { 0 } else { self.marks[i - 1].start };
@@ -530,32 +546,48 @@ impl Session {
         let (got_start, got_end) = (self.response_base, self.response_bytes());
         let Some(answers) = self.answers.as_deref_mut() else { return };
         let kept = answers.take(request_start);
-        if matches!(outcome, Outcome::Full | Outcome::Short) {
-            let comparison = &mut ctx.exchanges.of(self.target).comparison;
-            // Payload lengths: each side's FIN takes a sequence number, not a byte.
-            let fin_in = |fin: Option<u32>, start: u32, end: u32| u32::from(fin.is_some_and(|f| f >= start && f < end));
-            match kept.filter(|k| !k.request.is_empty() && answer_end >= k.answer_start) {
-                Some(k) => {
-                    let production_len =
-                        answer_end - k.answer_start - fin_in(answers.production_fin, k.answer_start, answer_end);
-                    let target_len = got_end.saturating_sub(got_start) - fin_in(self.target_fin_at, got_start, got_end);
-                    let unseen = (production_len > 0 && k.production.is_empty())
-                        || (target_len > 0 && answers.target.is_empty());
-                    if unseen {
-                        comparison.not_compared += 1;
-                    } else {
-                        comparison.record(
-                            &k.request,
-                            Answer { len: production_len, head: &k.production },
-                            Answer { len: target_len, head: &answers.target },
-                            &ctx.config.ignored_headers,
-                        );
-                    }
-                }
-                None => comparison.not_compared += 1,
-            }
-        }
+        let answered = matches!(outcome, Outcome::Full | Outcome::Short);
+        // Payload lengths: each side's FIN takes a sequence number, not a byte.
+        let fin_in = |fin: Option<u32>, start: u32, end: u32| u32::from(fin.is_some_and(|f| f >= start && f < end));
+        let judged = kept.filter(|k| answered && !k.request.is_empty() && answer_end >= k.answer_start).and_then(|k| {
+            let production_len =
+                answer_end - k.answer_start - fin_in(answers.production_fin, k.answer_start, answer_end);
+            let target_len = got_end.saturating_sub(got_start) - fin_in(self.target_fin_at, got_start, got_end);
+            let unseen =
+                (production_len > 0 && k.production.is_empty()) || (target_len > 0 && answers.target.is_empty());
+            (!unseen).then(|| {
+                Judged::new(
+                    &k.request,
+                    Answer { len: production_len, head: &k.production },
+                    Answer { len: target_len, head: &answers.target },
+                    &ctx.config.ignored_headers,
+                )
+            })
+        });
         answers.target.clear();
+        let comparison = &mut ctx.exchanges.of(self.target).comparison;
+        if answered && judged.is_none() {
+            comparison.not_compared += 1;
+        }
+        match (self.pair, judged) {
+            (None, Some(j)) => comparison.count(j),
+            // The baseline says what it saw even when it has nothing to compare: the
+            // candidates waiting for it are then counted as they are.
+            (Some(p), judged) if p.baseline => {
+                let noise = judged.as_ref().map(|j| j.difference.clone());
+                if let Some(j) = judged {
+                    comparison.count(j);
+                }
+                let key = (p.flow.0, p.flow.1, p.flow.2, request_start);
+                ctx.pairing.baseline(ctx.exchanges, key, noise, p.candidates);
+            }
+            (Some(p), Some(j)) => {
+                let key = (p.flow.0, p.flow.1, p.flow.2, request_start);
+                ctx.pairing.candidate(ctx.exchanges, key, self.target, j, p.candidates);
+            }
+            // Not compared: counted above.
+            _ => {}
+        }
     }
 
     /// The session ends: judges the requests that went out and were not judged yet (the one

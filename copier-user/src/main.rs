@@ -190,6 +190,10 @@ struct Args {
     /// from the intercepts (at most 65536; default 4096 with --report, else no comparison).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     payload_bytes: Option<u32>,
+    /// The target running the stable build (one of -x's, beside the candidates it maps the
+    /// same port to): what it and production differ in is noise, not reported for the others.
+    #[arg(long)]
+    baseline: Option<SocketAddr>,
     /// HTTP headers the comparison leaves out (comma-separated or repeated), e.g. Date.
     #[arg(long, value_delimiter = ',')]
     ignore_header: Vec<String>,
@@ -256,6 +260,7 @@ impl Args {
         c.answer_timeout_us = (self.answer_timeout * 1e6) as u64;
         c.payload_bytes = self.payload_bytes() as usize;
         c.ignored_headers = copier_engine::compare::IgnoredHeaders::new(&self.ignore_header);
+        c.baseline = self.baseline.map(common::endpoint::Endpoint::from);
         c.ramp_us = self.ramp.map_or(0, |s| (s * 1e6) as u64);
         c.max_sessions_per_s = self.max_rate.map(|r| r / f64::from(self.workers));
         // Wall-clock milliseconds: timestamps keep rising from one run to the next.
@@ -300,8 +305,20 @@ impl Args {
         if self.rounds > 1 && self.input.is_none() {
             return Some("--loop replays a capture file (-i) again");
         }
-        if u32::from(self.rounds) * u32::from(self.multiply) > u32::from(u16::MAX) {
-            return Some("--loop times -n must stay below 65536 copies");
+        let fan_out = self.mappings.0.iter().map(|m| self.mappings.0.iter().filter(|o| o.online == m.online).count());
+        let copies = u32::from(self.rounds) * u32::from(self.multiply) * fan_out.max().unwrap_or(1) as u32;
+        if copies > u32::from(u16::MAX) {
+            return Some("--loop times -n times the targets of a port must stay below 65536 copies");
+        }
+        if let Some(b) = self.baseline {
+            let online = self.mappings.0.iter().find(|m| m.target == b).map(|m| m.online);
+            let Some(online) = online else { return Some("--baseline must be one of -x's targets") };
+            if self.mappings.0.iter().filter(|m| m.online == online).count() < 2 {
+                return Some("--baseline needs candidates: map its port to another target too (-x P-BASE,P-CANDIDATE)");
+            }
+            if self.payload_bytes() == 0 {
+                return Some("--baseline goes with the comparison: --report DIR or --payload-bytes N");
+            }
         }
         None
     }
@@ -756,14 +773,14 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
     totals.extend(cost_pairs(&totals, &pipeline));
     println!("{}", line("summary", &totals, &[], 0.0));
     let exchanges = report::exchanges(&pipeline.shared);
-    for l in report::target_lines(&exchanges) {
+    for l in report::target_lines(&exchanges, args.baseline) {
         println!("{l}");
     }
     if let Some(path) = &args.summary_json {
         report::write_json(path, &report::json(&totals, &exchanges))?;
     }
     if let Some(dir) = &args.report {
-        report::write_report(dir, &exchanges)?;
+        report::write_report(dir, &exchanges, args.baseline)?;
     }
     if let Some(err) = pipeline.file_error.lock().expect("not poisoned").take() {
         eprintln!("copier: warning: {err}");
@@ -865,6 +882,8 @@ mod tests {
             (&["doctor"][..], "-c"),
             (&["--iface", "eth0", "--loop", "2"][..], "capture file"),
             (&["-i", "f", "--loop", "1000", "-n", "100"][..], "65536"),
+            (&["-i", "f", "--baseline", "10.0.0.9:80", "--report", "r"][..], "one of -x's targets"),
+            (&["-i", "f", "--baseline", "10.0.0.2:8080", "--report", "r"][..], "needs candidates"),
             (&["--iface", "m0", "--mirror-other", "drop"], "--mode mirror"),
             (&["--iface", "m0", "--tx", "raw", "--out-iface", "x"], "--tx xdp"),
         ] {

@@ -3,7 +3,7 @@
 //! production's, how its answers compared with production's (`--report DIR`: report.json), the
 //! same as JSON for `--summary-json`, and whether the run succeeded.
 
-use std::{path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use copier_engine::{
@@ -117,13 +117,14 @@ fn comparison_json(c: &Comparison) -> serde_json::Value {
 
 /// `--report DIR`'s report.json: per target its endpoint, the exchanges compared and how they
 /// differ, latency beside production's, and a sample of differing exchanges.
-pub fn report_json(e: &Exchanges) -> serde_json::Value {
+pub fn report_json(e: &Exchanges, baseline: Option<SocketAddr>) -> serde_json::Value {
     let targets: Vec<_> = e
         .targets()
         .iter()
         .map(|t| {
             json!({
                 "target": t.target.to_string(),
+                "baseline": is_baseline(t, baseline),
                 "requests": t.requests(),
                 "answered": t.answered,
                 "answered_short": t.answered_short,
@@ -140,21 +141,26 @@ pub fn report_json(e: &Exchanges) -> serde_json::Value {
 }
 
 /// Writes `dir`/report.json, creating `dir`.
-pub fn write_report(dir: &Path, e: &Exchanges) -> anyhow::Result<()> {
+pub fn write_report(dir: &Path, e: &Exchanges, baseline: Option<SocketAddr>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating the report directory {}", dir.display()))?;
-    write_json(&dir.join("report.json"), &report_json(e))
+    write_json(&dir.join("report.json"), &report_json(e, baseline))
+}
+
+fn is_baseline(t: &TargetExchanges, baseline: Option<SocketAddr>) -> bool {
+    baseline.is_some_and(|b| SocketAddr::from(t.target) == b)
 }
 
 /// One line per target: `copier target ADDR: requests=… answered=… | latency_us target: … production: …`.
-pub fn target_lines(e: &Exchanges) -> Vec<String> {
+pub fn target_lines(e: &Exchanges, baseline: Option<SocketAddr>) -> Vec<String> {
     e.targets()
         .iter()
         .map(|t| {
             format!(
-                "copier target {}: requests={} answered={} answered_short={} unanswered={} unanswered_online={} \
+                "copier target {}{}: requests={} answered={} answered_short={} unanswered={} unanswered_online={} \
                  answer_timeouts={} refused={} reset_by_target={} stale_reset={} | first-byte latency_us \
                  target: {} | production: {}{}",
                 t.target,
+                if is_baseline(t, baseline) { " (baseline)" } else { "" },
                 t.requests(),
                 t.answered,
                 t.answered_short,
@@ -276,8 +282,8 @@ mod tests {
         assert_eq!(t["latency_us"]["target"]["count"], 4);
         assert!(t["latency_us"]["target"]["p50"].as_u64().unwrap() >= 200);
         assert_eq!(t["latency_us"]["production"]["count"], 0);
-        assert!(target_lines(&e)[0].contains("answered=2 answered_short=0 unanswered=1"));
-        assert!(!target_lines(&e)[0].contains("compared="), "nothing compared, nothing said");
+        assert!(target_lines(&e, None)[0].contains("answered=2 answered_short=0 unanswered=1"));
+        assert!(!target_lines(&e, None)[0].contains("compared="), "nothing compared, nothing said");
     }
 
     #[test]
@@ -290,12 +296,12 @@ mod tests {
         let ignored = IgnoredHeaders::default();
         t.comparison.record(b"GET /fine HTTP/1.1\r\n", answer(ok), answer(ok), &ignored);
         t.comparison.record(b"GET /broken/1 HTTP/1.1\r\n", answer(ok), answer(broken), &ignored);
-        let v = report_json(&e);
+        let v = report_json(&e, None);
         let c = &v["targets"][0]["comparison"];
         assert_eq!((c["compared"].as_u64(), c["different"].as_u64()), (Some(2), Some(1)));
         assert_eq!(c["different_by_kind"]["status"], 1);
         assert_eq!(c["samples"][0]["request"], "GET /broken/1 HTTP/1.1");
         assert_eq!(c["samples"][0]["target"], "HTTP/1.1 500 Oops");
-        assert!(target_lines(&e)[0].ends_with("compared=2 equal=1 different=1 (status=1) not_compared=0"));
+        assert!(target_lines(&e, None)[0].ends_with("compared=2 equal=1 different=1 (status=1) not_compared=0"));
     }
 }

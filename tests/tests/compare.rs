@@ -1,5 +1,8 @@
-//! The comparison end to end: a real capture of production's nginx and redis replayed to a
-//! candidate that answers some requests differently; the report must name exactly those.
+//! The comparison end to end: a real capture of production's nginx and redis replayed at once
+//! to a baseline (the same build), a candidate that answers some requests differently, and
+//! another run of the same build. Every nginx stamps each answer with its own Date and a random
+//! X-Request-Id; the report must name exactly the candidate's changed exchanges, and none of
+//! the same build's.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -13,14 +16,23 @@ use xdpcopy_testbed::{
 
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// Production's answers; the candidate answers /broken/ with 500 and /changed/ with another
-/// body of the same length.
-const PRODUCTION: &str = r#"location /fine/ { return 200 "fine\n"; }
+/// Production's build (and the baseline's); the candidate answers /broken/ with 500 and
+/// /changed/ with another body of the same length.
+const STABLE: &str = r#"add_header X-Request-Id $request_id always;
+        location /fine/ { return 200 "fine\n"; }
         location /broken/ { return 200 "works\n"; }
         location /changed/ { return 200 "original\n"; }"#;
-const CANDIDATE: &str = r#"location /fine/ { return 200 "fine\n"; }
+const CANDIDATE: &str = r#"add_header X-Request-Id $request_id always;
+        location /fine/ { return 200 "fine\n"; }
         location /broken/ { return 500 "works\n"; }
         location /changed/ { return 200 "altered!\n"; }"#;
+
+const BASELINE_PORT: u16 = 8080;
+const CANDIDATE_PORT: u16 = 8081;
+const SAME_BUILD_PORT: u16 = 8082;
+/// Redis: the baseline holds production's value of key k, the candidate another.
+const REDIS_SAME: u16 = 6379;
+const REDIS_OTHER: u16 = 6380;
 
 fn online(port: u16) -> SocketAddr {
     SocketAddr::new(addr::ONLINE.into(), port)
@@ -37,8 +49,11 @@ fn redis_cli(tb: &Testbed, host: Host, at: SocketAddr, args: &[&str]) -> String 
 }
 
 fn start_intercept(tb: &Testbed) -> Process {
+    let targets: Vec<String> = [BASELINE_PORT, CANDIDATE_PORT, SAME_BUILD_PORT, REDIS_SAME, REDIS_OTHER]
+        .map(|p| target(p).to_string())
+        .to_vec();
     let mut cmd = tb.intercept_command(Host::Assist);
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &format!("{},{}", target(8080), target(6379))]);
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets.join(",")]);
     cmd.args(["--listen", &SocketAddr::new(addr::ASSIST_CONTROL.into(), 36524).to_string(), "--stats-interval", "1"]);
     let mut p = tb.start("intercept", cmd).unwrap();
     p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
@@ -46,21 +61,34 @@ fn start_intercept(tb: &Testbed) -> Process {
 }
 
 fn replay(tb: &Testbed, pcap: &Path, report: &Path) -> Process {
+    let http = [BASELINE_PORT, CANDIDATE_PORT, SAME_BUILD_PORT].map(|p| format!("80-{}", target(p)));
+    let redis = [REDIS_SAME, REDIS_OTHER].map(|p| format!("6379-{}", target(p)));
+    let mappings = [http.join(","), redis.join(",")].join(",");
     let mut cmd = tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &format!("80-{},6379-{}", target(8080), target(6379)), "-s", &addr::ASSIST_CONTROL.to_string()])
-        .args(["-i", &pcap.to_string_lossy(), "--report", &report.to_string_lossy(), "--ignore-header", "Date"]);
+    cmd.args(["-x", &mappings, "-s", &addr::ASSIST_CONTROL.to_string(), "-i", &pcap.to_string_lossy()]).args([
+        "--report",
+        &report.to_string_lossy(),
+        "--baseline",
+        &target(BASELINE_PORT).to_string(),
+    ]);
     tb.start("copier", cmd).unwrap()
 }
 
 #[test]
-fn a_candidate_that_answers_some_requests_differently_is_named_for_exactly_those() {
+fn a_candidate_is_named_for_exactly_the_exchanges_it_answers_differently_from_the_baseline() {
     let tb = Testbed::new().unwrap();
-    let _production = Nginx::start_with(&tb, Host::Online, "online-nginx", online(80), PRODUCTION).unwrap();
-    let candidate = Nginx::start_with(&tb, Host::Target, "target-nginx", target(8080), CANDIDATE).unwrap();
+    let _production = Nginx::start_with(&tb, Host::Online, "online-nginx", online(80), STABLE).unwrap();
+    let _baseline = Nginx::start_with(&tb, Host::Target, "baseline", target(BASELINE_PORT), STABLE).unwrap();
+    let candidate = Nginx::start_with(&tb, Host::Target, "candidate", target(CANDIDATE_PORT), CANDIDATE).unwrap();
+    let _same_build = Nginx::start_with(&tb, Host::Target, "same-build", target(SAME_BUILD_PORT), STABLE).unwrap();
     let _online_redis = Redis::start(&tb, Host::Online, "online-redis", online(6379)).unwrap();
-    let _target_redis = Redis::start(&tb, Host::Target, "target-redis", target(6379)).unwrap();
-    // One key holds another value on the candidate's redis.
-    for (host, at, value) in [(Host::Online, online(6379), "v1"), (Host::Target, target(6379), "v2")] {
+    let _same_redis = Redis::start(&tb, Host::Target, "redis-same", target(REDIS_SAME)).unwrap();
+    let _other_redis = Redis::start(&tb, Host::Target, "redis-other", target(REDIS_OTHER)).unwrap();
+    for (host, at, value) in [
+        (Host::Online, online(6379), "v1"),
+        (Host::Target, target(REDIS_SAME), "v1"),
+        (Host::Target, target(REDIS_OTHER), "v2"),
+    ] {
         assert_eq!(redis_cli(&tb, host, at, &["SET", "k", value]), "OK");
         assert_eq!(redis_cli(&tb, host, at, &["SET", "same", "s"]), "OK");
     }
@@ -86,6 +114,8 @@ fn a_candidate_that_answers_some_requests_differently_is_named_for_exactly_those
         assert!(!redis_cli(&tb, Host::Client, online(6379), &["GET", key]).is_empty());
     }
     let pcap = dump.finish().unwrap();
+    // A second later every answer's Date differs from production's too.
+    std::thread::sleep(Duration::from_millis(1100));
 
     let report_dir = tb.dir().join("report");
     let mut copier = replay(&tb, &pcap, &report_dir);
@@ -100,9 +130,16 @@ fn a_candidate_that_answers_some_requests_differently_is_named_for_exactly_those
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap();
     let of = |port: u16| {
         let t = report["targets"].as_array().unwrap().iter().find(|t| t["target"] == target(port).to_string());
-        t.unwrap_or_else(|| panic!("no target {port} in {report:#}"))["comparison"].clone()
+        t.unwrap_or_else(|| panic!("no target {port} in {report:#}")).clone()
     };
-    let http = of(8080);
+    // The baseline differs from production in every answer's Date and X-Request-Id: noise.
+    let baseline = of(BASELINE_PORT);
+    assert_eq!(baseline["baseline"], true);
+    let noise = &baseline["comparison"];
+    assert_eq!((noise["compared"].as_u64(), noise["different"].as_u64()), (Some(17), Some(17)), "{noise:#}");
+    assert_eq!(noise["samples"][0]["headers"], serde_json::json!(["date", "x-request-id"]), "{noise:#}");
+
+    let http = &of(CANDIDATE_PORT)["comparison"];
     assert_eq!((http["compared"].as_u64(), http["not_compared"].as_u64()), (Some(17), Some(0)), "{http:#}");
     assert_eq!(http["different"], 10, "{http:#}");
     let kinds = &http["different_by_kind"];
@@ -118,12 +155,34 @@ fn a_candidate_that_answers_some_requests_differently_is_named_for_exactly_those
         let request = sample["request"].as_str().unwrap();
         let kind = if request.contains("/broken/") { "status" } else { "body" };
         assert!(!request.contains("/fine/"), "{sample}");
-        assert_eq!(sample["kinds"], serde_json::json!([kind]), "{sample}");
+        assert_eq!(
+            (&sample["kinds"], &sample["headers"]),
+            (&serde_json::json!([kind]), &serde_json::json!([])),
+            "{sample}"
+        );
     }
-    let redis = of(6379);
+    // Another run of the stable build: its own dates and ids, and nothing else.
+    let same = &of(SAME_BUILD_PORT)["comparison"];
+    assert_eq!((same["compared"].as_u64(), same["different"].as_u64()), (Some(17), Some(0)), "{same:#}");
+
+    let redis_same = &of(REDIS_SAME)["comparison"];
+    assert_eq!(
+        (redis_same["compared"].as_u64(), redis_same["different"].as_u64()),
+        (Some(3), Some(0)),
+        "{redis_same:#}"
+    );
+    let redis = &of(REDIS_OTHER)["comparison"];
     assert_eq!((redis["compared"].as_u64(), redis["different"].as_u64()), (Some(3), Some(2)), "{redis:#}");
     assert_eq!(redis["different_by_kind"]["value"], 2);
     assert!(redis["samples"].as_array().unwrap().iter().all(|s| s["request"] == "GET k"), "{redis:#}");
     // The summary names the counts too.
-    assert!(copier.stdout().contains("compared=17 equal=7 different=10 (status=5 body=5)"), "{}", copier.describe());
+    let out = copier.stdout();
+    let line =
+        |port: u16| out.lines().find(|l| l.starts_with(&format!("copier target {}", target(port)))).unwrap_or("");
+    assert!(line(BASELINE_PORT).contains("(baseline)"), "{out}");
+    assert!(
+        line(CANDIDATE_PORT).ends_with("compared=17 equal=7 different=10 (status=5 body=5) not_compared=0"),
+        "{out}"
+    );
+    assert!(line(SAME_BUILD_PORT).ends_with("compared=17 equal=17 different=0 not_compared=0"), "{out}");
 }

@@ -113,3 +113,81 @@ fn without_payload_bytes_nothing_is_kept_or_compared() {
     let t = &e.exchanges().targets()[0];
     assert_eq!((t.answered, t.comparison.compared, t.comparison.not_compared), (2, 0, 0));
 }
+
+mod baseline {
+    use common::{endpoint::Endpoint, facts::ReplyFacts};
+
+    use super::*;
+    use crate::{mapping::parse_mappings, tests::syn_ack};
+
+    const BASELINE: Endpoint = Endpoint::v4([10, 100, 2, 2], 8080);
+    const CANDIDATE: Endpoint = Endpoint::v4([10, 100, 2, 3], 8080);
+
+    fn with_date(status: &str, date: &str, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    /// The test server `target`'s facts for the copy replayed from `port`.
+    fn from(target: Endpoint, port: u16, f: ReplyFacts) -> ReplyFacts {
+        ReplyFacts { client: ep(CLIENT, port), target, ..f }
+    }
+
+    /// One request captured with production's answer, replayed to the baseline and a candidate,
+    /// which answer `baseline` and `candidate`; the candidate answers before or after the baseline.
+    fn judged(baseline: &[u8], candidate: &[u8], candidate_first: bool) -> Engine {
+        let cfg = Config {
+            payload_bytes: 4096,
+            baseline: Some(BASELINE),
+            ..Config::new(parse_mappings("80-10.100.2.2:8080,80-10.100.2.3:8080").unwrap())
+        };
+        let mut e = Engine::new(cfg);
+        super::super::handshake(&mut e, 0, PORT);
+        // Copy 0 goes to the baseline from the captured port, copy 1 to the candidate, shifted.
+        let ports = [(BASELINE, PORT), (CANDIDATE, PORT + 1000)];
+        for (target, port) in ports {
+            e.on_reply(1_000, &from(target, port, syn_ack(ep(CLIENT, port), 1460, 65535, 5000)));
+        }
+        let request = b"GET /x HTTP/1.1\r\n\r\n";
+        let n = request.len() as u32;
+        let prod = with_date("200 OK", "Mon", "same");
+        e.on_captured(2_000, Link::Ip, &data(PORT, 0, 0, request));
+        e.on_captured(2_100, Link::Ip, &production(0, n, PSH | FIN, &prod));
+        e.on_captured(2_200, Link::Ip, &data(PORT, n, prod.len() as u32 + 1, b""));
+        sent(&mut e);
+        let mut answers = [(BASELINE, PORT, baseline), (CANDIDATE, PORT + 1000, candidate)];
+        if candidate_first {
+            answers.reverse();
+        }
+        for (i, (target, port, answer)) in answers.into_iter().enumerate() {
+            let mut r = Replies::default();
+            r.push(from(target, port, reply(ep(CLIENT, port), n, 0, answer.len() as u16, PSH | FIN)), answer);
+            e.on_replies_with_payload(3_000 + i as u64 * 1000, &r);
+        }
+        e.shutdown(10_000);
+        e
+    }
+
+    fn comparison(e: &Engine, target: Endpoint) -> crate::exchange::Comparison {
+        e.exchanges().targets().iter().find(|t| t.target == target).unwrap().comparison.clone()
+    }
+
+    #[test]
+    fn what_production_and_the_baseline_differ_in_is_noise() {
+        for candidate_first in [false, true] {
+            let e = judged(&with_date("200 OK", "Tue", "same"), &with_date("200 OK", "Wed", "same"), candidate_first);
+            let (b, c) = (comparison(&e, BASELINE), comparison(&e, CANDIDATE));
+            assert_eq!((b.compared, b.different), (1, 1), "the baseline's own date differs");
+            assert_eq!((c.compared, c.different), (1, 0), "candidate first: {candidate_first}");
+        }
+    }
+
+    #[test]
+    fn what_only_the_candidate_differs_in_is_reported() {
+        for candidate_first in [false, true] {
+            let e = judged(&with_date("200 OK", "Tue", "same"), &with_date("500 Oops", "Wed", "same"), candidate_first);
+            let c = comparison(&e, CANDIDATE);
+            assert_eq!((c.compared, c.different), (1, 1));
+            assert_eq!(c.samples[0].difference.kinds, Kinds::STATUS, "the date is noise; the status is not");
+        }
+    }
+}
