@@ -777,7 +777,7 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
         println!("{l}");
     }
     if let Some(path) = &args.summary_json {
-        report::write_json(path, &report::json(&totals, &exchanges))?;
+        report::write_json(path, &report::json(&totals, &exchanges, args.baseline))?;
     }
     if let Some(dir) = &args.report {
         report::write_report(dir, &exchanges, args.baseline)?;

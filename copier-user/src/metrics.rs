@@ -44,6 +44,7 @@ fn help(name: &str) -> &'static str {
         "captured" => "Captured frames shown to the engine",
         "not_tcp" => "Captured frames that are not TCP",
         "unmapped" => "Captured segments no -x mapping names",
+        "answers_captured" => "Captured segments of the online server (production's answers)",
         "stray_resets" => "Captured resets of no live session",
         "unparsed" => "Captured frames that did not parse",
         "unmatched_replies" => "Reply facts of no live session",
@@ -100,6 +101,9 @@ fn snapshot(xdp: &dyn Fn() -> Vec<(&'static str, u64)>, shared: &[Arc<Shared>], 
             ("refused", "SYNs the target reset", t.sessions_refused),
             ("reset_by_target", "Established sessions the target reset", t.sessions_reset_by_target),
             ("stale_reset", "SYNs that met a connection left from an earlier run", t.stale_connections_reset),
+            ("compared", "Answers compared with production's (--payload-bytes)", t.comparison.compared),
+            ("different", "Answers that differed from production's", t.comparison.different),
+            ("not_compared", "Answered exchanges whose answers were not both seen", t.comparison.not_compared),
         ] {
             let labels = vec![("target", target.clone())];
             s.samples.push(Sample { name, help, kind: Kind::Counter, labels, value: value as f64 });

@@ -116,27 +116,10 @@ fn comparison_json(c: &Comparison) -> serde_json::Value {
 }
 
 /// `--report DIR`'s report.json: per target its endpoint, the exchanges compared and how they
-/// differ, latency beside production's, and a sample of differing exchanges.
+/// differ, latency beside production's, and a sample of differing exchanges (the same record
+/// as the summary's).
 pub fn report_json(e: &Exchanges, baseline: Option<SocketAddr>) -> serde_json::Value {
-    let targets: Vec<_> = e
-        .targets()
-        .iter()
-        .map(|t| {
-            json!({
-                "target": t.target.to_string(),
-                "baseline": is_baseline(t, baseline),
-                "requests": t.requests(),
-                "answered": t.answered,
-                "answered_short": t.answered_short,
-                "unanswered": t.unanswered,
-                "comparison": comparison_json(&t.comparison),
-                "latency_us": {
-                    "target": latency_json(&t.target_latency_us),
-                    "production": latency_json(&t.production_latency_us),
-                },
-            })
-        })
-        .collect();
+    let targets: Vec<_> = e.targets().iter().map(|t| target_json(t, baseline)).collect();
     json!({ "targets": targets })
 }
 
@@ -178,33 +161,33 @@ pub fn target_lines(e: &Exchanges, baseline: Option<SocketAddr>) -> Vec<String> 
         .collect()
 }
 
+/// One target's record: its answers, how they compared with production's, and latencies.
+fn target_json(t: &TargetExchanges, baseline: Option<SocketAddr>) -> serde_json::Value {
+    json!({
+        "target": t.target.to_string(),
+        "baseline": is_baseline(t, baseline),
+        "requests": t.requests(),
+        "requests_answered": t.answered,
+        "requests_answered_short": t.answered_short,
+        "requests_unanswered": t.unanswered,
+        "requests_unanswered_online": t.unanswered_online,
+        "answer_timeouts": t.answer_timeouts,
+        "sessions_refused": t.sessions_refused,
+        "sessions_reset_by_target": t.sessions_reset_by_target,
+        "stale_connections_reset": t.stale_connections_reset,
+        "comparison": comparison_json(&t.comparison),
+        "latency_us": {
+            "target": latency_json(&t.target_latency_us),
+            "production": latency_json(&t.production_latency_us),
+        },
+    })
+}
+
 /// The summary as JSON: the counters, the totals users look at first, and one object per target.
-pub fn json(counters: &[(&'static str, u64)], e: &Exchanges) -> serde_json::Value {
+pub fn json(counters: &[(&'static str, u64)], e: &Exchanges, baseline: Option<SocketAddr>) -> serde_json::Value {
     let get = |name: &str| counters.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
     let (full, short, none, none_online) = e.totals();
-    let targets: Vec<_> = e
-        .targets()
-        .iter()
-        .map(|t| {
-            json!({
-                "target": t.target.to_string(),
-                "requests": t.requests(),
-                "requests_answered": t.answered,
-                "requests_answered_short": t.answered_short,
-                "requests_unanswered": t.unanswered,
-                "requests_unanswered_online": t.unanswered_online,
-                "answer_timeouts": t.answer_timeouts,
-                "sessions_refused": t.sessions_refused,
-                "sessions_reset_by_target": t.sessions_reset_by_target,
-                "stale_connections_reset": t.stale_connections_reset,
-                "comparison": comparison_json(&t.comparison),
-                "latency_us": {
-                    "target": latency_json(&t.target_latency_us),
-                    "production": latency_json(&t.production_latency_us),
-                },
-            })
-        })
-        .collect();
+    let targets: Vec<_> = e.targets().iter().map(|t| target_json(t, baseline)).collect();
     json!({
         "sessions": get("sessions"),
         "sessions_completed": get("completed"),
@@ -274,7 +257,7 @@ mod tests {
     #[test]
     fn the_json_summary_names_the_totals_and_each_target() {
         let e = record(&[Outcome::Full, Outcome::Full, Outcome::Unanswered]);
-        let v = json(&[("sessions", 2), ("completed", 2), ("requests", 3)], &e);
+        let v = json(&[("sessions", 2), ("completed", 2), ("requests", 3)], &e, None);
         assert_eq!((v["requests_sent"].as_u64(), v["requests_answered"].as_u64()), (Some(3), Some(2)));
         assert_eq!(v["requests_unanswered"], 1);
         let t = &v["targets"][0];
