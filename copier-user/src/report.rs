@@ -15,6 +15,8 @@ use serde_json::json;
 
 use copier_user::runtime::worker::Shared;
 
+mod html;
+
 /// The workers' records, summed per target.
 pub fn exchanges(shared: &[Arc<Shared>]) -> Exchanges {
     let mut all = Exchanges::default();
@@ -123,10 +125,12 @@ pub fn report_json(e: &Exchanges, baseline: Option<SocketAddr>) -> serde_json::V
     json!({ "targets": targets })
 }
 
-/// Writes `dir`/report.json, creating `dir`.
+/// Writes `dir`/report.json and `dir`/report.html, creating `dir`.
 pub fn write_report(dir: &Path, e: &Exchanges, baseline: Option<SocketAddr>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating the report directory {}", dir.display()))?;
-    write_json(&dir.join("report.json"), &report_json(e, baseline))
+    write_json(&dir.join("report.json"), &report_json(e, baseline))?;
+    let page = dir.join("report.html");
+    std::fs::write(&page, html::page(e, baseline)).with_context(|| format!("writing {}", page.display()))
 }
 
 fn is_baseline(t: &TargetExchanges, baseline: Option<SocketAddr>) -> bool {

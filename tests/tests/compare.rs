@@ -4,7 +4,7 @@
 //! X-Request-Id; the report must name exactly the candidate's changed exchanges, and none of
 //! the same build's.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use xdpcopy_testbed::{
     bins,
@@ -46,6 +46,29 @@ fn redis_cli(tb: &Testbed, host: Host, at: SocketAddr, args: &[&str]) -> String 
     let (ip, port) = (at.ip().to_string(), at.port().to_string());
     let out = tb.host(host).exec("redis-cli", &[&["-h", &ip, "-p", &port][..], args].concat()).unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// report.html as a real browser renders it: headless Chromium's DOM after layout, and a
+/// screenshot of the page. No network is reachable from the page's point of view: it needs none.
+fn render(page: &Path, dir: &Path) -> (String, u64) {
+    let shot = dir.join("report.png");
+    let chromium = |extra: &[String]| {
+        let profile = format!("--user-data-dir={}", dir.join("chromium-profile").display());
+        let out = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", &profile])
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("chromium is installed by `cargo xtask setup`");
+        assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let dom = String::from_utf8(chromium(&["--dump-dom".into()]).stdout).unwrap();
+    chromium(&[format!("--screenshot={}", shot.display()), "--window-size=1280,2400".into()]);
+    if let Some(keep) = std::env::var_os("XDPCOPY_KEEP_REPORT") {
+        std::fs::copy(&shot, keep).expect("copying the screenshot");
+    }
+    (dom, std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0))
 }
 
 fn start_intercept(tb: &Testbed) -> Process {
@@ -175,6 +198,28 @@ fn a_candidate_is_named_for_exactly_the_exchanges_it_answers_differently_from_th
     assert_eq!((redis["compared"].as_u64(), redis["different"].as_u64()), (Some(3), Some(2)), "{redis:#}");
     assert_eq!(redis["different_by_kind"]["value"], 2);
     assert!(redis["samples"].as_array().unwrap().iter().all(|s| s["request"] == "GET k"), "{redis:#}");
+    // The page shows the same figures, as Chromium renders it.
+    let (dom, screenshot) = render(&report_dir.join("report.html"), tb.dir());
+    assert!(screenshot > 10_000, "a screenshot of {screenshot} bytes shows nothing");
+    assert_eq!(dom.matches("<svg class=\"latency\"").count(), 5, "a latency plot per target");
+    assert_eq!(dom.matches("<svg class=\"differences\"").count(), 5, "a differences plot per target");
+    let row = |port: u16| {
+        let start = dom.find(&format!("<a href=\"#target-{}\">", target(port))).unwrap_or_else(|| panic!("{dom}"));
+        dom[start..].split("</tr>").next().unwrap().to_owned()
+    };
+    assert!(
+        row(CANDIDATE_PORT).contains("<td>17</td><td>7</td><td class=\"different\">10</td>"),
+        "{}",
+        row(CANDIDATE_PORT)
+    );
+    assert!(row(CANDIDATE_PORT).contains("status 5, body 5"), "{}", row(CANDIDATE_PORT));
+    assert!(row(SAME_BUILD_PORT).contains("<td>17</td><td>17</td><td>0</td>"), "{}", row(SAME_BUILD_PORT));
+    assert!(row(BASELINE_PORT).contains("(baseline)"));
+    let candidate_section =
+        dom.split("<section").find(|s| s.contains(&format!("id=\"target-{}\"", target(CANDIDATE_PORT)))).unwrap();
+    assert!(candidate_section.contains("GET /broken/</text>") && candidate_section.contains("5 of 5</text>"));
+    assert_eq!(candidate_section.matches("<tr class=\"sample\">").count(), 10);
+    assert!(candidate_section.contains("HTTP/1.1 500 Internal Server Error"), "side by side: the target's 500");
     // The summary names the counts too.
     let out = copier.stdout();
     let line =

@@ -14,7 +14,8 @@ use anyhow::{bail, Context as _};
 
 /// Debian packages for the build (xsk-rs builds libxdp: clang, libelf, zlib, m4, pkg-config),
 /// the test bed (iproute2, procps for sysctl, nginx, redis, nftables for loss, prometheus to
-/// scrape the binaries, tmux for a terminal, help2man for the package's man pages) and diagnosis (tcpdump, ethtool).
+/// scrape the binaries, tmux for a terminal, help2man for the package's man pages, chromium to
+/// render the comparison report) and diagnosis (tcpdump, ethtool).
 const DEBIAN_PACKAGES: &[&str] = &[
     "clang",
     "libelf-dev",
@@ -33,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "tmux",
     "help2man",
+    "chromium",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
