@@ -25,3 +25,6 @@ pub const MAX_ENDPOINTS: u32 = 256;
 /// The copier's mirror-mode program: 1 = drop frames it does not redirect, 0 = pass them. A
 /// global set at load time, so the verifier prunes the branch not taken.
 pub const MIRROR_DROP_OTHER: &str = "MIRROR_DROP_OTHER";
+/// The copier's mirror-mode program: 1 = redirect the online server's own segments too (its
+/// answers, for the comparison with the target's), 0 = the clients' side only.
+pub const MIRROR_ANSWERS: &str = "MIRROR_ANSWERS";

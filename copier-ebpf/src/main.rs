@@ -6,8 +6,9 @@
 //! reader, which sleeps in poll(2) otherwise (a wake-up per record cost half the rate).
 //!
 //! Mirror mode (`copier_mirror`), for a NIC that only receives mirrored traffic: segments
-//! addressed to an online endpoint are redirected into the AF_XDP socket of their RX queue, no
-//! copy at all; other frames are passed or dropped as configured.
+//! addressed to an online endpoint (and, when answers are compared, those it sent) are
+//! redirected into the AF_XDP socket of their RX queue, no copy at all; other frames are passed
+//! or dropped as configured.
 #![no_std]
 #![no_main]
 
@@ -42,6 +43,10 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 /// `common::maps::MIRROR_DROP_OTHER`, set by the loader.
 #[unsafe(no_mangle)]
 static MIRROR_DROP_OTHER: u8 = 0;
+
+/// `common::maps::MIRROR_ANSWERS`, set by the loader.
+#[unsafe(no_mangle)]
+static MIRROR_ANSWERS: u8 = 0;
 
 #[inline(always)]
 fn count(counter: CopierCounter) {
@@ -81,7 +86,11 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
     count(CopierCounter::Seen);
     // SAFETY: data..data_end is the frame the kernel handed us.
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
-        Ok(Some(segment)) if is_online(&segment.dst) => {
+        // SAFETY: reading a global the loader may have set (volatile: it is not a constant).
+        Ok(Some(segment))
+            if is_online(&segment.dst)
+                || (unsafe { core::ptr::read_volatile(&MIRROR_ANSWERS) } != 0 && is_online(&segment.src)) =>
+        {
             count(CopierCounter::Matched);
             // With no socket on this queue the helper returns the flag's action: an error here.
             match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {

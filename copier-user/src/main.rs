@@ -702,7 +702,10 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
         let iface = args.iface.as_deref().expect("clap requires a source");
         let mode = match args.mode {
             Mode::Copy => online::OnlineMode::Copy,
-            Mode::Mirror => online::OnlineMode::Mirror { drop_other: args.mirror_other == Some(Other::Drop) },
+            Mode::Mirror => online::OnlineMode::Mirror {
+                drop_other: args.mirror_other == Some(Other::Drop),
+                answers: args.payload_bytes() > 0,
+            },
         };
         online = Some(online::Capture::start(
             iface,

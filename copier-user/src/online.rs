@@ -28,7 +28,7 @@ use common::{
     capture::CaptureRecord,
     counters::CopierCounter,
     endpoint::Endpoint,
-    maps::{CAPTURE, MIRROR_DROP_OTHER, ONLINE_ENDPOINTS, XSKS},
+    maps::{CAPTURE, MIRROR_ANSWERS, MIRROR_DROP_OTHER, ONLINE_ENDPOINTS, XSKS},
 };
 use copier_engine::{capture::Link, mapping::Mappings};
 use copier_user::runtime::{dispatch::Dispatch, worker::InputSender};
@@ -54,9 +54,10 @@ pub const DEFAULT_COALESCE_US: u32 = 1000;
 pub enum OnlineMode {
     /// A production NIC: copy, pass everything.
     Copy,
-    /// A NIC that receives only mirrored traffic: redirect matching frames into AF_XDP; drop
-    /// the rest (`drop_other`) or pass them.
-    Mirror { drop_other: bool },
+    /// A NIC that receives only mirrored traffic: redirect matching frames into AF_XDP (the
+    /// online server's own too with `answers`, to compare them); drop the rest (`drop_other`)
+    /// or pass them.
+    Mirror { drop_other: bool, answers: bool },
 }
 
 pub struct Capture {
@@ -81,7 +82,9 @@ impl Capture {
     ) -> anyhow::Result<Self> {
         let (program_name, globals) = match mode {
             OnlineMode::Copy => ("copier", vec![]),
-            OnlineMode::Mirror { drop_other } => ("copier_mirror", vec![(MIRROR_DROP_OTHER, drop_other as u8)]),
+            OnlineMode::Mirror { drop_other, answers } => {
+                ("copier_mirror", vec![(MIRROR_DROP_OTHER, u8::from(drop_other)), (MIRROR_ANSWERS, u8::from(answers))])
+            }
         };
         let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &globals)?;
         xdp_runtime::forward_logs(&mut ebpf)?;
@@ -132,8 +135,14 @@ impl Capture {
         program.load().context("loading the copier XDP program (verifier)")?;
         let what = match mode {
             OnlineMode::Copy => "copy mode",
-            OnlineMode::Mirror { drop_other: true } => "mirror mode, other frames dropped",
-            OnlineMode::Mirror { drop_other: false } => "mirror mode, other frames passed",
+            OnlineMode::Mirror { drop_other: true, answers: false } => "mirror mode, other frames dropped",
+            OnlineMode::Mirror { drop_other: false, answers: false } => "mirror mode, other frames passed",
+            OnlineMode::Mirror { drop_other: true, answers: true } => {
+                "mirror mode with production's answers, other frames dropped"
+            }
+            OnlineMode::Mirror { drop_other: false, answers: true } => {
+                "mirror mode with production's answers, other frames passed"
+            }
         };
         match xdp_runtime::attach(program, iface, force)? {
             Attached::Link => {
