@@ -52,6 +52,9 @@ counters! {
         NoSocket = "no_socket",
         /// Mirror mode with `--mirror-other drop`: frames dropped.
         Dropped = "dropped",
+        /// Copy mode, comparing answers: the online server's segments copied on egress (TC),
+        /// production's answers.
+        AnswersCopied = "answers_copied",
     }
 }
 

@@ -13,11 +13,14 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
-    macros::{map, xdp},
+    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
+    macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use common::{
@@ -69,7 +72,9 @@ pub fn copier(ctx: XdpContext) -> u32 {
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
         Ok(Some(segment)) if is_online(&segment.dst) => {
             count(CopierCounter::Matched);
-            copy(&ctx);
+            let frame_len = ctx.data_end() - ctx.data();
+            // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
+            copy(frame_len, |to, len| unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0 });
         }
         Ok(_) => {}
         Err(reason) => {
@@ -116,11 +121,31 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Copies the frame into the capture ring: in a small record when it fits one, else in a full
-/// one (truncated past its size).
+/// Copy mode, comparing answers: production's answers leave through the online interface,
+/// which XDP never sees, so a TC egress program (a tcx link) copies the online server's own
+/// segments into the same capture ring. It never alters a verdict: `TC_ACT_UNSPEC` (tcx's
+/// "next") hands the packet on to any later program, and with none it leaves as it would have.
+#[classifier]
+pub fn copier_answers(ctx: TcContext) -> i32 {
+    // SAFETY: data..data_end is the packet's linear part, which holds a locally built TCP
+    // segment's headers.
+    if let Ok(Some(segment)) = unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
+        if is_online(&segment.src) {
+            count(CopierCounter::AnswersCopied);
+            // A GSO packet is longer than a record can say: it is truncated like any other.
+            let frame_len = (ctx.len() as usize).min(usize::from(u16::MAX));
+            let skb = ctx.skb.skb;
+            // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ skb->len.
+            copy(frame_len, |to, len| unsafe { bpf_skb_load_bytes(skb.cast(), 0, to, len) == 0 });
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Copies the frame into the capture ring, with `load(to, len)` reading its first `len` bytes:
+/// in a small record when it fits one, else in a full one (truncated past its size).
 #[inline(always)]
-fn copy(ctx: &XdpContext) {
-    let frame_len = ctx.data_end() - ctx.data();
+fn copy(frame_len: usize, load: impl Fn(*mut core::ffi::c_void, u32) -> bool) {
     // Volatile: the verifier must see the length as a bounded number, not as a comparison of
     // packet pointers (which is what LLVM turns `len > 0` into otherwise).
     // SAFETY: reading a local.
@@ -129,14 +154,14 @@ fn copy(ctx: &XdpContext) {
         return;
     }
     if frame_len <= SMALL_CAPTURE_BYTES {
-        copy_into::<SMALL_CAPTURE_BYTES>(ctx, frame_len);
+        copy_into::<SMALL_CAPTURE_BYTES>(frame_len, load);
     } else {
-        copy_into::<CAPTURE_BYTES>(ctx, frame_len);
+        copy_into::<CAPTURE_BYTES>(frame_len, load);
     }
 }
 
 #[inline(always)]
-fn copy_into<const N: usize>(ctx: &XdpContext, frame_len: usize) {
+fn copy_into<const N: usize>(frame_len: usize, load: impl Fn(*mut core::ffi::c_void, u32) -> bool) {
     let len = if frame_len > N { N } else { frame_len };
     if len == 0 {
         return;
@@ -152,7 +177,7 @@ fn copy_into<const N: usize>(ctx: &XdpContext, frame_len: usize) {
         (*record).len = len as u16;
         (*record).frame_len = frame_len as u16;
         (*record).at_us = (bpf_ktime_get_ns() / 1000) as u32;
-        bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) == 0
+        load((*record).data.as_mut_ptr().cast(), len as u32)
     };
     if !loaded {
         entry.discard(0);

@@ -701,7 +701,7 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
     if live {
         let iface = args.iface.as_deref().expect("clap requires a source");
         let mode = match args.mode {
-            Mode::Copy => online::OnlineMode::Copy,
+            Mode::Copy => online::OnlineMode::Copy { answers: args.payload_bytes() > 0 },
             Mode::Mirror => online::OnlineMode::Mirror {
                 drop_other: args.mirror_other == Some(Other::Drop),
                 answers: args.payload_bytes() > 0,

@@ -21,7 +21,11 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, RingBuf, XskMap},
-    programs::Xdp,
+    programs::{
+        links::LinkOrder,
+        tc::{SchedClassifier, TcAttachOptions, TcAttachType},
+        Xdp,
+    },
     Ebpf,
 };
 use common::{
@@ -52,8 +56,9 @@ pub const DEFAULT_COALESCE_US: u32 = 1000;
 /// How the online interface is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnlineMode {
-    /// A production NIC: copy, pass everything.
-    Copy,
+    /// A production NIC: copy, pass everything; with `answers`, also copy the online server's
+    /// own segments as they leave (a TC egress program), to compare them.
+    Copy { answers: bool },
     /// A NIC that receives only mirrored traffic: redirect matching frames into AF_XDP (the
     /// online server's own too with `answers`, to compare them); drop the rest (`drop_other`)
     /// or pass them.
@@ -81,7 +86,7 @@ impl Capture {
         first_worker: &tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
         let (program_name, globals) = match mode {
-            OnlineMode::Copy => ("copier", vec![]),
+            OnlineMode::Copy { .. } => ("copier", vec![]),
             OnlineMode::Mirror { drop_other, answers } => {
                 ("copier_mirror", vec![(MIRROR_DROP_OTHER, u8::from(drop_other)), (MIRROR_ANSWERS, u8::from(answers))])
             }
@@ -101,7 +106,7 @@ impl Capture {
         let mut readers = Vec::new();
         let dispatch = || Dispatch::counting_into(workers.clone(), Arc::clone(&dropped));
         match mode {
-            OnlineMode::Copy => {
+            OnlineMode::Copy { .. } => {
                 let ring: RingBuf<MapData> =
                     RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
                 let (stop, dispatch) = (Arc::clone(&stop), dispatch());
@@ -134,15 +139,12 @@ impl Capture {
             ebpf.program_mut(program_name).context("eBPF object has no copier program")?.try_into()?;
         program.load().context("loading the copier XDP program (verifier)")?;
         let what = match mode {
-            OnlineMode::Copy => "copy mode",
-            OnlineMode::Mirror { drop_other: true, answers: false } => "mirror mode, other frames dropped",
-            OnlineMode::Mirror { drop_other: false, answers: false } => "mirror mode, other frames passed",
-            OnlineMode::Mirror { drop_other: true, answers: true } => {
-                "mirror mode with production's answers, other frames dropped"
-            }
-            OnlineMode::Mirror { drop_other: false, answers: true } => {
-                "mirror mode with production's answers, other frames passed"
-            }
+            OnlineMode::Copy { .. } => "copy mode".to_owned(),
+            OnlineMode::Mirror { drop_other, answers } => format!(
+                "mirror mode{}, other frames {}",
+                if answers { " with production's answers" } else { "" },
+                if drop_other { "dropped" } else { "passed" }
+            ),
         };
         match xdp_runtime::attach(program, iface, force)? {
             Attached::Link => {
@@ -152,6 +154,9 @@ impl Capture {
                 "XDP program attached to {iface} in {what} through netlink (no bpf_link support): it is detached on \
                  SIGINT/SIGTERM, but not if this process is killed"
             ),
+        }
+        if let OnlineMode::Copy { answers: true } = mode {
+            attach_answers(&mut ebpf, iface)?;
         }
         Ok(Self { counters: Arc::new(counters), stop, readers, dropped, _ebpf: ebpf })
     }
@@ -166,6 +171,19 @@ impl Capture {
         let (counters, dropped) = (Arc::clone(&self.counters), Arc::clone(&self.dropped));
         move || read_pairs(&counters, &dropped).unwrap_or_default()
     }
+}
+
+/// Attaches the TC egress program that copies production's answers (a tcx link: the kernel
+/// detaches it when the link's descriptor closes, however this process ends).
+fn attach_answers(ebpf: &mut Ebpf, iface: &str) -> anyhow::Result<()> {
+    let program: &mut SchedClassifier =
+        ebpf.program_mut("copier_answers").context("eBPF object has no answer-copying program")?.try_into()?;
+    program.load().context("loading the copier's TC egress program (verifier)")?;
+    program
+        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching the copier's TC egress program to {iface} (tcx needs Linux 6.6)"))?;
+    log::info!("TC egress program attached to {iface} (tcx link): production's answers are copied, never altered");
+    Ok(())
 }
 
 fn read_pairs(counters: &Counters<CopierCounter>, dropped: &AtomicU64) -> anyhow::Result<Vec<(&'static str, u64)>> {

@@ -291,6 +291,51 @@ fn mirror_mode_replays_what_a_span_port_sees_with_two_workers() {
 }
 
 #[test]
+fn copy_mode_compares_live_answers_with_production_taken_on_egress() {
+    let tb = Testbed::new().unwrap();
+    let locations = |changed: &str| {
+        format!(r#"location / {{ return 200 "ok\n"; }} location /changed/ {{ return 200 "{changed}\n"; }}"#)
+    };
+    let online = Nginx::start_with(&tb, Host::Online, "online-nginx", online_http(), &locations("original")).unwrap();
+    let target = Nginx::start_with(&tb, Host::Target, "target-nginx", target_http(), &locations("altered!")).unwrap();
+    let _intercept = start_intercept(&tb, "intercept");
+    let report = tb.dir().join("report");
+    let mut copier = start_online_copier(&tb, &["--ignore-header", "date", "--report", &report.to_string_lossy()]);
+    copier.wait_for_line(STARTUP, |l| l.contains("TC egress program attached")).unwrap();
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+
+    let statuses = tb
+        .client
+        .run(|| {
+            (0..12)
+                .map(|i| {
+                    let path = if i % 4 == 0 { format!("/changed/{i}") } else { format!("/same/{i}") };
+                    traffic::http_get(online_http(), &path).unwrap()
+                })
+                .collect::<Vec<u16>>()
+        })
+        .unwrap();
+    assert_eq!(statuses, vec![200; 12], "production answered every client");
+    assert_eq!(wait_requests(&target, 12, Duration::from_secs(15)).len(), 12, "{}", copier.describe());
+    assert_eq!(online.requests().len(), 12);
+    // The last answers' facts may still be on their way.
+    std::thread::sleep(Duration::from_millis(1500));
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    let s = stats::last(&copier.stdout()).unwrap();
+    assert!(s.get("answers_copied") >= 12 && s.get("answers_captured") >= 12, "{}", copier.describe());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+    let c = &report["targets"][0]["comparison"];
+    assert_eq!((c["compared"].as_u64(), c["not_compared"].as_u64()), (Some(12), Some(0)), "{c:#}");
+    assert_eq!((c["different"].as_u64(), c["different_by_kind"]["body"].as_u64()), (Some(3), Some(3)), "{c:#}");
+    assert!(
+        c["samples"].as_array().unwrap().iter().all(|s| s["request"].as_str().unwrap().contains("/changed/")),
+        "{c:#}"
+    );
+}
+
+#[test]
 fn replay_survives_an_intercept_restart() {
     let tb = Testbed::new().unwrap();
     let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
