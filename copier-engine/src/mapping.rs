@@ -101,9 +101,21 @@ impl FromStr for Mappings {
 pub const MAX_FAN_OUT: usize = 8;
 
 pub fn parse_mappings(s: &str) -> Result<Vec<Mapping>, MappingError> {
-    let mut out: Vec<Mapping> = Vec::new();
-    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let m: Mapping = item.parse()?;
+    let items = s.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::parse);
+    checked(items.collect::<Result<Vec<Mapping>, _>>()?)
+}
+
+impl Mappings {
+    /// The mappings of several `-x` arguments, checked as one list.
+    pub fn joined(parts: &[Mappings]) -> Result<Self, MappingError> {
+        checked(parts.iter().flat_map(|m| m.0.iter().cloned()).collect()).map(Self)
+    }
+}
+
+/// `items`, if no mapping is there twice and no online endpoint has too many targets.
+fn checked(items: Vec<Mapping>) -> Result<Vec<Mapping>, MappingError> {
+    let mut out: Vec<Mapping> = Vec::with_capacity(items.len());
+    for m in items {
         if out.contains(&m) {
             return Err(MappingError::Duplicate(m.online, m.target));
         }
@@ -124,6 +136,16 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn repeated_arguments_are_checked_as_one_list() {
+        let (a, b): (Mappings, Mappings) = ("80-10.0.2.2:8080".parse().unwrap(), "80-10.0.2.3:8080".parse().unwrap());
+        assert_eq!(Mappings::joined(&[a.clone(), b]).unwrap().0.len(), 2);
+        assert!(matches!(Mappings::joined(&[a.clone(), a]), Err(MappingError::Duplicate(..))));
+        let many: Vec<Mappings> = (1..=9).map(|i| format!("80-10.0.2.{i}:8080").parse().unwrap()).collect();
+        assert!(matches!(Mappings::joined(&many), Err(MappingError::TooManyTargets(..))));
+        assert!(matches!(Mappings::joined(&[]), Err(MappingError::Empty)));
     }
 
     #[test]

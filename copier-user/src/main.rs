@@ -113,9 +113,10 @@ struct Args {
     /// replay.
     #[arg(value_enum)]
     command: Option<Command>,
-    /// Online-to-target mappings: [ONLINE_IP:]ONLINE_PORT-TARGET_IP:TARGET_PORT[,...]
-    #[arg(short = 'x', long = "map")]
-    mappings: Mappings,
+    /// Online-to-target mappings: [ONLINE_IP:]ONLINE_PORT-TARGET_IP:TARGET_PORT[,...]; may be
+    /// repeated (the lists are joined).
+    #[arg(short = 'x', long = "map", action = clap::ArgAction::Append, required = true)]
+    maps: Vec<Mappings>,
     /// Intercepts to connect to: IP[:PORT][,...] (default port 36524).
     #[arg(short = 's', long = "intercepts")]
     intercepts: Intercepts,
@@ -235,6 +236,11 @@ struct Args {
 
 impl Args {
     /// Bytes of each answer compared (0: no comparison).
+    /// Every `-x` argument's mappings (checked as one list at start).
+    fn mappings(&self) -> Mappings {
+        Mappings(self.maps.iter().flat_map(|m| m.0.iter().cloned()).collect())
+    }
+
     fn payload_bytes(&self) -> u32 {
         self.payload_bytes.unwrap_or(if self.report.is_some() { 4096 } else { 0 })
     }
@@ -247,7 +253,7 @@ impl Args {
     }
 
     fn engine_config(&self) -> Config {
-        let mut c = Config::new(self.mappings.0.clone());
+        let mut c = Config::new(self.mappings().0);
         c.client_addrs = self.client_addrs.clone();
         c.multiply = self.multiply;
         c.port_shift = self.port_shift;
@@ -305,15 +311,16 @@ impl Args {
         if self.rounds > 1 && self.input.is_none() {
             return Some("--loop replays a capture file (-i) again");
         }
-        let fan_out = self.mappings.0.iter().map(|m| self.mappings.0.iter().filter(|o| o.online == m.online).count());
+        let mappings = self.mappings();
+        let fan_out = mappings.0.iter().map(|m| mappings.0.iter().filter(|o| o.online == m.online).count());
         let copies = u32::from(self.rounds) * u32::from(self.multiply) * fan_out.max().unwrap_or(1) as u32;
         if copies > u32::from(u16::MAX) {
             return Some("--loop times -n times the targets of a port must stay below 65536 copies");
         }
         if let Some(b) = self.baseline {
-            let online = self.mappings.0.iter().find(|m| m.target == b).map(|m| m.online);
+            let online = mappings.0.iter().find(|m| m.target == b).map(|m| m.online);
             let Some(online) = online else { return Some("--baseline must be one of -x's targets") };
-            if self.mappings.0.iter().filter(|m| m.online == online).count() < 2 {
+            if mappings.0.iter().filter(|m| m.online == online).count() < 2 {
                 return Some("--baseline needs candidates: map its port to another target too (-x P-BASE,P-CANDIDATE)");
             }
             if self.payload_bytes() == 0 {
@@ -336,6 +343,10 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     xdp_runtime::logging::init(args.log_format);
+    if let Err(e) = Mappings::joined(&args.maps) {
+        eprintln!("copier: error: -x: {e}");
+        return std::process::ExitCode::from(2);
+    }
     if let Some(why) = args.inconsistent() {
         eprintln!("copier: error: {why}");
         return std::process::ExitCode::from(2);
@@ -362,7 +373,7 @@ fn main() -> std::process::ExitCode {
 fn doctor(args: &Args) -> std::process::ExitCode {
     let checked = xdp_runtime::caps::require(&[xdp_runtime::caps::Cap::NetRaw], "copier doctor").and_then(|()| {
         let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
-        let targets: Vec<SocketAddr> = args.mappings.0.iter().map(|m| m.target).collect();
+        let targets: Vec<SocketAddr> = args.mappings().0.iter().map(|m| m.target).collect();
         let client = args.client_addrs.as_ref().expect("checked by inconsistent()").first();
         doctor::run(&args.intercepts.0, secret.as_deref(), &targets, client)
     });
@@ -402,7 +413,7 @@ fn open_transmit(args: &Args) -> anyhow::Result<Vec<Transmit>> {
             .collect()
     };
     let xdp = || -> anyhow::Result<Vec<Transmit>> {
-        let targets: Vec<IpAddr> = args.mappings.0.iter().map(|m| m.target.ip()).collect();
+        let targets: Vec<IpAddr> = args.mappings().0.iter().map(|m| m.target.ip()).collect();
         let mut out = Vec::new();
         for queue in 0..n {
             let xdp = XdpTx::open(args.out_iface.as_deref(), &targets, queue)
@@ -694,7 +705,7 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
         _ => None,
     };
     let mut pipeline = start_pipeline(&args, secret, source)?;
-    for m in &args.mappings.0 {
+    for m in &args.mappings().0 {
         log::info!("replaying {} to {}", m.online, m.target);
     }
     let mut online = None;
@@ -709,7 +720,7 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
         };
         online = Some(online::Capture::start(
             iface,
-            &args.mappings,
+            &args.mappings(),
             args.force,
             mode,
             args.coalesce_us,
@@ -824,6 +835,16 @@ mod tests {
         for bad in ["host:1", "[10.0.0.1]x", "[fd00::1", "10.0.0.1:"] {
             assert!(bad.parse::<Intercepts>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn repeated_maps_are_joined() {
+        let argv = ["copier", "-x", "80-10.0.0.2:8080", "-x", "80-10.0.0.4:8080,81-10.0.0.2:81", "-s", "10.0.0.3"];
+        let args = Args::try_parse_from(argv.iter().chain(&["-i", "x.pcap", "--baseline", "10.0.0.2:8080"])).unwrap();
+        assert_eq!(args.mappings().0.len(), 3);
+        assert_eq!(args.engine_config().mappings.iter().filter(|m| m.online.port == 80).count(), 2);
+        assert!(args.inconsistent().is_some(), "--baseline without a comparison");
+        assert!(Args::try_parse_from(["copier", "-s", "10.0.0.3", "-i", "x.pcap"]).is_err(), "-x is required");
     }
 
     #[test]

@@ -290,17 +290,24 @@ fn mirror_mode_replays_what_a_span_port_sees_with_two_workers() {
     );
 }
 
+/// Live copy mode, production's answers taken on egress: a baseline (production's build) and a
+/// candidate (another body under /changed/) get every session, through a repeated `-x`; every
+/// answer carries its own Date, which the baseline cancels out.
 #[test]
-fn copy_mode_compares_live_answers_with_production_taken_on_egress() {
+fn copy_mode_names_the_candidates_differences_live() {
     let tb = Testbed::new().unwrap();
     let locations = |changed: &str| {
         format!(r#"location / {{ return 200 "ok\n"; }} location /changed/ {{ return 200 "{changed}\n"; }}"#)
     };
+    let candidate_http = SocketAddr::new(addr::TARGET.into(), 8081);
     let online = Nginx::start_with(&tb, Host::Online, "online-nginx", online_http(), &locations("original")).unwrap();
-    let target = Nginx::start_with(&tb, Host::Target, "target-nginx", target_http(), &locations("altered!")).unwrap();
-    let _intercept = start_intercept(&tb, "intercept");
+    let baseline = Nginx::start_with(&tb, Host::Target, "baseline", target_http(), &locations("original")).unwrap();
+    let candidate = Nginx::start_with(&tb, Host::Target, "candidate", candidate_http, &locations("altered!")).unwrap();
+    let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), candidate_http]);
     let report = tb.dir().join("report");
-    let mut copier = start_online_copier(&tb, &["--ignore-header", "date", "--report", &report.to_string_lossy()]);
+    let (second, report_arg) = (format!("80-{candidate_http}"), report.to_string_lossy().into_owned());
+    let base = target_http().to_string();
+    let mut copier = start_online_copier(&tb, &["-x", &second, "--baseline", &base, "--report", &report_arg]);
     copier.wait_for_line(STARTUP, |l| l.contains("TC egress program attached")).unwrap();
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
@@ -316,8 +323,10 @@ fn copy_mode_compares_live_answers_with_production_taken_on_egress() {
         })
         .unwrap();
     assert_eq!(statuses, vec![200; 12], "production answered every client");
-    assert_eq!(wait_requests(&target, 12, Duration::from_secs(15)).len(), 12, "{}", copier.describe());
     assert_eq!(online.requests().len(), 12);
+    for nginx in [&baseline, &candidate] {
+        assert_eq!(wait_requests(nginx, 12, Duration::from_secs(15)).len(), 12, "{}", copier.describe());
+    }
     // The last answers' facts may still be on their way.
     std::thread::sleep(Duration::from_millis(1500));
     copier.signal(libc::SIGINT).unwrap();
@@ -326,13 +335,16 @@ fn copy_mode_compares_live_answers_with_production_taken_on_egress() {
     assert!(s.get("answers_copied") >= 12 && s.get("answers_captured") >= 12, "{}", copier.describe());
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
-    let c = &report["targets"][0]["comparison"];
+    let of = |at: SocketAddr| {
+        let all = report["targets"].as_array().unwrap();
+        all.iter().find(|t| t["target"] == at.to_string()).unwrap_or_else(|| panic!("{report:#}"))["comparison"].clone()
+    };
+    let c = of(candidate_http);
     assert_eq!((c["compared"].as_u64(), c["not_compared"].as_u64()), (Some(12), Some(0)), "{c:#}");
     assert_eq!((c["different"].as_u64(), c["different_by_kind"]["body"].as_u64()), (Some(3), Some(3)), "{c:#}");
-    assert!(
-        c["samples"].as_array().unwrap().iter().all(|s| s["request"].as_str().unwrap().contains("/changed/")),
-        "{c:#}"
-    );
+    let samples = c["samples"].as_array().unwrap();
+    assert!(samples.iter().all(|s| s["request"].as_str().unwrap().contains("/changed/")), "{c:#}");
+    assert_eq!(of(target_http())["compared"], 12, "the baseline's answers are compared too");
 }
 
 #[test]
