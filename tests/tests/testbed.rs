@@ -82,7 +82,8 @@ fn a_bare_xdp_program_passes_or_drops_everything_until_it_is_dropped() {
     assert!(tb.target.xdp_program(iface::TARGET_TO_ONLINE).unwrap().is_some());
     assert_eq!(get("/through-pass").unwrap(), 200);
     drop(pass);
-    // The kernel releases a closed link's program a moment later (deferred work), not in close(2).
+    // A process another test forks in that moment holds a copy of the link's descriptor until
+    // it execs: the program goes when the last copy closes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while tb.target.xdp_program(iface::TARGET_TO_ONLINE).unwrap().is_some() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
