@@ -235,12 +235,12 @@ struct Args {
 }
 
 impl Args {
-    /// Bytes of each answer compared (0: no comparison).
-    /// Every `-x` argument's mappings (checked as one list at start).
+    /// Every `-x` argument's mappings (`main` checks them as one list first).
     fn mappings(&self) -> Mappings {
         Mappings(self.maps.iter().flat_map(|m| m.0.iter().cloned()).collect())
     }
 
+    /// Bytes of each answer compared (0: no comparison).
     fn payload_bytes(&self) -> u32 {
         self.payload_bytes.unwrap_or(if self.report.is_some() { 4096 } else { 0 })
     }
