@@ -59,7 +59,8 @@ counters! {
 }
 
 counters! {
-    /// Counters of the intercept's XDP program on the assistant's interface.
+    /// Counters of the intercept's programs: XDP on the assistant's interface, or TC egress on
+    /// the test host's (`--on-target`).
     pub enum InterceptCounter {
         /// Every frame the program ran for.
         Seen = "seen",
@@ -73,6 +74,13 @@ counters! {
         Passed = "passed",
         /// Frames that claimed to be IP/TCP but whose headers were truncated or inconsistent.
         Malformed = "malformed",
+        /// On the test host: replies to an owned client endpoint, dropped on egress.
+        Stolen = "stolen",
+        /// On the test host: stolen replies not copied to userspace (the ring was full).
+        Lost = "lost",
+        /// On the test host: stolen replies longer than a capture record (GSO packets), copied
+        /// without their payload's tail.
+        Truncated = "truncated",
     }
 }
 

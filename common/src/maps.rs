@@ -9,7 +9,14 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const ONLINE_ENDPOINTS: &str = "ONLINE_ENDPOINTS";
 /// Hash map `Endpoint -> u8`: the intercept's test-server endpoints (wildcard address allowed).
 pub const TARGET_ENDPOINTS: &str = "TARGET_ENDPOINTS";
-/// Ring buffer of [`crate::capture::CaptureRecordOf`]s (two sizes): the copier's copy-mode capture.
+/// Hash map `Endpoint -> u8`: on the test host, the client endpoints copiers own (port 0: the
+/// whole address), whose replies the intercept steals.
+pub const OWNED_CLIENTS: &str = "OWNED_CLIENTS";
+/// Its capacity, and so what all copiers together may own from an intercept on the test host:
+/// one endpoint per live session, or one per `-c` address.
+pub const MAX_OWNED_CLIENTS: u32 = 1 << 20;
+/// Ring buffer of [`crate::capture::CaptureRecordOf`]s (two sizes): the copier's copy-mode
+/// capture, and the replies the intercept steals on the test host.
 pub const CAPTURE: &str = "CAPTURE";
 /// Its size: 8 192 full records or about 63 000 small ones (each with the ring's 8-byte
 /// header): tens of milliseconds of small-frame line rate, more than the reader's coalescing

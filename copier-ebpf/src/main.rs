@@ -2,8 +2,7 @@
 //!
 //! Copy mode (`copier`): every frame goes on to the kernel stack untouched (`XDP_PASS`);
 //! production traffic is never stolen, delayed or altered. Segments addressed to an online
-//! endpoint are copied into a ring buffer; only the record that finds the ring empty wakes the
-//! reader, which sleeps in poll(2) otherwise (a wake-up per record cost half the rate).
+//! endpoint are copied into a ring buffer (`ebpf-capture`).
 //!
 //! Mirror mode (`copier_mirror`), for a NIC that only receives mirrored traffic: segments
 //! addressed to an online endpoint (and, when answers are compared, those it sent) are
@@ -13,23 +12,20 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
-    },
+    bindings::{xdp_action, TC_ACT_UNSPEC},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use common::{
-    capture::{wakes_reader, CaptureRecordOf, CAPTURE_BYTES, SMALL_CAPTURE_BYTES},
     counters::{CopierCounter, Counter},
     endpoint::Endpoint,
     maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS, MAX_QUEUES},
     parse::parse_ethernet,
 };
+use ebpf_capture::Copied;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CopierCounter::ALL.len() as u32, 0);
@@ -142,54 +138,17 @@ pub fn copier_answers(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Copies the frame into the capture ring, with `load(to, len)` reading its first `len` bytes:
-/// in a small record when it fits one, else in a full one (truncated past its size).
+/// Copies the frame into the capture ring and counts the outcome.
 #[inline(always)]
 fn copy(frame_len: usize, load: impl Fn(*mut core::ffi::c_void, u32) -> bool) {
-    // Volatile: the verifier must see the length as a bounded number, not as a comparison of
-    // packet pointers (which is what LLVM turns `len > 0` into otherwise).
-    // SAFETY: reading a local.
-    let frame_len = unsafe { core::ptr::read_volatile(&frame_len) };
-    if frame_len == 0 {
-        return;
-    }
-    if frame_len <= SMALL_CAPTURE_BYTES {
-        copy_into::<SMALL_CAPTURE_BYTES>(frame_len, load);
-    } else {
-        copy_into::<CAPTURE_BYTES>(frame_len, load);
-    }
-}
-
-#[inline(always)]
-fn copy_into<const N: usize>(frame_len: usize, load: impl Fn(*mut core::ffi::c_void, u32) -> bool) {
-    let len = if frame_len > N { N } else { frame_len };
-    if len == 0 {
-        return;
-    }
-    let Some(mut entry) = CAPTURE.reserve::<CaptureRecordOf<N>>(0) else {
-        count(CopierCounter::RingFull);
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved ring entry; `len` is in 1..=its data array's size
-    // and at most the frame's length.
-    let loaded = unsafe {
-        (*record).len = len as u16;
-        (*record).frame_len = frame_len as u16;
-        (*record).at_us = (bpf_ktime_get_ns() / 1000) as u32;
-        load((*record).data.as_mut_ptr().cast(), len as u32)
-    };
-    if !loaded {
-        entry.discard(0);
-        return;
-    }
-    let avail = CAPTURE.query(BPF_RB_AVAIL_DATA as u64);
-    let wake =
-        if wakes_reader(avail, size_of::<CaptureRecordOf<N>>()) { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-    entry.submit(wake as u64);
-    count(CopierCounter::Copied);
-    if frame_len > N {
-        count(CopierCounter::Truncated);
+    match ebpf_capture::copy(&CAPTURE, frame_len, load) {
+        Copied::Whole => count(CopierCounter::Copied),
+        Copied::Truncated => {
+            count(CopierCounter::Copied);
+            count(CopierCounter::Truncated);
+        }
+        Copied::RingFull => count(CopierCounter::RingFull),
+        Copied::Nothing => {}
     }
 }
 

@@ -91,7 +91,7 @@ impl Capture {
                 ("copier_mirror", vec![(MIRROR_DROP_OTHER, u8::from(drop_other)), (MIRROR_ANSWERS, u8::from(answers))])
             }
         };
-        let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &globals)?;
+        let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &globals, &[])?;
         xdp_runtime::forward_logs(&mut ebpf)?;
         {
             let map = ebpf.map_mut(ONLINE_ENDPOINTS).context("eBPF object has no online endpoint map")?;

@@ -8,3 +8,4 @@ pub mod filter;
 pub mod outbound;
 pub mod router;
 pub mod space;
+pub mod stealing;

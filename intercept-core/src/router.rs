@@ -22,8 +22,8 @@ pub const MAX_OWNED_TOTAL: usize = 4 << 20;
 pub enum ClaimError {
     #[error("copier {0} tried to own more client endpoints than one copier may ({MAX_OWNED_PER_COPIER})")]
     TooMany(CopierId),
-    #[error("the intercept holds as many client endpoints as it may ({MAX_OWNED_TOTAL} for all copiers)")]
-    Full,
+    #[error("the intercept holds as many client endpoints as it may ({0} for all copiers)")]
+    Full(usize),
     /// A live connection owns it: nobody else can take its replies.
     #[error("client endpoint {0} is owned by another copier")]
     Taken(Endpoint),
@@ -34,6 +34,14 @@ pub enum ClaimError {
 /// once a second (owned, replies, disowned): at thousands of sessions a second, out of cache.
 const AHEAD: usize = 16;
 
+/// A change of the table, for a mirror of it (the eBPF map of an intercept on the test host).
+/// Whole addresses are endpoints with port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Owned(Endpoint),
+    Released(Endpoint),
+}
+
 pub struct Ownership {
     /// Client addr:port -> owner.
     exact: HashMap<Endpoint, CopierId, Hasher>,
@@ -42,6 +50,8 @@ pub struct Ownership {
     owned: HashMap<CopierId, usize, Hasher>,
     /// Entries one copier, and all of them, may own.
     limits: (usize, usize),
+    /// Changes not yet taken, while someone mirrors the table.
+    changes: Option<Vec<Change>>,
 }
 
 impl Default for Ownership {
@@ -57,6 +67,34 @@ impl Ownership {
             whole_address: HashMap::default(),
             owned: HashMap::default(),
             limits: (per_copier, total),
+            changes: None,
+        }
+    }
+
+    /// Keeps every change from now on, for [`Self::take_changes`].
+    pub fn record_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the changes since the last call into `into`, in the order they were made.
+    pub fn take_changes(&mut self, into: &mut Vec<Change>) {
+        if let Some(changes) = &mut self.changes {
+            into.append(changes);
+        }
+    }
+
+    fn record(&mut self, change: Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(change);
+        }
+    }
+
+    /// Whether `key` itself is owned: an exact endpoint, or with port 0 a whole address.
+    pub fn holds(&self, key: &Endpoint) -> bool {
+        if key.port == 0 {
+            self.whole_address.contains_key(&key.addr)
+        } else {
+            self.exact.contains_key(key)
         }
     }
 
@@ -79,7 +117,7 @@ impl Ownership {
             return Err(ClaimError::TooMany(copier));
         }
         if self.exact.len() + self.whole_address.len() >= self.limits.1 {
-            return Err(ClaimError::Full);
+            return Err(ClaimError::Full(self.limits.1));
         }
         *count += 1;
         if client.port == 0 {
@@ -87,6 +125,7 @@ impl Ownership {
         } else {
             self.exact.insert(client, copier);
         }
+        self.record(Change::Owned(client));
         Ok(())
     }
 
@@ -125,6 +164,7 @@ impl Ownership {
             if let Some(c) = self.owned.get_mut(&copier) {
                 *c = c.saturating_sub(1);
             }
+            self.record(Change::Released(client));
         }
     }
 
@@ -132,8 +172,17 @@ impl Ownership {
     /// the tables are mostly empty. Returns how many entries.
     pub fn remove_copier(&mut self, copier: CopierId) -> usize {
         let before = self.exact.len() + self.whole_address.len();
-        self.exact.retain(|_, owner| *owner != copier);
-        self.whole_address.retain(|_, owner| *owner != copier);
+        let mut changes = self.changes.take();
+        let mut keep = |client, owner| {
+            let keep = owner != copier;
+            if let (false, Some(changes)) = (keep, &mut changes) {
+                changes.push(Change::Released(client));
+            }
+            keep
+        };
+        self.exact.retain(|&client, &mut owner| keep(client, owner));
+        self.whole_address.retain(|&addr, &mut owner| keep(Endpoint::v6(addr, 0), owner));
+        self.changes = changes;
         self.owned.remove(&copier);
         if self.exact.capacity() > 4 * self.exact.len() + 1024 {
             self.exact.shrink_to_fit();
@@ -303,13 +352,38 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_table_lists_its_changes_in_order() {
+        let mut o = Ownership::default();
+        o.own(1, client(2, 1)).unwrap();
+        o.record_changes();
+        o.own_all(1, &[client(2, 1), client(2, 2), client(3, 0)]).unwrap();
+        let _ = o.own(2, client(2, 2));
+        o.disown(2, client(2, 2));
+        o.disown(1, client(2, 2));
+        let mut changes = Vec::new();
+        o.take_changes(&mut changes);
+        use Change::*;
+        assert_eq!(changes, [Owned(client(2, 2)), Owned(client(3, 0)), Released(client(2, 2))], "only real changes");
+        assert!(o.holds(&client(3, 0)) && !o.holds(&client(3, 7)) && o.holds(&client(2, 1)));
+        o.remove_copier(1);
+        o.take_changes(&mut changes);
+        changes.drain(..3);
+        changes.sort_by_key(|c| match c {
+            Owned(e) | Released(e) => (e.addr, e.port),
+        });
+        assert_eq!(changes, [Released(client(2, 1)), Released(client(3, 0))]);
+        o.take_changes(&mut changes);
+        assert_eq!(changes.len(), 2, "taken once");
+    }
+
+    #[test]
     fn copiers_cannot_own_without_bound() {
         let mut o = Ownership::with_limits(2, 3);
         o.own(7, client(2, 1)).unwrap();
         o.own(7, client(2, 2)).unwrap();
         assert_eq!(o.own(7, client(2, 3)), Err(ClaimError::TooMany(7)));
         o.own(8, client(2, 3)).unwrap();
-        assert_eq!(o.own(8, client(2, 4)), Err(ClaimError::Full), "three for everyone");
+        assert_eq!(o.own(8, client(2, 4)), Err(ClaimError::Full(3)), "three for everyone");
         o.disown(7, client(2, 1));
         o.own(8, client(2, 4)).unwrap();
     }

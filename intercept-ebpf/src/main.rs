@@ -1,24 +1,31 @@
-//! The intercept's XDP program on the assistant host's interface towards the test server.
+//! The intercept's programs.
 //!
-//! Segments sent by a test-server endpoint are the replies the copiers need: they are
-//! redirected into the AF_XDP socket of their RX queue and never reach the kernel stack, so they
-//! go no further. Everything else is none of our business and passes untouched.
+//! `intercept`, XDP on the assistant host's interface towards the test server: segments sent by
+//! a test-server endpoint are the replies the copiers need. They are redirected into the AF_XDP
+//! socket of their RX queue and never reach the kernel stack, so they go no further. Everything
+//! else is none of our business and passes untouched.
+//!
+//! `intercept_egress`, TC egress on the test host itself (`--on-target`): a test-server segment
+//! to a client endpoint that a copier owns is copied into a ring buffer and dropped before it
+//! leaves. Every other packet leaves as it would have.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, XskMap},
-    programs::XdpContext,
+    bindings::{xdp_action, BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
+    helpers::generated::{bpf_redirect, bpf_skb_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{HashMap, PerCpuArray, RingBuf, XskMap},
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use common::{
     counters::{Counter, InterceptCounter},
     endpoint::Endpoint,
-    maps::{MAX_ENDPOINTS, MAX_QUEUES},
+    maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS, MAX_OWNED_CLIENTS, MAX_QUEUES},
     parse::parse_ethernet,
 };
+use ebpf_capture::Copied;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(InterceptCounter::ALL.len() as u32, 0);
@@ -28,6 +35,15 @@ static TARGET_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_E
 
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+/// Client endpoints copiers own (port 0: the whole address), on the test host. Entries are
+/// allocated as they come: most runs own a few thousand.
+#[map(name = "OWNED_CLIENTS")]
+static OWNED_CLIENTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_OWNED_CLIENTS, BPF_F_NO_PREALLOC);
+
+/// The stolen replies, on the test host (the loader shrinks it when it attaches XDP instead).
+#[map(name = "CAPTURE")]
+static CAPTURE: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 
 #[inline(always)]
 fn count(counter: InterceptCounter) {
@@ -68,6 +84,59 @@ pub fn intercept(ctx: XdpContext) -> u32 {
     }
     count(InterceptCounter::Passed);
     xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn is_owned(dst: &Endpoint) -> bool {
+    let whole = Endpoint { port: 0, ..*dst };
+    // SAFETY: the values are plain bytes that we only test for presence.
+    unsafe { OWNED_CLIENTS.get(dst).is_some() || OWNED_CLIENTS.get(&whole).is_some() }
+}
+
+/// No interface has this index: a packet redirected to it is freed by the kernel.
+const NOWHERE: u32 = u32::MAX;
+
+/// TC egress on the test host: the replies to owned client endpoints are copied to userspace
+/// and dropped (even when the ring is full: they must not reach the real clients). A GSO
+/// packet is copied truncated, its headers whole.
+///
+/// Dropped by a redirect to [`NOWHERE`], not by `TC_ACT_SHOT`: tcx reports a shot packet to
+/// the sender as a failed transmit, and TCP then keeps the data unsent (the session stalls
+/// with the copier acknowledging what the server thinks it never sent). A redirect reports
+/// success whatever becomes of the packet.
+#[classifier]
+pub fn intercept_egress(ctx: TcContext) -> i32 {
+    count(InterceptCounter::Seen);
+    // SAFETY: data..data_end is the packet's linear part, which holds a locally built TCP
+    // segment's headers.
+    match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
+        Ok(Some(segment)) if is_target(&segment.src) => {
+            count(InterceptCounter::Matched);
+            if is_owned(&segment.dst) {
+                let frame_len = (ctx.len() as usize).min(usize::from(u16::MAX));
+                let skb = ctx.skb.skb;
+                // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ skb->len.
+                let copied = ebpf_capture::copy(&CAPTURE, frame_len, |to, len| unsafe {
+                    bpf_skb_load_bytes(skb.cast(), 0, to, len) == 0
+                });
+                match copied {
+                    Copied::Whole => {}
+                    Copied::Truncated => count(InterceptCounter::Truncated),
+                    Copied::RingFull | Copied::Nothing => count(InterceptCounter::Lost),
+                }
+                count(InterceptCounter::Stolen);
+                // SAFETY: a helper call with plain arguments.
+                return unsafe { bpf_redirect(NOWHERE, 0) } as i32;
+            }
+        }
+        Ok(_) => {}
+        Err(reason) => {
+            count(InterceptCounter::Malformed);
+            debug!(&ctx, "intercept: malformed packet: {}", reason.as_str());
+        }
+    }
+    count(InterceptCounter::Passed);
+    TC_ACT_UNSPEC
 }
 
 #[cfg(not(test))]

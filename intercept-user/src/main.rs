@@ -1,10 +1,11 @@
-//! `intercept`: steals the test server's replies on the assistant host and serves their header
-//! facts to the copiers (docs/architecture.md §1, §3).
+//! `intercept`: steals the test server's replies, on the assistant host (XDP) or on the test
+//! host itself (`--on-target`, TC egress), and serves their header facts to the copiers
+//! (docs/architecture.md §1, §3).
 
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::AtomicBool, Arc},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     time::Duration,
 };
 
@@ -17,11 +18,16 @@ use clap::Parser;
 use common::{
     counters::InterceptCounter,
     endpoint::Endpoint,
-    maps::{MAX_QUEUES, TARGET_ENDPOINTS, XSKS},
+    maps::{CAPTURE, MAX_OWNED_CLIENTS, MAX_QUEUES, OWNED_CLIENTS, TARGET_ENDPOINTS, XSKS},
     proto::DEFAULT_PORT,
 };
-use intercept_core::filter::parse_filter;
-use intercept_user::{server, stats::Stats, xsk};
+use intercept_core::{filter::parse_filter, stealing::Stealing};
+use intercept_user::{
+    on_target::{self, OwnedMap},
+    server::{self, Routes, SharedRoutes},
+    stats::Stats,
+    xsk,
+};
 use ipnet::IpNet;
 use xdp_runtime::{coalesce::Coalesce, counters::Counters, Attached};
 
@@ -36,9 +42,15 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 )]
 #[command(group(clap::ArgGroup::new("targets").required(true).multiple(true).args(["target", "filter"])))]
 struct Args {
-    /// The interface the test server's replies arrive on.
+    /// The interface the test server's replies arrive on; with --on-target, the test host's
+    /// interface they leave by.
     #[arg(short = 'i', long)]
     iface: String,
+    /// Run on the test host itself, with no assistant host and no route: the replies to client
+    /// endpoints a connected copier owns are stolen as they leave --iface (TC egress); all other
+    /// traffic leaves untouched.
+    #[arg(long, conflicts_with_all = ["workers", "force"])]
+    on_target: bool,
     /// Test-server endpoints whose replies to steal: IP:PORT[,IP:PORT...]
     #[arg(long, value_delimiter = ',')]
     target: Vec<SocketAddr>,
@@ -148,7 +160,9 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let listener = listen(args.listen).with_context(|| format!("listening for copiers on {}", args.listen))?;
 
-    let mut ebpf = xdp_runtime::load(EBPF_OBJECT)?;
+    // The ring and the owned-clients map serve the egress program only.
+    let sizes: &[(&str, u32)] = if args.on_target { &[] } else { &[(CAPTURE, 4096), (OWNED_CLIENTS, 1)] };
+    let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &[], sizes)?;
     xdp_runtime::forward_logs(&mut ebpf)?;
     {
         let map = ebpf.map_mut(TARGET_ENDPOINTS).context("eBPF object has no target endpoint map")?;
@@ -159,7 +173,100 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
         }
     }
     let counters = Arc::new(Counters::<InterceptCounter>::take(&mut ebpf)?);
+    let stats = Arc::new(Stats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = xdp_runtime::allowed_cores();
+    let mut threads = Vec::new();
+    let routes: SharedRoutes = if args.on_target {
+        let owned = Box::new(OwnedMap::take(&mut ebpf)?);
+        let capacity = MAX_OWNED_CLIENTS as usize;
+        let routes = Arc::new(Mutex::new(Routes::stealing(Stealing::new(owned, capacity), capacity)));
+        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
+        threads.push(on_target::spawn_reader(
+            &mut ebpf,
+            cores[0],
+            coalesce,
+            Arc::clone(&routes),
+            Arc::clone(&stop),
+            Arc::clone(&stats),
+        )?);
+        on_target::attach(&mut ebpf, &args.iface)?;
+        log::info!(
+            "TC egress program attached to {} (tcx link: detached when this process exits): replies to the \
+             clients that copiers own are stolen as they leave",
+            args.iface
+        );
+        let expiring = Arc::clone(&routes);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                Routes::lock(&expiring).expire();
+            }
+        });
+        routes
+    } else {
+        let routes = SharedRoutes::default();
+        attach_xdp(&args, &mut ebpf, &routes, &stats, &stop, &cores, &mut threads)?;
+        routes
+    };
 
+    if let Some(addr) = args.metrics {
+        let (counters, stats) = (Arc::clone(&counters), Arc::clone(&stats));
+        let source = Arc::new(move || {
+            use common::counters::Counter as _;
+            let mut s = xdp_runtime::metrics::Snapshot::default();
+            let xdp = counters.read().unwrap_or_default();
+            let pairs: Vec<_> =
+                InterceptCounter::ALL.iter().map(|c| c.name()).zip(xdp).chain(stats.snapshot()).collect();
+            s.pairs(&pairs, &["copiers", "connections"], help);
+            s
+        });
+        xdp_runtime::metrics::serve(addr, "xdpcopy_intercept", source)?;
+    }
+    log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
+    // On the test host, replies leave by its own route whatever it forwards.
+    let forwarding = !args.on_target && forwards_ip();
+    if forwarding {
+        log::warn!(
+            "this host forwards IP: replies the intercept does not steal (other ports, or all of them once it stops) \
+             go on towards the real clients; turn it off (net.ipv4.ip_forward=0, net.ipv6.conf.all.forwarding=0)"
+        );
+    }
+    let access = server::Access { secret, allow: args.allow.clone(), forwarding };
+    let limits = server::Limits {
+        max_copiers: args.max_copiers as usize,
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout),
+    };
+    tokio::spawn(server::serve(listener, access, limits, Arc::clone(&routes), Arc::clone(&stats)));
+
+    let report =
+        xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || {
+            stats.snapshot()
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(ebpf);
+    let stop = report?;
+    let what = if args.on_target { "TC egress" } else { "XDP" };
+    log::info!("stopped by {stop:?}; {what} program detached from {}", args.iface);
+    Ok(())
+}
+
+/// The assistant host's receive path: an AF_XDP socket and pinned worker per RX queue, then
+/// the XDP program that redirects the replies into them.
+fn attach_xdp(
+    args: &Args,
+    ebpf: &mut aya::Ebpf,
+    routes: &SharedRoutes,
+    stats: &Arc<Stats>,
+    stop: &Arc<AtomicBool>,
+    cores: &[usize],
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     // Sockets first, so that no reply arrives before its queue has one.
     let queues = xdp_runtime::xsk_rx::rx_queue_count(&args.iface);
     let workers = args.workers.unwrap_or(queues.min(MAX_QUEUES));
@@ -167,7 +274,6 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
         bail!("--workers {workers}: {} has only {queues} RX queue(s)", args.iface);
     }
     let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
-    let mut sockets = Vec::new();
     for queue in 0..workers {
         let socket = xdp_runtime::xsk_rx::RxSocket::open(&args.iface, queue)?;
         xsks.set(queue, socket.fd(), 0).with_context(|| format!("registering the AF_XDP socket of queue {queue}"))?;
@@ -176,7 +282,15 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
             args.iface,
             if socket.zero_copy { "zero-copy" } else { "copy mode" }
         );
-        sockets.push(socket);
+        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
+        threads.push(xsk::spawn_worker(
+            socket,
+            cores[queue as usize % cores.len()],
+            coalesce,
+            Arc::clone(routes),
+            Arc::clone(stop),
+            Arc::clone(stats),
+        )?);
     }
 
     let program: &mut Xdp =
@@ -192,63 +306,6 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
             args.iface
         ),
     }
-
-    let stats = Arc::new(Stats::default());
-    if let Some(addr) = args.metrics {
-        let (counters, stats) = (Arc::clone(&counters), Arc::clone(&stats));
-        let source = Arc::new(move || {
-            use common::counters::Counter as _;
-            let mut s = xdp_runtime::metrics::Snapshot::default();
-            let xdp = counters.read().unwrap_or_default();
-            let pairs: Vec<_> =
-                InterceptCounter::ALL.iter().map(|c| c.name()).zip(xdp).chain(stats.snapshot()).collect();
-            s.pairs(&pairs, &["copiers", "connections"], help);
-            s
-        });
-        xdp_runtime::metrics::serve(addr, "xdpcopy_intercept", source)?;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let routes = server::SharedRoutes::default();
-    log::info!("serving copiers on {}{}", args.listen, if secret.is_some() { " (secret required)" } else { "" });
-    let forwarding = forwards_ip();
-    if forwarding {
-        log::warn!(
-            "this host forwards IP: replies the intercept does not steal (other ports, or all of them once it stops) \
-             go on towards the real clients; turn it off (net.ipv4.ip_forward=0, net.ipv6.conf.all.forwarding=0)"
-        );
-    }
-    let access = server::Access { secret, allow: args.allow.clone(), forwarding };
-    let limits = server::Limits {
-        max_copiers: args.max_copiers as usize,
-        idle_timeout: Duration::from_secs_f64(args.idle_timeout),
-    };
-    tokio::spawn(server::serve(listener, access, limits, Arc::clone(&routes), Arc::clone(&stats)));
-    let cores = xdp_runtime::allowed_cores();
-    let mut threads = Vec::new();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
-        threads.push(xsk::spawn_worker(
-            socket,
-            cores[i % cores.len()],
-            coalesce,
-            Arc::clone(&routes),
-            Arc::clone(&stop),
-            Arc::clone(&stats),
-        )?);
-    }
-
-    let report =
-        xdp_runtime::report_until_stopped("intercept", &counters, Duration::from_secs_f64(args.stats_interval), || {
-            stats.snapshot()
-        })
-        .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    drop(ebpf);
-    let stop = report?;
-    log::info!("stopped by {stop:?}; XDP program detached from {}", args.iface);
     Ok(())
 }
 
@@ -268,6 +325,9 @@ fn help(name: &str) -> &'static str {
         "no_socket" => "Matching frames on a queue without an AF_XDP socket, passed to the kernel",
         "passed" => "Frames handed on to the kernel",
         "malformed" => "Frames that claimed IP/TCP but did not parse",
+        "stolen" => "On the test host: replies to owned client endpoints, dropped as they left",
+        "lost" => "On the test host: stolen replies not copied to userspace (the ring was full)",
+        "truncated" => "On the test host: stolen replies longer than a ring record (GSO packets), payload cut",
         "replies" => "Replies reduced to facts",
         "unparsed" => "Frames in the AF_XDP rings that did not parse as TCP",
         "routed" => "Facts sent to their copier",

@@ -37,8 +37,9 @@ use xdp_runtime::AbortOnDrop;
 use intercept_core::{
     answer_cut::AnswerCuts,
     outbound::{Outbound, Sent},
-    router::{ClaimError, CopierId, Ownership},
+    router::{ClaimError, CopierId, Ownership, MAX_OWNED_PER_COPIER},
     space::ClientSpace,
+    stealing::Stealing,
 };
 use ipnet::IpNet;
 
@@ -168,7 +169,7 @@ impl Payloads {
         self.spans.clear();
     }
 
-    fn get(&self, i: usize) -> &[u8] {
+    pub(crate) fn get(&self, i: usize) -> &[u8] {
         self.spans.get(i).map_or(&[], |r| &self.bytes[r.clone()])
     }
 }
@@ -190,6 +191,9 @@ pub struct Routes<L = CopierLink> {
     grouped_payload: HashMap<CopierId, Vec<(ReplyFacts, usize, usize)>, Hasher>,
     /// Encoding buffer (reused).
     frame: Vec<u8>,
+    /// On the test host: the eBPF map of owned endpoints kept in step with `ownership`, and
+    /// when the routes were made (its clock).
+    stealing: Option<(Stealing, Instant)>,
 }
 
 /// The routes, shared by the AF_XDP workers and the connections.
@@ -206,6 +210,7 @@ impl<L> Default for Routes<L> {
             cuts: AnswerCuts::default(),
             grouped_payload: HashMap::default(),
             frame: Vec::new(),
+            stealing: None,
         }
     }
 }
@@ -213,6 +218,56 @@ impl<L> Default for Routes<L> {
 impl Routes {
     pub fn lock(routes: &SharedRoutes) -> MutexGuard<'_, Routes> {
         routes.lock().expect("no router panics holding it")
+    }
+}
+
+impl<L> Routes<L> {
+    /// Routes of an intercept on the test host: every change of ownership reaches `stealing`'s
+    /// map before the announcement that made it is answered, and all copiers together own at
+    /// most `capacity` endpoints (the map's size).
+    pub fn stealing(stealing: Stealing, capacity: usize) -> Self {
+        let mut ownership = Ownership::with_limits(MAX_OWNED_PER_COPIER.min(capacity), capacity);
+        ownership.record_changes();
+        Self { ownership, stealing: Some((stealing, Instant::now())), ..Self::default() }
+    }
+
+    /// Records an announcement; on the test host its endpoints' replies are stolen from now on.
+    fn own_all(&mut self, id: CopierId, entries: &[Endpoint]) -> Result<(), Refusal> {
+        let claimed = self.ownership.own_all(id, entries);
+        // What was owned before a refusal is in the map too: the disconnect releases it.
+        self.sync().map_err(|err| Refusal::transient(format!("stealing the replies of its clients: {err}")))?;
+        claimed.map_err(|err| {
+            // Taken: another copier replays these sessions; the limits: it would grow without bound.
+            Refusal::permanent(match err {
+                ClaimError::Taken(_) => format!("{err}: two copiers replay from the same client addresses"),
+                ClaimError::TooMany(_) | ClaimError::Full(_) => err.to_string(),
+            })
+        })
+    }
+
+    fn disown_all(&mut self, id: CopierId, entries: &[Endpoint]) {
+        self.ownership.disown_all(id, entries);
+        let _ = self.sync();
+    }
+
+    /// Applies the ownership's changes to the stolen set (on the test host).
+    fn sync(&mut self) -> io::Result<()> {
+        match &mut self.stealing {
+            Some((stealing, start)) => stealing.sync(&mut self.ownership, start.elapsed()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops stealing the replies of endpoints released long enough ago; returns how many
+    /// still linger.
+    pub fn expire(&mut self) -> usize {
+        match &mut self.stealing {
+            Some((stealing, start)) => {
+                stealing.expire(&self.ownership, start.elapsed());
+                stealing.lingering()
+            }
+            None => 0,
+        }
     }
 }
 
@@ -314,7 +369,9 @@ impl<L: Link> Routes<L> {
         self.grouped.remove(&id);
         self.grouped_payload.remove(&id);
         self.wants.remove(&id);
-        self.ownership.remove_copier(id)
+        let released = self.ownership.remove_copier(id);
+        let _ = self.sync();
+        released
     }
 
     /// Forgets a copier and everything it owned; returns how many endpoints that was.
@@ -569,17 +626,12 @@ async fn connection(
                         "{outside} is outside the client addresses this copier declared ({declared})"
                     )));
                 }
-                let claimed = Routes::lock(&routes).ownership.own_all(id, &entries);
-                if let Err(err) = claimed {
+                if let Err(refusal) = Routes::lock(&routes).own_all(id, &entries) {
                     Stats::add(&stats.claims_refused, 1);
-                    // Taken: another copier replays these sessions; the limits: it would grow without bound.
-                    break Err(Refusal::permanent(match err {
-                        ClaimError::Taken(_) => format!("{err}: two copiers replay from the same client addresses"),
-                        ClaimError::TooMany(_) | ClaimError::Full => err.to_string(),
-                    }));
+                    break Err(refusal);
                 }
             }
-            Ok(Some(Incoming::Disown(entries))) => Routes::lock(&routes).ownership.disown_all(id, &entries),
+            Ok(Some(Incoming::Disown(entries))) => Routes::lock(&routes).disown_all(id, &entries),
             Ok(Some(Incoming::Sync(token))) => {
                 // Every announcement before it is in effect: they were applied as they came.
                 link.send(&frame(|b| proto::encode_sync(b, true, token), 16));

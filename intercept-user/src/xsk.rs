@@ -11,16 +11,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use common::facts::ReplyFacts;
-use xdp_runtime::{
-    coalesce::Coalesce,
-    xsk_rx::{RxSocket, BATCH},
-};
+use xdp_runtime::{coalesce::Coalesce, xsk_rx::RxSocket};
 
-use crate::{
-    server::{Payloads, Routes, SharedRoutes},
-    stats::Stats,
-};
+use crate::{replies::Batch, server::SharedRoutes, stats::Stats};
 
 /// Poll timeout: how quickly a worker notices shutdown when no traffic arrives.
 const POLL_MS: i32 = 100;
@@ -42,35 +35,17 @@ pub fn spawn_worker(
         .name(format!("xsk-rx-{}", socket.queue))
         .spawn(move || {
             xdp_runtime::pin_to(core);
-            let mut facts = Vec::with_capacity(BATCH);
-            let mut payload = Payloads::default();
+            let mut batch = Batch::default();
             while !stop.load(Ordering::Relaxed) {
-                facts.clear();
-                payload.clear();
-                // Payload is copied out of the ring only while some copier wants it.
-                let wanted = stats.payload_wanted.load(Ordering::Relaxed) as usize;
-                let mut unparsed = 0;
-                let frames = socket.receive(POLL_MS, |frame| match ReplyFacts::with_payload(frame) {
-                    Ok(Some((f, range))) => {
-                        facts.push(f);
-                        if wanted > 0 {
-                            payload.push(&frame[range.start..range.end.min(range.start + wanted)]);
-                        }
-                    }
-                    _ => unparsed += 1,
-                });
-                let frames = match frames {
+                batch.start(&stats);
+                let frames = match socket.receive(POLL_MS, |frame| batch.push(frame)) {
                     Ok(n) => n,
                     Err(err) => {
                         log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);
                         break;
                     }
                 };
-                Stats::add(&stats.replies, facts.len() as u64);
-                Stats::add(&stats.unparsed, unparsed);
-                if !facts.is_empty() {
-                    Routes::lock(&routes).route(&facts, &payload, &stats);
-                }
+                batch.route(&routes, &stats);
                 if let Some(pause) = coalesce.pause_after(frames) {
                     std::thread::sleep(pause);
                 }

@@ -40,3 +40,14 @@ impl Tcpdump {
         Ok(self.path)
     }
 }
+
+/// The packets of a pcap file (as [`Tcpdump`] writes them), in order.
+pub fn packets(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
+    let mut reader = pcap_file::pcap::PcapReader::new(std::io::BufReader::new(file))?;
+    let mut packets = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        packets.push(packet?.data.into_owned());
+    }
+    Ok(packets)
+}

@@ -74,13 +74,14 @@ pub enum Host {
     Assist,
 }
 
-/// One test bed: four namespaces, their links, and a scratch directory for configs and logs.
+/// One test bed: four namespaces (three without the assistant host), their links, and a
+/// scratch directory for configs and logs.
 pub struct Testbed {
     // Field order is drop order: namespaces go before the directory their logs live in.
     pub client: Netns,
     pub online: Netns,
     pub target: Netns,
-    pub assist: Netns,
+    assist: Option<Netns>,
     dir: tempfile::TempDir,
 }
 
@@ -130,35 +131,16 @@ fn link_with_queues(
 }
 
 impl Testbed {
-    /// Builds the topology. Needs root; fails loudly without it.
+    /// Builds the four-host topology. Needs root; fails loudly without it.
     pub fn new() -> anyhow::Result<Self> {
-        crate::require_root();
-        netns::sweep_stale();
-        let stem = netns::unique_stem();
-        let dir = tempfile::Builder::new().prefix(&format!("{stem}-")).tempdir()?;
-        let tb = Self {
-            client: Netns::create(format!("{stem}-client"))?,
-            online: Netns::create(format!("{stem}-online"))?,
-            target: Netns::create(format!("{stem}-target"))?,
-            assist: Netns::create(format!("{stem}-assist"))?,
-            dir,
-        };
+        let tb = Self::hosts(true)?;
         use self::{addr as a, iface as i};
-        link(&tb.client, i::CLIENT_TO_ONLINE, a::CLIENT, &tb.online, i::ONLINE_TO_CLIENT, a::ONLINE)?;
-        link_with_queues(
-            &tb.online,
-            i::ONLINE_TO_TARGET,
-            a::ONLINE_TO_TARGET,
-            &tb.target,
-            i::TARGET_TO_ONLINE,
-            a::TARGET,
-            ONLINE_TO_TARGET_QUEUES,
-        )?;
-        link(&tb.target, i::TARGET_TO_ASSIST, a::TARGET_TO_ASSIST, &tb.assist, i::ASSIST_TO_TARGET, a::ASSIST)?;
-        link(&tb.online, i::ONLINE_TO_ASSIST, a::ONLINE_CONTROL, &tb.assist, i::ASSIST_TO_ONLINE, a::ASSIST_CONTROL)?;
+        let assist = tb.assist();
+        link(&tb.target, i::TARGET_TO_ASSIST, a::TARGET_TO_ASSIST, assist, i::ASSIST_TO_TARGET, a::ASSIST)?;
+        link(&tb.online, i::ONLINE_TO_ASSIST, a::ONLINE_CONTROL, assist, i::ASSIST_TO_ONLINE, a::ASSIST_CONTROL)?;
         // The assistant host reaches the test server too (as a real one would).
-        tb.assist.ip(&["route", "add", a::TARGET_NET, "via", &a::TARGET_TO_ASSIST.to_string()])?;
-        tb.assist.ip(&[
+        assist.ip(&["route", "add", a::TARGET_NET, "via", &a::TARGET_TO_ASSIST.to_string()])?;
+        assist.ip(&[
             "-6",
             "route",
             "add",
@@ -175,6 +157,54 @@ impl Testbed {
             tb.target.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")?;
         }
         Ok(tb)
+    }
+
+    /// The test bed of `intercept --on-target`: no assistant host. The test server's only
+    /// route to the copied clients is its default one, back over the link the copies arrive
+    /// by, as a test host's usually is; so its reverse-path filter can stay strict, and is.
+    /// The online host does not forward: a reply that escaped would end on its link.
+    pub fn without_assistant() -> anyhow::Result<Self> {
+        let tb = Self::hosts(false)?;
+        use self::addr as a;
+        tb.target.ip(&["route", "add", "default", "via", &a::ONLINE_TO_TARGET.to_string()])?;
+        tb.target.ip(&["-6", "route", "add", "default", "via", &a::v6(a::ONLINE_TO_TARGET).to_string()])?;
+        for key in ["all", "default", iface::TARGET_TO_ONLINE] {
+            tb.target.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "1")?;
+        }
+        Ok(tb)
+    }
+
+    /// The namespaces, the client's link to the online host and the online host's to the test
+    /// server. Needs root; fails loudly without it.
+    fn hosts(assistant: bool) -> anyhow::Result<Self> {
+        crate::require_root();
+        netns::sweep_stale();
+        let stem = netns::unique_stem();
+        let dir = tempfile::Builder::new().prefix(&format!("{stem}-")).tempdir()?;
+        let tb = Self {
+            client: Netns::create(format!("{stem}-client"))?,
+            online: Netns::create(format!("{stem}-online"))?,
+            target: Netns::create(format!("{stem}-target"))?,
+            assist: assistant.then(|| Netns::create(format!("{stem}-assist"))).transpose()?,
+            dir,
+        };
+        use self::{addr as a, iface as i};
+        link(&tb.client, i::CLIENT_TO_ONLINE, a::CLIENT, &tb.online, i::ONLINE_TO_CLIENT, a::ONLINE)?;
+        link_with_queues(
+            &tb.online,
+            i::ONLINE_TO_TARGET,
+            a::ONLINE_TO_TARGET,
+            &tb.target,
+            i::TARGET_TO_ONLINE,
+            a::TARGET,
+            ONLINE_TO_TARGET_QUEUES,
+        )?;
+        Ok(tb)
+    }
+
+    /// The assistant host. Panics in a test bed [`Self::without_assistant`].
+    pub fn assist(&self) -> &Netns {
+        self.assist.as_ref().expect("this test bed has no assistant host")
     }
 
     /// Drops `percent` % of the TCP segments `host` receives for `port`, at random (nftables
@@ -265,7 +295,7 @@ impl Testbed {
             Host::Client => &self.client,
             Host::Online => &self.online,
             Host::Target => &self.target,
-            Host::Assist => &self.assist,
+            Host::Assist => self.assist(),
         }
     }
 

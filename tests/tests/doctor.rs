@@ -44,7 +44,7 @@ fn the_doctor_passes_a_working_path_and_names_each_fault() {
     // The assistant host forwards IP: the intercept says so, and the doctor names it.
     intercept.signal(libc::SIGINT).unwrap();
     intercept.wait_timeout(Duration::from_secs(10)).unwrap();
-    tb.assist.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    tb.assist().sysctl("net.ipv4.ip_forward", "1").unwrap();
     let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target.to_string()]);
     let mut intercept = tb.start("intercept-forwarding", cmd).unwrap();
@@ -54,7 +54,7 @@ fn the_doctor_passes_a_working_path_and_names_each_fault() {
     assert_eq!(forwards.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", forwards.describe());
     assert!(forwards.stdout().contains("its host forwards IP"), "{}", forwards.describe());
     assert!(forwards.stdout().contains(&format!("target {target}: OK")), "the path itself works");
-    tb.assist.sysctl("net.ipv4.ip_forward", "0").unwrap();
+    tb.assist().sysctl("net.ipv4.ip_forward", "0").unwrap();
 
     // The test host loses its route back through the assistant host.
     tb.target.ip(&["route", "del", addr::CLIENT_NET]).unwrap();

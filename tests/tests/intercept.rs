@@ -166,7 +166,7 @@ fn garbage_wrong_version_and_wrong_secret_close_only_that_connection() {
         .unwrap();
     intercept.signal(libc::SIGINT).unwrap();
     assert!(intercept.wait_timeout(Duration::from_secs(10)).unwrap().success(), "{}", intercept.describe());
-    assert_eq!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None);
+    assert_eq!(tb.assist().xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None);
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn an_intercept_without_a_secret_or_an_allow_list_refuses_to_start() {
     let status = p.wait_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(2), "{}", p.describe());
     assert!(p.stderr().contains("no --secret-file"), "{}", p.describe());
-    assert_eq!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None, "nothing attached");
+    assert_eq!(tb.assist().xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None, "nothing attached");
 }
 
 #[test]

@@ -54,7 +54,7 @@ fn the_client_network_routes_through_the_assistant_host() {
 fn namespaces_are_deleted_on_drop_and_on_panic() {
     let names = {
         let tb = Testbed::new().unwrap();
-        [tb.client.name().to_owned(), tb.assist.name().to_owned()]
+        [tb.client.name().to_owned(), tb.assist().name().to_owned()]
     };
     let listed = namespaces();
     assert!(names.iter().all(|n| !listed.contains(n.as_str())), "left behind: {listed}");

@@ -82,7 +82,7 @@ fn both_programs_count_real_traffic_and_detach_on_sigint() {
     wait_attached(&mut copier);
     wait_attached(&mut intercept);
     assert!(tb.online.xdp_program(iface::ONLINE_TO_CLIENT).unwrap().is_some());
-    assert!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap().is_some());
+    assert!(tb.assist().xdp_program(iface::ASSIST_TO_TARGET).unwrap().is_some());
 
     // 20 short HTTP sessions from the client: each sends at least SYN, request and FIN to port 80.
     let statuses = tb
@@ -113,7 +113,7 @@ fn both_programs_count_real_traffic_and_detach_on_sigint() {
         assert!(stats::last(&p.stdout()).is_some_and(|s| s.summary), "summary printed\n{}", p.describe());
     }
     assert_eq!(tb.online.xdp_program(iface::ONLINE_TO_CLIENT).unwrap(), None);
-    assert_eq!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None);
+    assert_eq!(tb.assist().xdp_program(iface::ASSIST_TO_TARGET).unwrap(), None);
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn sigterm_and_sigkill_leave_no_program_behind() {
         let mut intercept =
             start_intercept(&tb, &format!("intercept-{signal}"), iface::ASSIST_TO_TARGET, Host::Assist, &[]);
         wait_attached(&mut intercept);
-        assert!(tb.assist.xdp_program(iface::ASSIST_TO_TARGET).unwrap().is_some());
+        assert!(tb.assist().xdp_program(iface::ASSIST_TO_TARGET).unwrap().is_some());
         intercept.signal(signal).unwrap();
         intercept.wait_timeout(SETTLE).unwrap();
         wait_detached(&tb, Host::Assist, iface::ASSIST_TO_TARGET);

@@ -54,16 +54,21 @@ pub fn positive_seconds(s: &str) -> Result<f64, String> {
 
 /// Loads an eBPF object; eBPF log records below the process's log level are not even written.
 pub fn load(object: &[u8]) -> anyhow::Result<Ebpf> {
-    load_with(object, &[])
+    load_with(object, &[], &[])
 }
 
-/// [`load`], setting the object's `u8` globals `(name, value)` first.
-pub fn load_with(object: &[u8], globals: &[(&str, u8)]) -> anyhow::Result<Ebpf> {
+/// [`load`], setting the object's `u8` globals `(name, value)` first, and the maps' sizes
+/// `(name, max_entries)` (a ring buffer's in bytes) that differ from the object's: a map the
+/// program run does not use need not take its memory.
+pub fn load_with(object: &[u8], globals: &[(&str, u8)], sizes: &[(&str, u32)]) -> anyhow::Result<Ebpf> {
     let level = log::max_level() as u8;
     let mut loader = EbpfLoader::new();
     loader.override_global(aya_log::LEVEL, &level, false);
     for (name, value) in globals {
         loader.override_global(name, value, true);
+    }
+    for &(name, entries) in sizes {
+        loader.map_max_entries(name, entries);
     }
     loader.load(object).context("loading the eBPF object into the kernel")
 }

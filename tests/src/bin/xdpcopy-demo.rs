@@ -80,7 +80,7 @@ fn run(duration: Duration) -> anyhow::Result<()> {
         tb.client.name(),
         tb.online.name(),
         tb.target.name(),
-        tb.assist.name()
+        tb.assist().name()
     );
     let online_addr = SocketAddr::new(addr::ONLINE.into(), 80);
     let target_addr = SocketAddr::new(addr::TARGET.into(), 8080);
@@ -171,7 +171,7 @@ fn run(duration: Duration) -> anyhow::Result<()> {
             println!("demo: {target}");
         }
     }
-    let left = [(&tb.online, iface::ONLINE_TO_CLIENT), (&tb.assist, iface::ASSIST_TO_TARGET)]
+    let left = [(&tb.online, iface::ONLINE_TO_CLIENT), (tb.assist(), iface::ASSIST_TO_TARGET)]
         .into_iter()
         .filter_map(|(ns, i)| ns.xdp_program(i).ok().flatten().map(|id| format!("{}/{i} (id {id})", ns.name())))
         .collect::<Vec<_>>();
