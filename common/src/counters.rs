@@ -55,6 +55,8 @@ counters! {
         /// Copy mode, comparing answers: the online server's segments copied on egress (TC),
         /// production's answers.
         AnswersCopied = "answers_copied",
+        /// Mirror mode with `--decap`: tunnel packets whose mirrored frame was looked at.
+        Decapsulated = "decapsulated",
     }
 }
 

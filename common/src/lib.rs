@@ -10,6 +10,7 @@ pub mod auth;
 pub mod capture;
 pub mod checksum;
 pub mod counters;
+pub mod encap;
 pub mod endpoint;
 pub mod facts;
 #[cfg(feature = "hash")]

@@ -32,6 +32,11 @@ pub const MAX_ENDPOINTS: u32 = 256;
 /// The copier's mirror-mode program: 1 = drop frames it does not redirect, 0 = pass them. A
 /// global set at load time, so the verifier prunes the branch not taken.
 pub const MIRROR_DROP_OTHER: &str = "MIRROR_DROP_OTHER";
+/// The copier's mirror-mode program: the UDP ports of VXLAN and GENEVE mirrors (`u16`, 0:
+/// none), and 1 = look inside GRE (plain, ERSPAN) packets (`u8`). Globals set at load time.
+pub const DECAP_VXLAN_PORT: &str = "DECAP_VXLAN_PORT";
+pub const DECAP_GENEVE_PORT: &str = "DECAP_GENEVE_PORT";
+pub const DECAP_GRE: &str = "DECAP_GRE";
 /// The copier's mirror-mode program: 1 = redirect the online server's own segments too (its
 /// answers, for the comparison with the target's), 0 = the clients' side only.
 pub const MIRROR_ANSWERS: &str = "MIRROR_ANSWERS";

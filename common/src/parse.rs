@@ -11,8 +11,8 @@ use crate::{endpoint::Endpoint, tcp::offset as tcp_offset};
 
 /// Ethernet header length (no FCS).
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// VLAN tags we look through (QinQ).
@@ -48,6 +48,8 @@ pub enum Malformed {
     BadTcpDataOffset = 4,
     /// More IPv6 extension headers (or bytes of them) than we follow.
     HeaderChainTooLong = 5,
+    /// A tunnel header (VXLAN, GENEVE, GRE) that breaks its own rules.
+    BadTunnelHeader = 6,
 }
 
 impl Malformed {
@@ -58,6 +60,7 @@ impl Malformed {
             Self::BadIpLength => "bad IP header or payload length",
             Self::BadTcpDataOffset => "TCP data offset below 5",
             Self::HeaderChainTooLong => "IPv6 extension header chain too long",
+            Self::BadTunnelHeader => "bad tunnel header",
         }
     }
 }
@@ -92,7 +95,7 @@ pub struct TcpSegment {
 /// # Safety
 /// `start..end` must be readable memory (an XDP context's data range, or a slice).
 #[inline(always)]
-unsafe fn load<T: Copy>(start: usize, end: usize, off: usize) -> Result<T, Malformed> {
+pub(crate) unsafe fn load<T: Copy>(start: usize, end: usize, off: usize) -> Result<T, Malformed> {
     if start + off + size_of::<T>() > end {
         return Err(Malformed::Truncated);
     }
@@ -101,7 +104,7 @@ unsafe fn load<T: Copy>(start: usize, end: usize, off: usize) -> Result<T, Malfo
 }
 
 #[inline(always)]
-unsafe fn load_be16(start: usize, end: usize, off: usize) -> Result<u16, Malformed> {
+pub(crate) unsafe fn load_be16(start: usize, end: usize, off: usize) -> Result<u16, Malformed> {
     // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     Ok(u16::from_be_bytes(unsafe { load::<[u8; 2]>(start, end, off) }?))
 }
@@ -115,6 +118,23 @@ unsafe fn load_be16(start: usize, end: usize, off: usize) -> Result<u16, Malform
 /// `start..end` must be readable memory.
 #[inline(always)]
 pub unsafe fn parse_ethernet(start: usize, end: usize) -> Result<Option<TcpSegment>, Malformed> {
+    // SAFETY: `start..end` is readable (this function's contract).
+    let (ethertype, off) = unsafe { ethernet_payload(start, end) }?;
+    match ethertype {
+        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
+        ETH_P_IPV4 => unsafe { parse_ipv4(start, end, off) },
+        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
+        ETH_P_IPV6 => unsafe { parse_ipv6(start, end, off) },
+        _ => Ok(None),
+    }
+}
+
+/// The EtherType of an Ethernet frame's payload and where it starts, past up to two VLAN tags.
+///
+/// # Safety
+/// `start..end` must be readable memory.
+#[inline(always)]
+pub(crate) unsafe fn ethernet_payload(start: usize, end: usize) -> Result<(u16, usize), Malformed> {
     let mut off = ETH_HLEN - 2;
     // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
     let mut ethertype = unsafe { load_be16(start, end, off) }?;
@@ -127,13 +147,7 @@ pub unsafe fn parse_ethernet(start: usize, end: usize) -> Result<Option<TcpSegme
         ethertype = unsafe { load_be16(start, end, off + 2) }?;
         off += VLAN_HLEN;
     }
-    match ethertype {
-        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
-        ETH_P_IPV4 => unsafe { parse_ipv4(start, end, off) },
-        // SAFETY: `start..end` is readable (this function's contract); `load` checks the bounds.
-        ETH_P_IPV6 => unsafe { parse_ipv6(start, end, off) },
-        _ => Ok(None),
-    }
+    Ok((ethertype, off))
 }
 
 /// Parses an IPv4 packet at `l3` bytes from `start`.

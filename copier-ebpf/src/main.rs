@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
@@ -21,9 +21,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use common::{
     counters::{CopierCounter, Counter},
+    encap::{inner_frame, Decap, Inner},
     endpoint::Endpoint,
     maps::{CAPTURE_RING_BYTES, MAX_ENDPOINTS, MAX_QUEUES},
-    parse::parse_ethernet,
+    parse::{parse_ethernet, parse_ipv4, parse_ipv6, ETH_HLEN, ETH_P_IPV6},
 };
 use ebpf_capture::Copied;
 
@@ -46,6 +47,14 @@ static MIRROR_DROP_OTHER: u8 = 0;
 /// `common::maps::MIRROR_ANSWERS`, set by the loader.
 #[unsafe(no_mangle)]
 static MIRROR_ANSWERS: u8 = 0;
+
+/// `common::maps::DECAP_*`, set by the loader.
+#[unsafe(no_mangle)]
+static DECAP_VXLAN_PORT: u16 = 0;
+#[unsafe(no_mangle)]
+static DECAP_GENEVE_PORT: u16 = 0;
+#[unsafe(no_mangle)]
+static DECAP_GRE: u8 = 0;
 
 #[inline(always)]
 fn count(counter: CopierCounter) {
@@ -85,14 +94,52 @@ pub fn copier(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn copier_mirror(ctx: XdpContext) -> u32 {
     count(CopierCounter::Seen);
-    // SAFETY: data..data_end is the frame the kernel handed us.
-    match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
+    // SAFETY: reading globals the loader may have set (volatile: they are not constants).
+    let decap = unsafe {
+        Decap {
+            vxlan_port: core::ptr::read_volatile(&DECAP_VXLAN_PORT),
+            geneve_port: core::ptr::read_volatile(&DECAP_GENEVE_PORT),
+            gre: core::ptr::read_volatile(&DECAP_GRE) != 0,
+        }
+    };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let inner = if decap.is_off() {
+        Ok(None)
+    } else {
+        // SAFETY: data..data_end is the frame the kernel handed us.
+        unsafe { inner_frame(start, end, &decap) }
+    };
+    // SAFETY (each arm): data..data_end is the frame the kernel handed us; a tunnel's mirrored
+    // frame lies within it, at the offset its parser checked.
+    let parsed = match inner {
+        Ok(None) => unsafe { parse_ethernet(start, end) },
+        Ok(Some(Inner::Ethernet(offset))) => {
+            count(CopierCounter::Decapsulated);
+            unsafe { parse_ethernet(start + offset, end) }
+        }
+        Ok(Some(Inner::Ip { offset, ethertype })) => {
+            count(CopierCounter::Decapsulated);
+            if ethertype == ETH_P_IPV6 {
+                unsafe { parse_ipv6(start, end, offset) }
+            } else {
+                unsafe { parse_ipv4(start, end, offset) }
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    match parsed {
         // SAFETY: reading a global the loader may have set (volatile: it is not a constant).
         Ok(Some(segment))
             if is_online(&segment.dst)
                 || (unsafe { core::ptr::read_volatile(&MIRROR_ANSWERS) } != 0 && is_online(&segment.src)) =>
         {
             count(CopierCounter::Matched);
+            if let Ok(Some(inner)) = inner {
+                if !strip_tunnel(&ctx, inner) {
+                    count(CopierCounter::Malformed);
+                    return other(&ctx);
+                }
+            }
             // With no socket on this queue the helper returns the flag's action: an error here.
             match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
                 Ok(action) => {
@@ -108,6 +155,12 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
             debug!(&ctx, "copier: malformed frame: {}", reason.as_str());
         }
     }
+    other(&ctx)
+}
+
+/// What becomes of a mirrored frame that is not redirected: `--mirror-other`.
+#[inline(always)]
+fn other(_ctx: &XdpContext) -> u32 {
     // SAFETY: reading a global the loader may have set (volatile: it is not a constant).
     if unsafe { core::ptr::read_volatile(&MIRROR_DROP_OTHER) } != 0 {
         count(CopierCounter::Dropped);
@@ -115,6 +168,32 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
     }
     count(CopierCounter::Passed);
     xdp_action::XDP_PASS
+}
+
+/// Leaves only the mirrored frame of a tunnel packet, so userspace sees it as if it had
+/// arrived alone: the outer headers go, and an IP packet gets an Ethernet header (zero
+/// addresses, which nothing reads). False if the kernel refused.
+#[inline(always)]
+fn strip_tunnel(ctx: &XdpContext, inner: Inner) -> bool {
+    let (delta, ethertype) = match inner {
+        Inner::Ethernet(offset) => (offset, None),
+        Inner::Ip { offset, ethertype } => (offset - ETH_HLEN, Some(ethertype)),
+    };
+    // SAFETY: moving the frame's start forward within it (offset ≤ MAX_INNER_OFFSET).
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta as i32) } != 0 {
+        return false;
+    }
+    if let Some(ethertype) = ethertype {
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + ETH_HLEN > end {
+            return false;
+        }
+        let mut header = [0u8; ETH_HLEN];
+        header[12..].copy_from_slice(&ethertype.to_be_bytes());
+        // SAFETY: the check above keeps the write within the frame.
+        unsafe { core::ptr::write_unaligned(start as *mut [u8; ETH_HLEN], header) };
+    }
+    true
 }
 
 /// Copy mode, comparing answers: production's answers leave through the online interface,

@@ -131,6 +131,11 @@ struct Args {
     /// Mirror mode: pass or drop the frames that are not copied.
     #[arg(long, value_enum)]
     mirror_other: Option<Other>,
+    /// Mirror mode: the mirror arrives encapsulated; look inside these tunnels:
+    /// vxlan[:PORT] (AWS Traffic Mirroring, Azure vTAP; 4789), geneve[:PORT] (GCP, AWS GWLB;
+    /// 6081), gre (plain GRE, ERSPAN I, II, III), comma-separated.
+    #[arg(long, value_parser = online::parse_decap)]
+    decap: Option<common::encap::Decap>,
     /// Interface towards the target (default: the route's).
     #[arg(long)]
     out_iface: Option<String>,
@@ -304,6 +309,9 @@ impl Args {
         }
         if self.mirror_other.is_some() && self.mode != Mode::Mirror {
             return Some("--mirror-other goes with --mode mirror");
+        }
+        if self.decap.is_some() && self.mode != Mode::Mirror {
+            return Some("--decap goes with --mode mirror");
         }
         if self.out_iface.is_some() && self.tx == Some(Tx::Raw) {
             return Some("--out-iface goes with --tx xdp (raw sockets follow the kernel's routes)");
@@ -716,6 +724,7 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
             Mode::Mirror => online::OnlineMode::Mirror {
                 drop_other: args.mirror_other == Some(Other::Drop),
                 answers: args.payload_bytes() > 0,
+                decap: args.decap.unwrap_or_default(),
             },
         };
         online = Some(online::Capture::start(
@@ -909,6 +918,7 @@ mod tests {
             (&["-i", "f", "--baseline", "10.0.0.9:80", "--report", "r"][..], "one of -x's targets"),
             (&["-i", "f", "--baseline", "10.0.0.2:8080", "--report", "r"][..], "needs candidates"),
             (&["--iface", "m0", "--mirror-other", "drop"], "--mode mirror"),
+            (&["--iface", "m0", "--decap", "vxlan"], "--mode mirror"),
             (&["--iface", "m0", "--tx", "raw", "--out-iface", "x"], "--tx xdp"),
         ] {
             let args = Args::try_parse_from(base.iter().chain(extra)).unwrap();
@@ -923,6 +933,8 @@ mod tests {
             "drop",
             "--workers",
             "2",
+            "--decap",
+            "vxlan:8472,gre",
         ]))
         .unwrap();
         assert_eq!(fine.inconsistent(), None);

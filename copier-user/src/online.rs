@@ -31,8 +31,12 @@ use aya::{
 use common::{
     capture::CaptureRecord,
     counters::CopierCounter,
+    encap::Decap,
     endpoint::Endpoint,
-    maps::{CAPTURE, MIRROR_ANSWERS, MIRROR_DROP_OTHER, ONLINE_ENDPOINTS, XSKS},
+    maps::{
+        CAPTURE, DECAP_GENEVE_PORT, DECAP_GRE, DECAP_VXLAN_PORT, MIRROR_ANSWERS, MIRROR_DROP_OTHER, ONLINE_ENDPOINTS,
+        XSKS,
+    },
 };
 use copier_engine::{capture::Link, mapping::Mappings};
 use copier_user::runtime::{dispatch::Dispatch, worker::InputSender};
@@ -62,7 +66,32 @@ pub enum OnlineMode {
     /// A NIC that receives only mirrored traffic: redirect matching frames into AF_XDP (the
     /// online server's own too with `answers`, to compare them); drop the rest (`drop_other`)
     /// or pass them.
-    Mirror { drop_other: bool, answers: bool },
+    Mirror { drop_other: bool, answers: bool, decap: Decap },
+}
+
+/// `--decap`: `vxlan[:PORT]`, `geneve[:PORT]`, `gre`, comma-separated.
+pub fn parse_decap(s: &str) -> Result<Decap, String> {
+    let mut decap = Decap::default();
+    for item in s.split(',').map(str::trim) {
+        let (kind, port) = match item.split_once(':') {
+            Some((kind, port)) => {
+                let port = port.parse::<u16>().ok().filter(|&p| p != 0);
+                (kind, Some(port.ok_or_else(|| format!("{item:?}: the port must be 1 to 65535"))?))
+            }
+            None => (item, None),
+        };
+        match kind {
+            "vxlan" => decap.vxlan_port = port.unwrap_or(Decap::VXLAN_PORT),
+            "geneve" => decap.geneve_port = port.unwrap_or(Decap::GENEVE_PORT),
+            "gre" if port.is_none() => decap.gre = true,
+            "gre" => return Err("gre has no port".into()),
+            _ => return Err(format!("{item:?}: expected vxlan[:PORT], geneve[:PORT] or gre")),
+        }
+    }
+    if decap.vxlan_port != 0 && decap.vxlan_port == decap.geneve_port {
+        return Err("vxlan and geneve cannot share a port".into());
+    }
+    Ok(decap)
 }
 
 pub struct Capture {
@@ -87,10 +116,18 @@ impl Capture {
     ) -> anyhow::Result<Self> {
         let (program_name, globals) = match mode {
             OnlineMode::Copy { .. } => ("copier", vec![]),
-            OnlineMode::Mirror { drop_other, answers } => {
-                ("copier_mirror", vec![(MIRROR_DROP_OTHER, u8::from(drop_other)), (MIRROR_ANSWERS, u8::from(answers))])
-            }
+            OnlineMode::Mirror { drop_other, answers, decap } => (
+                "copier_mirror",
+                vec![
+                    (MIRROR_DROP_OTHER, vec![u8::from(drop_other)]),
+                    (MIRROR_ANSWERS, vec![u8::from(answers)]),
+                    (DECAP_VXLAN_PORT, decap.vxlan_port.to_ne_bytes().to_vec()),
+                    (DECAP_GENEVE_PORT, decap.geneve_port.to_ne_bytes().to_vec()),
+                    (DECAP_GRE, vec![u8::from(decap.gre)]),
+                ],
+            ),
         };
+        let globals: Vec<(&str, &[u8])> = globals.iter().map(|(name, bytes)| (*name, bytes.as_slice())).collect();
         let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &globals, &[])?;
         xdp_runtime::forward_logs(&mut ebpf)?;
         {
@@ -140,9 +177,10 @@ impl Capture {
         program.load().context("loading the copier XDP program (verifier)")?;
         let what = match mode {
             OnlineMode::Copy { .. } => "copy mode".to_owned(),
-            OnlineMode::Mirror { drop_other, answers } => format!(
-                "mirror mode{}, other frames {}",
+            OnlineMode::Mirror { drop_other, answers, decap } => format!(
+                "mirror mode{}{}, other frames {}",
                 if answers { " with production's answers" } else { "" },
+                describe_decap(&decap),
                 if drop_other { "dropped" } else { "passed" }
             ),
         };
@@ -170,6 +208,25 @@ impl Capture {
     pub fn pairs_source(&self) -> impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static {
         let (counters, dropped) = (Arc::clone(&self.counters), Arc::clone(&self.dropped));
         move || read_pairs(&counters, &dropped).unwrap_or_default()
+    }
+}
+
+/// `--decap`, for the log: ", inside VXLAN (UDP 4789), GRE".
+fn describe_decap(decap: &Decap) -> String {
+    let mut tunnels = Vec::new();
+    if decap.vxlan_port != 0 {
+        tunnels.push(format!("VXLAN (UDP {})", decap.vxlan_port));
+    }
+    if decap.geneve_port != 0 {
+        tunnels.push(format!("GENEVE (UDP {})", decap.geneve_port));
+    }
+    if decap.gre {
+        tunnels.push("GRE and ERSPAN".to_owned());
+    }
+    if tunnels.is_empty() {
+        String::new()
+    } else {
+        format!(", inside {}", tunnels.join(", "))
     }
 }
 
@@ -276,5 +333,22 @@ fn read_xsk(mut socket: RxSocket, mut dispatch: Dispatch, coalesce: Coalesce, st
         if let Some(pause) = coalesce.pause_after(received) {
             std::thread::sleep(pause);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decap_names_tunnels_and_their_ports() {
+        let d = parse_decap("vxlan,gre").unwrap();
+        assert_eq!((d.vxlan_port, d.geneve_port, d.gre), (4789, 0, true));
+        let d = parse_decap("geneve:6082, vxlan:8472").unwrap();
+        assert_eq!((d.vxlan_port, d.geneve_port, d.gre), (8472, 6082, false));
+        for bad in ["", "vxlan:0", "vxlan:x", "gre:47", "ipip", "vxlan:6081,geneve"] {
+            assert!(parse_decap(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(describe_decap(&parse_decap("vxlan,gre").unwrap()), ", inside VXLAN (UDP 4789), GRE and ERSPAN");
     }
 }

@@ -13,6 +13,7 @@ pub mod bare_xdp;
 pub mod bins;
 pub mod capture;
 pub mod flood;
+pub mod gre;
 pub mod netns;
 pub mod pcapgen;
 pub mod process;

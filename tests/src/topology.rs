@@ -5,6 +5,7 @@ use std::{net::Ipv4Addr, path::Path, process::Command};
 use anyhow::Context as _;
 
 use crate::{
+    gre::{Gre, GreMirror},
     netns::{self, Netns},
     process::Process,
 };
@@ -24,6 +25,11 @@ pub mod iface {
     pub const ONLINE_MIRROR: &str = "mirror";
     pub const ONLINE_MIRROR_FEED: &str = "mirror-feed";
 }
+
+/// The tunnel device of [`Testbed::mirror_client_link_through`] (a veth for
+/// [`Testbed::mirror_client_link_gre`], whose far end is read).
+pub const MIRROR_TUNNEL: &str = "mirror-tun";
+const MIRROR_TUNNEL_FAR: &str = "mirror-tun-far";
 
 /// TX and RX queues of the online host's link to the test server: one per copier worker.
 pub const ONLINE_TO_TARGET_QUEUES: u32 = 2;
@@ -232,6 +238,81 @@ impl Testbed {
         for ifname in [i::ONLINE_MIRROR_FEED, i::ONLINE_MIRROR] {
             ns.ip(&["link", "set", ifname, "up"])?;
         }
+        self.mirror_frames_into(i::ONLINE_MIRROR_FEED)
+    }
+
+    /// Like [`Self::mirror_client_link`], but the mirror arrives encapsulated, as a cloud's
+    /// traffic mirroring sends it: the client link's frames go into `tunnel` (a real vxlan,
+    /// gretap or erspan device of the online host), whose packets leave on an underlay link
+    /// (`10.100.9.1` to `10.100.9.2`, MTU 1600 to hold a full frame and its outer headers) and
+    /// arrive on [`iface::ONLINE_MIRROR`]. That end has no address: only the copier takes them.
+    pub fn mirror_client_link_through(&self, tunnel: &[&str]) -> anyhow::Result<()> {
+        let ns = &self.online;
+        self.mirror_underlay()?;
+        let mut add = vec!["link", "add", MIRROR_TUNNEL, "mtu", "1500"];
+        add.extend_from_slice(tunnel);
+        add.extend(["local", "10.100.9.1", "remote", "10.100.9.2"]);
+        ns.ip(&add)?;
+        ns.ip(&["link", "set", MIRROR_TUNNEL, "up"])?;
+        self.mirror_frames_into(MIRROR_TUNNEL)
+    }
+
+    /// [`Self::mirror_client_link_through`] a GRE tunnel, for a kernel without GRE devices:
+    /// the frames are mirrored to a veth whose far end a [`GreMirror`] reads, and it sends
+    /// them on in GRE. Mirrored while the returned value lives.
+    pub fn mirror_client_link_gre(&self, kind: Gre) -> anyhow::Result<GreMirror> {
+        let ns = &self.online;
+        let mac = self.mirror_underlay()?;
+        ns.ip(&["link", "add", MIRROR_TUNNEL, "type", "veth", "peer", "name", MIRROR_TUNNEL_FAR])?;
+        for ifname in [MIRROR_TUNNEL, MIRROR_TUNNEL_FAR] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        // Frames leave in wire-sized pieces, as a switch mirrors them: the clients' large
+        // segments arrive as GSO packets, which the veth would otherwise hand on whole.
+        let out = ns.exec("ethtool", &["-K", MIRROR_TUNNEL, "tso", "off", "gso", "off", "sg", "off"])?;
+        anyhow::ensure!(out.status.success(), "ethtool: {}", String::from_utf8_lossy(&out.stderr));
+        let hex: Vec<u8> = mac.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+        let mac: [u8; 6] = hex.try_into().map_err(|_| anyhow::anyhow!("bad MAC {mac:?}"))?;
+        let route = ([10, 100, 9, 1], [10, 100, 9, 2]);
+        let relay = GreMirror::start(ns, kind, MIRROR_TUNNEL_FAR, iface::ONLINE_MIRROR_FEED, route, mac)?;
+        self.mirror_frames_into(MIRROR_TUNNEL)?;
+        Ok(relay)
+    }
+
+    /// The tunnels' underlay: [`iface::ONLINE_MIRROR_FEED`] (`10.100.9.1`) to
+    /// [`iface::ONLINE_MIRROR`], which answers for `10.100.9.2` without having it. Returns the
+    /// latter's MAC.
+    fn mirror_underlay(&self) -> anyhow::Result<String> {
+        use self::iface as i;
+        let ns = &self.online;
+        ns.ip(&[
+            "link",
+            "add",
+            i::ONLINE_MIRROR_FEED,
+            "mtu",
+            "1600",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            i::ONLINE_MIRROR,
+        ])?;
+        ns.ip(&["link", "set", i::ONLINE_MIRROR, "mtu", "1600"])?;
+        ns.ip(&["addr", "add", "10.100.9.1/24", "dev", i::ONLINE_MIRROR_FEED])?;
+        for ifname in [i::ONLINE_MIRROR_FEED, i::ONLINE_MIRROR] {
+            ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        let mac = ns.exec("cat", &[&format!("/sys/class/net/{}/address", i::ONLINE_MIRROR)])?;
+        let mac = String::from_utf8(mac.stdout)?.trim().to_owned();
+        ns.ip(&["neigh", "add", "10.100.9.2", "lladdr", &mac, "dev", i::ONLINE_MIRROR_FEED, "nud", "permanent"])?;
+        Ok(mac)
+    }
+
+    /// tc mirred: a copy of every frame the online host's client link receives or sends goes
+    /// out of `into`.
+    fn mirror_frames_into(&self, into: &str) -> anyhow::Result<()> {
+        use self::iface as i;
+        let ns = &self.online;
         let tc = |args: &[&str]| -> anyhow::Result<()> {
             let out = ns.exec("tc", args)?;
             anyhow::ensure!(out.status.success(), "tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
@@ -258,7 +339,7 @@ impl Testbed {
                 "egress",
                 "mirror",
                 "dev",
-                i::ONLINE_MIRROR_FEED,
+                into,
             ])?;
         }
         Ok(())

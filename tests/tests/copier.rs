@@ -11,6 +11,7 @@ use std::{
 use xdpcopy_testbed::{
     bins,
     capture::Tcpdump,
+    gre::Gre,
     pcapgen,
     servers::Nginx,
     stats,
@@ -625,4 +626,77 @@ fn a_looped_capture_replays_every_session_once_a_round() {
     assert_eq!(counts.len(), 40, "every request of the capture");
     assert!(counts.values().all(|&n| n == 3), "three times each: {counts:?}");
     assert_eq!(stats::last(&copier.stdout()).unwrap().get("sessions"), 60);
+}
+
+/// Mirror mode on a cloud-style mirror: every frame of the client link arrives inside `tunnel`
+/// (a real tunnel device's packets); the copier looks inside (`--decap`) and replays every
+/// request, and production's answers too, compared.
+fn a_tunnelled_mirror_is_replayed_whole(tunnel: Tunnel, decap: &str) {
+    let tb = Testbed::new().unwrap();
+    let Servers { online, target, _intercept } = servers(&tb);
+    let _relay = match tunnel {
+        Tunnel::Device(args) => tb.mirror_client_link_through(args).map(|()| None),
+        Tunnel::Gre(kind) => tb.mirror_client_link_gre(kind).map(Some),
+    }
+    .unwrap();
+    let args = ["--mode", "mirror", "--mirror-other", "drop", "--decap", decap, "--payload-bytes", "64"];
+    let mut copier = start_copier_on(&tb, iface::ONLINE_MIRROR, &args);
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    let statuses = tb
+        .client
+        .run(|| {
+            let mut all: Vec<u16> =
+                (0..20).map(|i| traffic::http_get(online_http(), &format!("/tunnel/{i}")).unwrap()).collect();
+            let paths: Vec<String> = (0..5).map(|i| format!("/tunnel-keepalive/{i}")).collect();
+            all.extend(traffic::http_keepalive(online_http(), &paths).unwrap());
+            all.push(traffic::http_post(online_http(), "/upload/big", &vec![b'u'; 50_000]).unwrap());
+            all
+        })
+        .unwrap();
+    assert_eq!(statuses.len(), 26);
+    let copied = wait_requests(&target, 26, Duration::from_secs(15));
+    assert_eq!(request_set(copied), request_set(online.requests()), "{}", copier.describe());
+    let entries = |n: &Nginx| {
+        let mut e = n.entries();
+        e.sort();
+        e
+    };
+    assert_eq!(entries(&target), entries(&online), "each request once, bodies whole\n{}", copier.describe());
+
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    let s = stats::last(&copier.stdout()).unwrap();
+    assert!(s.get("redirected") >= 26 * 3 && s.get("redirected") == s.get("matched"), "{}", copier.describe());
+    assert!(s.get("decapsulated") >= s.get("redirected"), "{}", copier.describe());
+    assert_eq!((s.get("malformed"), s.get("no_socket")), (0, 0), "{}", copier.describe());
+    assert!(s.get("answers_captured") >= 26, "production's answers came through the tunnel too");
+}
+
+/// How the mirror is encapsulated: by a kernel tunnel device (`ip link add ... ARGS`), or, as
+/// this kernel has no GRE devices, by the test bed's own GRE encapsulator.
+enum Tunnel {
+    Device(&'static [&'static str]),
+    Gre(Gre),
+}
+
+#[test]
+fn mirror_mode_looks_inside_a_vxlan_mirror() {
+    a_tunnelled_mirror_is_replayed_whole(Tunnel::Device(&["type", "vxlan", "id", "42", "dstport", "4789"]), "vxlan");
+}
+
+#[test]
+fn mirror_mode_looks_inside_a_vxlan_mirror_on_another_port() {
+    let vxlan = Tunnel::Device(&["type", "vxlan", "id", "42", "dstport", "8472"]);
+    a_tunnelled_mirror_is_replayed_whole(vxlan, "vxlan:8472,gre");
+}
+
+#[test]
+fn mirror_mode_looks_inside_a_gre_mirror() {
+    a_tunnelled_mirror_is_replayed_whole(Tunnel::Gre(Gre::Plain), "gre");
+}
+
+#[test]
+fn mirror_mode_looks_inside_erspan_type_ii_and_iii() {
+    a_tunnelled_mirror_is_replayed_whole(Tunnel::Gre(Gre::ErspanII), "gre");
+    a_tunnelled_mirror_is_replayed_whole(Tunnel::Gre(Gre::ErspanIII), "vxlan,gre");
 }

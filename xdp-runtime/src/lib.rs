@@ -57,14 +57,14 @@ pub fn load(object: &[u8]) -> anyhow::Result<Ebpf> {
     load_with(object, &[], &[])
 }
 
-/// [`load`], setting the object's `u8` globals `(name, value)` first, and the maps' sizes
+/// [`load`], setting the object's globals `(name, native-endian bytes)` first, and the maps' sizes
 /// `(name, max_entries)` (a ring buffer's in bytes) that differ from the object's: a map the
 /// program run does not use need not take its memory.
-pub fn load_with(object: &[u8], globals: &[(&str, u8)], sizes: &[(&str, u32)]) -> anyhow::Result<Ebpf> {
+pub fn load_with(object: &[u8], globals: &[(&str, &[u8])], sizes: &[(&str, u32)]) -> anyhow::Result<Ebpf> {
     let level = log::max_level() as u8;
     let mut loader = EbpfLoader::new();
     loader.override_global(aya_log::LEVEL, &level, false);
-    for (name, value) in globals {
+    for &(name, value) in globals {
         loader.override_global(name, value, true);
     }
     for &(name, entries) in sizes {
