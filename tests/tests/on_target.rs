@@ -90,8 +90,10 @@ fn only_owned_clients_replies_are_stolen_released_ones_a_while_longer_and_none_o
     std::thread::sleep(Duration::from_millis(300));
     let seen = escaped_seqs(&far_side.drain());
     assert_eq!(seen, BTreeSet::from([222]), "only the unowned client's reply left\n{}", intercept.describe());
-    let line = stats::last(&intercept.stdout()).expect("a stats line");
-    assert!(line.get("stolen") >= 2, "{}", intercept.describe());
+    // Stats lines come each second: the next one counts both.
+    let counted =
+        intercept.wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("stolen") >= 2));
+    assert!(counted.is_ok(), "{}", intercept.describe());
 
     // Killed, it leaves nothing behind: the tcx link goes with the process.
     intercept.signal(libc::SIGKILL).unwrap();
