@@ -21,11 +21,7 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, RingBuf, XskMap},
-    programs::{
-        links::LinkOrder,
-        tc::{SchedClassifier, TcAttachOptions, TcAttachType},
-        Xdp,
-    },
+    programs::Xdp,
     Ebpf,
 };
 use common::{
@@ -233,12 +229,7 @@ fn describe_decap(decap: &Decap) -> String {
 /// Attaches the TC egress program that copies production's answers (a tcx link: the kernel
 /// detaches it when the link's descriptor closes, however this process ends).
 fn attach_answers(ebpf: &mut Ebpf, iface: &str) -> anyhow::Result<()> {
-    let program: &mut SchedClassifier =
-        ebpf.program_mut("copier_answers").context("eBPF object has no answer-copying program")?.try_into()?;
-    program.load().context("loading the copier's TC egress program (verifier)")?;
-    program
-        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attaching the copier's TC egress program to {iface} (tcx needs Linux 6.6)"))?;
+    xdp_runtime::attach::attach_tc_egress(ebpf, "copier_answers", iface, "copier's TC egress program")?;
     log::info!("TC egress program attached to {iface} (tcx link): production's answers are copied, never altered");
     Ok(())
 }

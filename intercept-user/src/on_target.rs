@@ -18,10 +18,6 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, RingBuf},
-    programs::{
-        links::LinkOrder,
-        tc::{SchedClassifier, TcAttachOptions, TcAttachType},
-    },
     Ebpf,
 };
 use common::{
@@ -58,16 +54,10 @@ impl StolenSet for OwnedMap {
     }
 }
 
-/// Loads and attaches the egress program to `iface` (a tcx link: the kernel detaches it when
-/// its descriptor closes, however this process ends).
+/// Loads and attaches the egress program to `iface` (a tcx link: detached however this
+/// process ends).
 pub fn attach(ebpf: &mut Ebpf, iface: &str) -> anyhow::Result<()> {
-    let program: &mut SchedClassifier =
-        ebpf.program_mut("intercept_egress").context("eBPF object has no egress program")?.try_into()?;
-    program.load().context("loading the intercept's TC egress program (verifier)")?;
-    program
-        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attaching the intercept's TC egress program to {iface} (tcx needs Linux 6.6)"))?;
-    Ok(())
+    xdp_runtime::attach::attach_tc_egress(ebpf, "intercept_egress", iface, "intercept's TC egress program")
 }
 
 /// Takes the ring and starts its reader on `core`; it runs until `stop` is set.

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{endpoint::Endpoint, tcp::flags};
+use common::{endpoint::Endpoint, facts::ReplyFacts, tcp::flags};
 use xdpcopy_testbed::{
     bins,
     capture::{self, Tcpdump},
@@ -57,14 +57,14 @@ fn send_reply_to(tb: &Testbed, client: (Ipv4Addr, u16), seq: u32) {
     tb.target.run(move || raw::send_ipv4(&packet)).unwrap().unwrap();
 }
 
-/// The sequence numbers of the segments from the test server's port among `frames`
-/// (Ethernet, IPv4).
+/// The sequence numbers of the segments from the test server's port among `frames`.
 fn escaped_seqs(frames: &[Vec<u8>]) -> BTreeSet<u32> {
+    let from_target = Endpoint::v4(addr::TARGET.octets(), 8080);
     frames
         .iter()
-        .filter(|f| f.len() >= 54 && f[12..14] == [0x08, 0x00] && f[23] == 6)
-        .filter(|f| f[26..30] == addr::TARGET.octets() && f[34..36] == 8080u16.to_be_bytes())
-        .map(|f| u32::from_be_bytes(f[38..42].try_into().unwrap()))
+        .filter_map(|f| ReplyFacts::from_frame(f).ok().flatten())
+        .filter(|r| r.target == from_target)
+        .map(|r| r.seq.0)
         .collect()
 }
 
@@ -159,9 +159,13 @@ fn a_replay_is_answered_in_full_and_no_reply_leaves_the_test_host() {
     let status = copier.wait_timeout(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "{}\n{}", copier.describe(), intercept.describe());
 
-    let answered = |n: &Nginx| n.answers().into_iter().collect::<BTreeSet<_>>();
-    assert_eq!(target.answers().len(), 30, "{}\n{}", copier.describe(), intercept.describe());
-    assert_eq!(answered(&target), answered(&online), "answered as production answered");
+    let answered = |n: &Nginx| {
+        let mut log: Vec<_> = n.log().into_iter().map(|e| (e.request, e.status, e.length)).collect();
+        log.sort();
+        log
+    };
+    assert_eq!(target.log().len(), 30, "{}\n{}", copier.describe(), intercept.describe());
+    assert_eq!(answered(&target), answered(&online), "each request whole, answered as production answered");
     let summary = stats::last(&copier.stdout()).expect("a summary line");
     assert_eq!(summary.get("completed"), 26, "{}", copier.describe());
 

@@ -82,3 +82,21 @@ pub fn attach(program: &mut Xdp, iface: &str, force: bool) -> Result<Attached, A
         .any(|link| Some(link.program_id()) == our_id && matches!(link.link_type(), Ok(LinkType::Xdp)));
     Ok(if held_by_link { Attached::Link } else { Attached::Netlink })
 }
+
+/// Loads the object's TC program `name` and attaches it to `iface`'s egress through a tcx link
+/// (the kernel detaches it when the link's descriptor closes, however the process ends),
+/// first in line; `what` names it in errors.
+pub fn attach_tc_egress(ebpf: &mut aya::Ebpf, name: &str, iface: &str, what: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use aya::programs::{
+        links::LinkOrder,
+        tc::{SchedClassifier, TcAttachOptions, TcAttachType},
+    };
+    let program: &mut SchedClassifier =
+        ebpf.program_mut(name).with_context(|| format!("eBPF object has no {what}"))?.try_into()?;
+    program.load().with_context(|| format!("loading the {what} (verifier)"))?;
+    program
+        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching the {what} to {iface} (tcx needs Linux 6.6)"))?;
+    Ok(())
+}
