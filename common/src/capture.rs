@@ -4,13 +4,18 @@
 /// record is 2 KiB.
 pub const CAPTURE_BYTES: usize = 2048 - 8;
 
+/// Frame bytes a jumbo record holds: a full 9000-byte-MTU frame (AWS's 9001 included) with
+/// two VLAN tags, and 9216, the largest frame common switches forward. Larger frames are cut
+/// to it (`truncated`).
+pub const JUMBO_CAPTURE_BYTES: usize = 9216;
+
 /// Frame bytes a small record holds: any frame without payload (ACKs, SYNs, FINs, resets) and
 /// short requests. Most of what a copier sees is that small; a 256-byte record instead of a
 /// 2 KiB one lets the same ring absorb eight times as many of them while userspace is away.
 pub const SMALL_CAPTURE_BYTES: usize = 256 - 8;
 
-/// One copied frame in the capture ring, in a record of `N` frame bytes (the ring holds both
-/// sizes; the header says how many bytes are valid).
+/// One copied frame in the capture ring, in a record of `N` frame bytes (the ring holds all
+/// three sizes; the header says how many bytes are valid).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CaptureRecordOf<const N: usize> {
@@ -25,8 +30,10 @@ pub struct CaptureRecordOf<const N: usize> {
     pub data: [u8; N],
 }
 
-/// A record for any frame (truncated past [`CAPTURE_BYTES`]).
+/// A record for a frame of a 1500-byte MTU.
 pub type CaptureRecord = CaptureRecordOf<CAPTURE_BYTES>;
+/// A record for any frame (truncated past [`JUMBO_CAPTURE_BYTES`]).
+pub type JumboCaptureRecord = CaptureRecordOf<JUMBO_CAPTURE_BYTES>;
 /// A record for frames of at most [`SMALL_CAPTURE_BYTES`].
 pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CAPTURE_BYTES>;
 
@@ -34,12 +41,12 @@ pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CAPTURE_BYTES>;
 pub const RECORD_HEADER: usize = 8;
 
 impl CaptureRecord {
-    /// Reads a record of either size from ring buffer bytes: the copied frame and its
+    /// Reads a record of any size from ring buffer bytes: the copied frame and its
     /// [`CaptureRecordOf::at_us`], or `None` if malformed (a length past the record's end).
     pub fn frame(bytes: &[u8]) -> Option<(u32, &[u8])> {
         let len = u16::from_ne_bytes([*bytes.first()?, *bytes.get(1)?]) as usize;
         let at = u32::from_ne_bytes(bytes.get(4..8)?.try_into().ok()?);
-        Some((at, bytes.get(RECORD_HEADER..RECORD_HEADER + len.min(CAPTURE_BYTES))?))
+        Some((at, bytes.get(RECORD_HEADER..RECORD_HEADER + len.min(JUMBO_CAPTURE_BYTES))?))
     }
 }
 
@@ -85,8 +92,21 @@ mod tests {
         bytes[4..8].copy_from_slice(&77u32.to_ne_bytes());
         assert_eq!(CaptureRecord::frame(&bytes).map(|(at, f)| (at, f.len())), Some((77, 60)));
         bytes[0..2].copy_from_slice(&u16::MAX.to_ne_bytes());
-        assert_eq!(CaptureRecord::frame(&bytes).unwrap().1.len(), CAPTURE_BYTES, "a corrupt length is bounded");
+        assert_eq!(CaptureRecord::frame(&bytes), None, "a corrupt length past the record is malformed");
         assert_eq!(CaptureRecord::frame(&bytes[..1]), None);
+    }
+
+    #[test]
+    fn jumbo_records_hold_a_9000_mtu_frame_with_two_vlan_tags_and_read_alike() {
+        assert_eq!(size_of::<JumboCaptureRecord>(), 9224);
+        const { assert!(JUMBO_CAPTURE_BYTES >= 9001 + 14 + 8, "AWS's MTU, Ethernet and two VLAN tags") };
+        let mut bytes = vec![0u8; size_of::<JumboCaptureRecord>()];
+        bytes[0..2].copy_from_slice(&9014u16.to_ne_bytes());
+        bytes[8 + 9013] = 0xbb;
+        let (_, frame) = CaptureRecord::frame(&bytes).unwrap();
+        assert_eq!((frame.len(), frame[9013]), (9014, 0xbb));
+        bytes[0..2].copy_from_slice(&u16::MAX.to_ne_bytes());
+        assert_eq!(CaptureRecord::frame(&bytes).unwrap().1.len(), JUMBO_CAPTURE_BYTES, "a corrupt length is bounded");
     }
 
     #[test]

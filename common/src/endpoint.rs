@@ -40,6 +40,13 @@ impl Endpoint {
         Self { addr, port, _pad: [0; 2] }
     }
 
+    /// The IPv4 address, if this is one (stored IPv4-mapped).
+    #[inline(always)]
+    pub fn ipv4(&self) -> Option<[u8; 4]> {
+        let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, a, b, c, d] = self.addr;
+        ([p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11] == V4_MAPPED_PREFIX).then_some([a, b, c, d])
+    }
+
     /// The key that matches every address on `port`.
     #[inline(always)]
     pub const fn any(port: u16) -> Self {

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
@@ -70,14 +70,17 @@ fn is_online(dst: &Endpoint) -> bool {
     unsafe { ONLINE_ENDPOINTS.get(dst).is_some() || ONLINE_ENDPOINTS.get(Endpoint::any(dst.port)).is_some() }
 }
 
-#[xdp]
+/// `frags`: on a jumbo-MTU link a frame may span several buffers (multi-buffer XDP); the
+/// headers are in the first, and `bpf_xdp_load_bytes` reads across all of them.
+#[xdp(frags)]
 pub fn copier(ctx: XdpContext) -> u32 {
     count(CopierCounter::Seen);
     // SAFETY: data..data_end is the frame the kernel handed us.
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
         Ok(Some(segment)) if is_online(&segment.dst) => {
             count(CopierCounter::Matched);
-            let frame_len = ctx.data_end() - ctx.data();
+            // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
+            let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
             // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
             copy(frame_len, |to, len| unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0 });
         }

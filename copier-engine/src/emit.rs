@@ -74,9 +74,13 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
 }
 
-fn v4(e: &Endpoint) -> Option<[u8; 4]> {
-    (e.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff])
-        .then(|| [e.addr[12], e.addr[13], e.addr[14], e.addr[15]])
+/// IP and TCP header bytes (without options) of a segment to `dst`.
+pub fn header_len(dst: &Endpoint) -> usize {
+    if dst.ipv4().is_some() {
+        40
+    } else {
+        60
+    }
 }
 
 /// Appends the IP packet (IPv4 when both ends are IPv4, else IPv6) to `out`; returns its length.
@@ -84,7 +88,7 @@ fn v4(e: &Endpoint) -> Option<[u8; 4]> {
 pub fn write(out: &mut Vec<u8>, s: &Segment<'_>) -> usize {
     let start = out.len();
     let tcp_len = 20 + s.options.len() + s.payload.len();
-    let pseudo = match (v4(&s.src), v4(&s.dst)) {
+    let pseudo = match (s.src.ipv4(), s.dst.ipv4()) {
         (Some(src), Some(dst)) => {
             let total = (20 + tcp_len) as u16;
             let ip = start;

@@ -93,6 +93,10 @@ pub struct Config {
     pub ts_offset_ms: u32,
     /// MSS of fabricated handshakes (sessions captured mid-stream).
     pub default_mss: u16,
+    /// The largest IP packet the transmit path carries (an AF_XDP frame less its Ethernet
+    /// header; the out interface's MTU): segments to a target whose MSS allows more are cut
+    /// to fit, instead of being refused by the interface.
+    pub max_packet: usize,
     /// The replay source ports this engine may use (its worker's share).
     pub ports: PortClass,
     /// `--payload-bytes`: the first bytes of each answer kept for the comparison with
@@ -126,6 +130,7 @@ impl Config {
             answer_timeout_us: 5_000_000,
             ts_offset_ms: 0,
             default_mss: 1460,
+            max_packet: usize::from(u16::MAX),
             ports: PortClass::ALL,
             payload_bytes: 0,
             ignored_headers: compare::IgnoredHeaders::default(),

@@ -87,6 +87,7 @@ pub struct Session {
 
     // The test server's side, from reply facts.
     target_isn: Option<SeqNum>,
+    /// The target's MSS, or less where the transmit path carries less (`Config::max_packet`).
     target_mss: u16,
     target_ws: u8,
     timestamps: bool,
@@ -367,7 +368,9 @@ impl Session {
                 let o = f.tcp_options();
                 self.target_isn = Some(f.seq);
                 self.rcv_nxt = f.seq + 1;
-                self.target_mss = o.mss.unwrap_or(DEFAULT_TARGET_MSS).max(64);
+                let fits = ctx.config.max_packet.saturating_sub(emit::header_len(&self.target));
+                self.target_mss =
+                    o.mss.unwrap_or(DEFAULT_TARGET_MSS).min(u16::try_from(fits).unwrap_or(u16::MAX)).max(64);
                 // Window scaling applies only when both SYNs carried the option.
                 self.target_ws = if self.syn.window_scale.is_some() { o.window_scale.unwrap_or(0).min(14) } else { 0 };
                 self.timestamps = self.syn.timestamps && o.timestamps.is_some();

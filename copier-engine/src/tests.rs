@@ -272,6 +272,19 @@ fn super_segments_are_split_to_the_target_mss_and_the_window_is_respected() {
 }
 
 #[test]
+fn a_target_mss_larger_than_the_transmit_path_carries_gets_segments_that_fit() {
+    let mut cfg = config();
+    cfg.max_packet = 4096 - 256 - 14; // an AF_XDP frame less the XDP headroom and Ethernet header
+    let mut e = established(cfg, 8960, 65535);
+    let big: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+    e.on_captured(2_000, Link::Ip, &data(40000, 0, 0, &big));
+    let s = sent(&mut e);
+    let largest = s.iter().map(|p| p.payload.len()).max().unwrap();
+    assert_eq!(largest, 3826 - 40 - 12, "the packet, less IPv4, TCP and the timestamp option");
+    assert_eq!(payloads(&s)[..], big[..], "every byte, in order");
+}
+
+#[test]
 fn unacknowledged_data_is_retransmitted_with_backoff_until_the_give_up_limit() {
     let mut cfg = config();
     cfg.max_retransmits = 3;

@@ -445,6 +445,20 @@ fn open_transmit(args: &Args) -> anyhow::Result<Vec<Transmit>> {
     }
 }
 
+/// The largest IP packet a worker sends: what its transmit path carries, and at most the MTU
+/// of the interface each target's route leaves by (a target whose MSS allows more gets
+/// segments that fit, not ones the interface refuses).
+fn max_packet(args: &Args, tx: &Transmit) -> usize {
+    let mut max = tx.max_packet();
+    for target in args.mappings().0.iter().map(|m| m.target.ip()) {
+        match xdp_runtime::netlink::path_mtu(target) {
+            Ok((_, mtu)) => max = max.min(mtu as usize),
+            Err(err) => log::warn!("the MTU towards {target} is unknown ({err}): segments follow its MSS alone"),
+        }
+    }
+    max
+}
+
 /// Starts the workers; the first also runs the intercept links and the capture file's reader.
 fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSource>) -> anyhow::Result<Pipeline> {
     let transmit = open_transmit(args)?;
@@ -509,7 +523,7 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
         let worker = Worker {
             index,
             core: Some(cores[index as usize % cores.len()]),
-            engine: Engine::new(args.worker_config(index)),
+            engine: Engine::new(Config { max_packet: max_packet(args, &tx), ..args.worker_config(index) }),
             tx,
             inputs,
             facts,

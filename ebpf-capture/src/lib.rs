@@ -1,7 +1,7 @@
 //! Copying a frame into a capture ring, shared by the eBPF programs that copy frames to
 //! userspace (the copier's copy mode and answers, the intercept on the test host).
 //!
-//! Records are [`CaptureRecordOf`]s of two sizes; only the record that finds the ring empty
+//! Records are [`CaptureRecordOf`]s of three sizes (small, a 1500-byte MTU's, jumbo); only the record that finds the ring empty
 //! wakes the reader, which sleeps in poll(2) otherwise (a wake-up per record cost half the
 //! rate).
 #![no_std]
@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     maps::RingBuf,
 };
-use common::capture::{wakes_reader, CaptureRecordOf, CAPTURE_BYTES, SMALL_CAPTURE_BYTES};
+use common::capture::{wakes_reader, CaptureRecordOf, CAPTURE_BYTES, JUMBO_CAPTURE_BYTES, SMALL_CAPTURE_BYTES};
 
 /// What became of a frame: the callers count it in their own counters.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,8 +27,7 @@ pub enum Copied {
 }
 
 /// Copies a frame of `frame_len` bytes into `ring`, with `load(to, len)` reading its first
-/// `len` bytes: in a small record when it fits one, else in a full one (truncated past its
-/// size).
+/// `len` bytes: in the smallest record it fits (truncated past a jumbo record's size).
 #[inline(always)]
 pub fn copy(ring: &RingBuf, frame_len: usize, load: impl Fn(*mut core::ffi::c_void, u32) -> bool) -> Copied {
     // Volatile: the verifier must see the length as a bounded number, not as a comparison of
@@ -40,8 +39,10 @@ pub fn copy(ring: &RingBuf, frame_len: usize, load: impl Fn(*mut core::ffi::c_vo
     }
     if frame_len <= SMALL_CAPTURE_BYTES {
         copy_into::<SMALL_CAPTURE_BYTES>(ring, frame_len, load)
-    } else {
+    } else if frame_len <= CAPTURE_BYTES {
         copy_into::<CAPTURE_BYTES>(ring, frame_len, load)
+    } else {
+        copy_into::<JUMBO_CAPTURE_BYTES>(ring, frame_len, load)
     }
 }
 

@@ -213,6 +213,23 @@ impl Testbed {
         self.assist.as_ref().expect("this test bed has no assistant host")
     }
 
+    /// Sets the MTU of the production side: both ends of the client ↔ online and online ↔ test
+    /// server links (the assistant host's link keeps its own). Before any XDP program is
+    /// attached: a veth takes an MTU above a page only with a program that handles frags.
+    pub fn production_mtu(&self, mtu: u32) -> anyhow::Result<()> {
+        use self::iface as i;
+        let mtu = mtu.to_string();
+        for (ns, ifname) in [
+            (&self.client, i::CLIENT_TO_ONLINE),
+            (&self.online, i::ONLINE_TO_CLIENT),
+            (&self.online, i::ONLINE_TO_TARGET),
+            (&self.target, i::TARGET_TO_ONLINE),
+        ] {
+            ns.ip(&["link", "set", ifname, "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// Drops `percent` % of the TCP segments `host` receives for `port`, at random (nftables
     /// `numgen`: this kernel has no netem).
     pub fn lose(&self, host: Host, port: u16, percent: u32) -> anyhow::Result<()> {

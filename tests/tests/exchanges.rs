@@ -13,7 +13,7 @@ use std::{
 
 use xdpcopy_testbed::{
     bins,
-    capture::Tcpdump,
+    capture::{self, Tcpdump},
     servers::{Nginx, SlowBackend},
     stats,
     topology::{addr, iface},
@@ -232,4 +232,62 @@ fn live_clients_that_reset_after_a_slow_answer_are_answered_on_the_test_server_t
     let line = copier.stdout().lines().find(|l| l.starts_with("copier target ")).map(str::to_owned);
     let line = line.unwrap_or_else(|| panic!("a target line\n{}", copier.describe()));
     assert!(line.contains(" unanswered=0 "), "{line}");
+}
+
+/// Jumbo frames (an AWS VPC's MTU 9001, rounded): the copy-mode program takes frames that span
+/// several buffers whole, and the copier cuts the test server's 8960-byte MSS to what one
+/// AF_XDP frame carries. Large POSTs arrive with every byte, each answered as production did.
+#[test]
+fn live_copy_at_mtu_9000_takes_jumbo_frames_whole() {
+    let b = bed();
+    b.tb.production_mtu(9000).unwrap();
+    // The test server's SYN-ACKs say MSS 8960, as on a host whose every link is jumbo (its
+    // replies still leave through the assistant host's 1500-byte link).
+    let via = addr::ASSIST.to_string();
+    b.tb.target.ip(&["route", "change", addr::CLIENT_NET, "via", &via, "advmss", "8960"]).unwrap();
+    let mut cmd = b.tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
+        "--iface",
+        iface::ONLINE_TO_CLIENT,
+        "--tx",
+        "xdp",
+        "--stats-interval",
+        "0.5",
+    ]);
+    let mut copier = b.tb.start("copier", cmd).unwrap();
+    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    let dump = Tcpdump::start(&b.tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
+    let n = clients(&b.tb, "jumbo");
+    let largest = capture::packets(&dump.finish().unwrap()).unwrap().iter().map(Vec::len).max().unwrap();
+    assert!(largest > 8000, "the clients sent jumbo frames (largest {largest} bytes)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.target.answers().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    assert_eq!(answers(&b.target), answers(&b.online), "{}", copier.describe());
+    let lengths = |x: &Nginx| {
+        let mut e = x.entries();
+        e.sort();
+        e
+    };
+    assert_eq!(lengths(&b.target), lengths(&b.online), "the same requests, bodies included");
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert_eq!(summary.totals["truncated"], 0, "{}", copier.describe());
+    assert!(summary.totals["copied"] > 0);
+    assert_eq!(summary.totals["tx_errors"], 0, "no segment too large for a frame: {}", copier.describe());
+
+    // Mirror mode redirects into AF_XDP one buffer a frame: on this link it says what to do.
+    let mut cmd = b.tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
+        "--iface",
+        iface::ONLINE_TO_CLIENT,
+        "--mode",
+        "mirror",
+    ]);
+    let mut mirror = b.tb.start("mirror", cmd).unwrap();
+    assert!(!mirror.wait_timeout(Duration::from_secs(15)).unwrap().success());
+    assert!(mirror.stderr().contains("MTU (9000) is larger than this XDP program takes"), "{}", mirror.describe());
 }

@@ -23,6 +23,24 @@ pub enum AttachError {
     Query { iface: String, source: std::io::Error },
     #[error("could not attach the XDP program to {iface}: {source}")]
     Attach { iface: String, source: ProgramError },
+    #[error(
+        "{iface}'s MTU ({mtu}) is larger than this XDP program takes in one buffer (a page less \
+         headroom, about 3 500 bytes): lower it (ip link set {iface} mtu 1500), or for jumbo frames \
+         use copy mode (the copier) or --on-target (the intercept), which take them whole"
+    )]
+    MtuTooLarge { iface: String, mtu: u32 },
+}
+
+/// Whether `err` or an error it wraps is the OS error `code`.
+fn has_os_error(err: &(dyn std::error::Error + 'static), code: i32) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(code) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// How the program ended up attached.
@@ -73,7 +91,13 @@ pub fn attach(program: &mut Xdp, iface: &str, force: bool) -> Result<Attached, A
             Err(err) => return Err(remove(err)),
         }
     }
-    program.attach(iface, XdpMode::Driver).map_err(|source| AttachError::Attach { iface: iface.into(), source })?;
+    program.attach(iface, XdpMode::Driver).map_err(|source| {
+        // A driver (veth included) refuses a program without frags on an MTU above a page.
+        match netlink::link_mtu(index) {
+            Ok(mtu) if has_os_error(&source, libc::ERANGE) => AttachError::MtuTooLarge { iface: iface.into(), mtu },
+            _ => AttachError::Attach { iface: iface.into(), source },
+        }
+    })?;
     // The link stays owned by `program`: dropping the `Ebpf` detaches it. aya falls back to
     // netlink silently on old kernels, so look for our bpf_link to tell which we got.
     let our_id = program.info().ok().map(|info| info.id());

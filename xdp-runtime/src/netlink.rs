@@ -179,6 +179,7 @@ const RTA_GATEWAY: u16 = 5;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const IFLA_ADDRESS: u16 = 1;
+const IFLA_MTU: u16 = 4;
 /// NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_NOARP | NUD_PERMANENT: an entry whose
 /// link-layer address may be used.
 const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
@@ -284,6 +285,19 @@ pub fn link_address(if_index: u32) -> io::Result<Option<[u8; 6]>> {
     let body = query(&request(RTM_GETLINK, 0, if_index, &[]), RTM_NEWLINK, size_of::<IfInfoMsg>())?;
     let mac = attrs(&body).find(|&(kind, _)| kind == IFLA_ADDRESS).and_then(|(_, p)| <[u8; 6]>::try_from(p).ok());
     Ok(mac)
+}
+
+/// The MTU of `if_index`.
+pub fn link_mtu(if_index: u32) -> io::Result<u32> {
+    let body = query(&request(RTM_GETLINK, 0, if_index, &[]), RTM_NEWLINK, size_of::<IfInfoMsg>())?;
+    let mtu = attrs(&body).find(|&(kind, _)| kind == IFLA_MTU).and_then(|(_, p)| u32_of(p));
+    mtu.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("interface {if_index} reports no MTU")))
+}
+
+/// The interface a packet to `dst` leaves by, and that interface's MTU.
+pub fn path_mtu(dst: std::net::IpAddr) -> io::Result<(u32, u32)> {
+    let route = route_to(dst)?;
+    Ok((route.if_index, link_mtu(route.if_index)?))
 }
 
 /// Iterates the `(type, payload)` attributes in `buf`, stopping at the first malformed one.

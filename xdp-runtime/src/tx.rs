@@ -16,6 +16,14 @@ impl Transmit {
         }
     }
 
+    /// The largest IP packet this path carries (raw sockets: as large as the route's MTU).
+    pub fn max_packet(&self) -> usize {
+        match self {
+            Self::Raw(_) => usize::from(u16::MAX),
+            Self::Xdp(xdp) => xdp.max_packet,
+        }
+    }
+
     /// Packets that could not be sent.
     pub fn errors(&self) -> u64 {
         match self {

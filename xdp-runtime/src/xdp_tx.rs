@@ -16,7 +16,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use common::hash::Hasher;
 use xsk_rs::{
-    config::{QueueSize, UmemConfig},
+    config::{FrameSize, QueueSize, UmemConfig},
     socket::{RxQueue, TxQueue},
     umem::{frame::FrameDesc, CompQueue, FillQueue, Umem},
 };
@@ -27,6 +27,9 @@ use crate::{
 };
 
 const FRAMES: u32 = 4096;
+/// Bytes of one UMEM frame: a page, the largest a frame may be without multi-buffer AF_XDP
+/// (of which the XDP headroom takes 256).
+const FRAME_SIZE: u32 = 4096;
 const RING: u32 = 2048;
 const ETH_HLEN: usize = 14;
 /// How long a device may take no frames before packets are dropped rather than waited for.
@@ -42,6 +45,8 @@ pub struct XdpTx {
     if_index: u32,
     src_mac: [u8; 6],
     pub zero_copy: bool,
+    /// The largest IP packet one frame carries: its data room less the Ethernet header.
+    pub max_packet: usize,
     umem: Umem,
     free: Vec<FrameDesc>,
     batch: Vec<FrameDesc>,
@@ -114,9 +119,11 @@ impl XdpTx {
             macs.insert(t, resolve(if_index, t, RESOLVE_WAIT)?);
         }
         let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE)?)
             .fill_queue_size(QueueSize::new(64)?)
             .comp_queue_size(QueueSize::new(FRAMES)?)
             .build()?;
+        let max_packet = umem_config.mtu() as usize - ETH_HLEN;
         let (umem, frames) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false)
             .context("creating the TX UMEM")?;
         let xsk::Bound { zero_copy, tx, rx, fill, completion } =
@@ -126,6 +133,7 @@ impl XdpTx {
             if_index,
             src_mac,
             zero_copy,
+            max_packet,
             umem,
             free: frames,
             batch: Vec::with_capacity(RING as usize),
@@ -175,6 +183,11 @@ impl XdpTx {
                     }
                 },
             };
+            if p.len() > self.max_packet {
+                // Checked before a frame is taken: a partly written frame would keep its length.
+                self.fail(format!("a {}-byte packet does not fit an AF_XDP frame", p.len() + ETH_HLEN));
+                continue;
+            }
             if self.batch.len() == RING as usize || self.free.is_empty() {
                 // A burst larger than the ring or the UMEM (thousands of SYNs at once): send
                 // what is written, then reuse the frames the kernel completed.
@@ -194,11 +207,7 @@ impl XdpTx {
                 .and_then(|_| cursor.write_all(&self.src_mac))
                 .and_then(|_| cursor.write_all(&ethertype.to_be_bytes()))
                 .and_then(|_| cursor.write_all(p));
-            if written.is_err() {
-                self.free.push(desc);
-                self.fail(format!("a {}-byte packet does not fit an AF_XDP frame", p.len() + ETH_HLEN));
-                continue;
-            }
+            written.expect("a packet within max_packet fits its frame");
             self.batch.push(desc);
         }
         self.submit();
