@@ -383,7 +383,8 @@ fn doctor(args: &Args) -> std::process::ExitCode {
         let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
         let targets: Vec<SocketAddr> = args.mappings().0.iter().map(|m| m.target).collect();
         let client = args.client_addrs.as_ref().expect("checked by inconsistent()").first();
-        doctor::run(&args.intercepts.0, secret.as_deref(), &targets, client)
+        let online = args.iface.as_deref().filter(|_| args.mode == Mode::Copy);
+        doctor::run(&args.intercepts.0, secret.as_deref(), &targets, client, online)
     });
     match checked {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -3,7 +3,11 @@
 //! address, a high port), sends a SYN from it to each target, and says what came back: the
 //! SYN-ACK through an intercept (the path works), a reset (the target's port is closed), or
 //! nothing (the test host's route back through the assistant host, or its reverse-path filter,
-//! or a firewall on the way). The probe session is reset afterwards.
+//! or a firewall on the way). The probe session is reset afterwards. Then the MTU: whether the
+//! largest segment the copier will send reaches each target (an ICMP echo of that size with
+//! Don't Fragment), and whether copy mode copies the online interface's frames whole.
+
+mod ping;
 
 use std::{
     io::{Read, Write},
@@ -14,6 +18,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use common::{
     auth,
+    capture::JUMBO_CAPTURE_BYTES,
     endpoint::Endpoint,
     facts::ReplyFacts,
     proto::{self, Message},
@@ -21,6 +26,7 @@ use common::{
     tcp::flags::{ACK, RST, SYN},
 };
 use copier_engine::emit::{self, Options};
+use ping::Echo;
 
 /// How long a probe waits for its answer: far beyond any SYN-ACK, short of SYN retransmission.
 const PROBE_WAIT: Duration = Duration::from_secs(3);
@@ -110,7 +116,11 @@ enum Msg {
 
 /// What one probe found.
 enum Finding {
-    Answered { via: SocketAddr },
+    /// `mss`: what the target's SYN-ACK said it takes.
+    Answered {
+        via: SocketAddr,
+        mss: Option<u16>,
+    },
     Closed,
     Silent,
 }
@@ -167,7 +177,7 @@ fn probe(
                     packet.clear();
                     emit::write(&mut packet, &rst);
                     raw.send(std::iter::once(packet.as_slice()));
-                    return Ok(Finding::Answered { via: link.addr });
+                    return Ok(Finding::Answered { via: link.addr, mss: f.tcp_options().mss });
                 }
             }
         }
@@ -175,14 +185,78 @@ fn probe(
     Ok(Finding::Silent)
 }
 
-/// Runs the checks; `Ok(false)` if it found a fault (each said on standard output).
+/// How long an echo may take: a healthy path answers in far less.
+const ECHO_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the largest segment the copier may send `target` (its MSS, at most the MTU of the
+/// interface the route leaves by) reaches it whole. `Ok(false)` on a fault.
+fn check_path_mtu(target: SocketAddr, mss: Option<u16>) -> anyhow::Result<bool> {
+    let ip = target.ip();
+    let (if_index, mtu) =
+        xdp_runtime::netlink::path_mtu(ip).with_context(|| format!("looking up the route to {ip}"))?;
+    let iface = xdp_runtime::iface::name(if_index)?;
+    let Some(mss) = mss else {
+        println!("doctor: target {target}: MTU not checked: its SYN-ACK named no MSS");
+        return Ok(true);
+    };
+    let wanted = usize::from(mss) + if ip.is_ipv4() { 40 } else { 60 };
+    let size = wanted.min(mtu as usize);
+    if ping::echo(ip, 64, ECHO_WAIT)? != Echo::Replied {
+        println!("doctor: target {target}: MTU not checked: it answers no ping (ICMP echo)");
+        return Ok(true);
+    }
+    let fix = format!(
+        "Fix it on this host (ip link set {iface} mtu SIZE: the copier cuts its segments to that MTU) or on that link"
+    );
+    match ping::echo(ip, size, ECHO_WAIT)? {
+        Echo::Replied => {
+            let cut = if wanted > size {
+                format!(" (its MSS {mss} allows {wanted}: the copier cuts segments to {iface}'s MTU)")
+            } else {
+                String::new()
+            };
+            println!("doctor: target {target}: OK: packets of {size} bytes reach it whole{cut}");
+            Ok(true)
+        }
+        Echo::TooBig { mtu: hop } => {
+            println!("doctor: FAULT: target {target}: MTU mismatch: the copier sends it packets of up to {size} bytes through {iface}, but a router on the way takes at most {hop} and refuses the rest. {fix}, with SIZE {hop}.");
+            Ok(false)
+        }
+        Echo::Silent => {
+            println!("doctor: FAULT: target {target}: MTU mismatch: packets of {size} bytes (its MSS {mss}, {iface}'s MTU {mtu}) do not reach it or come back, small ones do: a link between has a smaller MTU and drops them silently, and so it would drop the copier's largest segments. {fix}, with SIZE that link's MTU.");
+            Ok(false)
+        }
+    }
+}
+
+/// Copy mode copies frames of up to [`JUMBO_CAPTURE_BYTES`] whole; `Ok(false)` if the online
+/// interface's MTU lets larger ones through.
+fn check_online_mtu(iface: &str) -> anyhow::Result<bool> {
+    let index = xdp_runtime::iface::index(iface).with_context(|| format!("online interface {iface}"))?;
+    let mtu = xdp_runtime::netlink::link_mtu(index)? as usize;
+    // Ethernet header and two VLAN tags.
+    let frame = mtu + 14 + 8;
+    if frame > JUMBO_CAPTURE_BYTES {
+        println!("doctor: FAULT: online interface {iface}: its MTU {mtu} lets frames of up to {frame} bytes through, and copy mode copies {JUMBO_CAPTURE_BYTES} of a frame at most: the rest of larger ones is lost (truncated). Fix it on this host: ip link set {iface} mtu {}", JUMBO_CAPTURE_BYTES - 22);
+        return Ok(false);
+    }
+    println!("doctor: online interface {iface}: OK: MTU {mtu}, every frame copied whole");
+    Ok(true)
+}
+
+/// Runs the checks; `Ok(false)` if it found a fault (each said on standard output). `online`:
+/// the interface copy mode will copy from.
 pub fn run(
     intercepts: &[SocketAddr],
     secret: Option<&[u8]>,
     targets: &[SocketAddr],
     client: std::net::IpAddr,
+    online: Option<&str>,
 ) -> anyhow::Result<bool> {
     let mut healthy = true;
+    if let Some(iface) = online {
+        healthy &= check_online_mtu(iface)?;
+    }
     let mut links = Vec::new();
     for &addr in intercepts {
         match Link::connect(addr, secret) {
@@ -211,8 +285,9 @@ pub fn run(
     let mut raw = xdp_runtime::tx::RawTx::open().context("opening a raw socket for the probes (needs CAP_NET_RAW)")?;
     for &target in targets {
         match probe(&mut links, &mut raw, probe_client, target.into())? {
-            Finding::Answered { via } => {
-                println!("doctor: target {target}: OK: a SYN from {probe_client} was answered, and the SYN-ACK came back through the intercept at {via}")
+            Finding::Answered { via, mss } => {
+                println!("doctor: target {target}: OK: a SYN from {probe_client} was answered, and the SYN-ACK came back through the intercept at {via}");
+                healthy &= check_path_mtu(target, mss)?;
             }
             Finding::Closed => {
                 healthy = false;
