@@ -43,12 +43,32 @@ pub fn client(i: u32) -> (Ipv4Addr, u16) {
 /// Writes the sessions to `path`: handshake, `GET /bench/SESSION/REQUEST` requests each after
 /// the previous answer, then the client's FIN.
 pub fn write_http_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
+    write_sessions(path, server, spec, DataLink::RAW)
+}
+
+/// [`write_http_sessions`] as Ethernet frames, as tcpdump on an Ethernet link writes them (the
+/// original tcpcopy replays nothing else).
+pub fn write_http_sessions_ethernet(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
+    write_sessions(path, server, spec, DataLink::ETHERNET)
+}
+
+fn write_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions, datalink: DataLink) -> anyhow::Result<()> {
     assert!(spec.count <= 50_000 * 200, "client addresses run out");
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let header = PcapHeader { datalink: DataLink::RAW, ..PcapHeader::default() };
+    let header = PcapHeader { datalink, ..PcapHeader::default() };
     let mut out = PcapWriter::with_header(std::io::BufWriter::new(file), header)?;
+    // Zero MAC addresses, which nothing reads, and IPv4's ethertype.
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0x08, 0x00]);
     let mut record = |ts_us: u64, packet: &[u8]| {
-        out.write_packet(&PcapPacket::new(Duration::from_micros(ts_us), packet.len() as u32, packet)).map(|_| ())
+        let bytes = if datalink == DataLink::ETHERNET {
+            frame.truncate(14);
+            frame.extend_from_slice(packet);
+            &frame[..]
+        } else {
+            packet
+        };
+        out.write_packet(&PcapPacket::new(Duration::from_micros(ts_us), bytes.len() as u32, bytes)).map(|_| ())
     };
     let syn_options = linux_syn_options(1460, 1, 7);
     for s in 0..spec.count {

@@ -50,6 +50,10 @@ enum Task {
     /// target/bench/bench.{json,md} and capture.svg (root). Arguments go to `xdpcopy-bench`
     /// (`cargo xtask bench -- --help`).
     Bench {
+        /// Also build the original tcpcopy and intercept from the source archives in DIR and run
+        /// them beside ours, interleaved (e.g. `../shared/peers`).
+        #[arg(long, value_name = "DIR")]
+        peer: Option<PathBuf>,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -153,10 +157,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             build(true)?;
             testbed_bin("xdpcopy-demo", &["--seconds".into(), seconds.to_string()])
         }
-        Task::Bench { args } => {
+        Task::Bench { peer, mut args } => {
             require_root("cargo xtask bench")?;
             setup::run()?;
             build(true)?;
+            if let Some(dir) = peer {
+                // The bench runs from the workspace root: a relative path means the caller's.
+                let dir = std::path::absolute(&dir).with_context(|| format!("--peer {}", dir.display()))?;
+                args.extend(["--peer".into(), dir.to_string_lossy().into_owned()]);
+            }
             testbed_bin("xdpcopy-bench", &args)
         }
         Task::Package => {

@@ -15,7 +15,8 @@ use anyhow::{bail, Context as _};
 /// Debian packages for the build (xsk-rs builds libxdp: clang, libelf, zlib, m4, pkg-config),
 /// the test bed (iproute2, procps for sysctl, nginx, redis, nftables for loss, prometheus to
 /// scrape the binaries, tmux for a terminal, help2man for the package's man pages, chromium to
-/// render the comparison report) and diagnosis (tcpdump, ethtool).
+/// render the comparison report), diagnosis (tcpdump, ethtool) and the bench's peers (the
+/// original tcpcopy and intercept build with gcc, make and libpcap).
 const DEBIAN_PACKAGES: &[&str] = &[
     "clang",
     "libelf-dev",
@@ -35,6 +36,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tmux",
     "help2man",
     "chromium",
+    "libpcap-dev",
 ];
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";

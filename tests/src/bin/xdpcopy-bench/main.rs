@@ -3,6 +3,7 @@
 //! Figures are reported (JSON, Markdown and an SVG plot under `target/bench/`), never asserted.
 
 mod capture;
+mod peer;
 mod replay;
 mod svg;
 
@@ -36,9 +37,23 @@ struct Plan {
     /// Seconds each capture-path step floods for.
     #[arg(long, default_value_t = 1.0)]
     step_seconds: f64,
+    /// Also run the original tcpcopy and intercept, built from the source archives in this
+    /// directory (`tcpcopy-*.tar.gz`, `intercept-*.tar.gz`), beside ours ("peer": only them).
+    #[arg(long, value_name = "DIR")]
+    peer: Option<PathBuf>,
+    /// Repetitions of each comparison with the peers (ours and theirs interleaved).
+    #[arg(long, default_value_t = 3)]
+    reps: u32,
+    /// Short sessions in the comparison's captures at maximum speed.
+    #[arg(long, default_value_t = 10_000)]
+    peer_short: u32,
+    /// Keep-alive sessions (ten requests each) in the comparison's capture.
+    #[arg(long, default_value_t = 1_000)]
+    peer_keepalive: u32,
 }
 
 const CAPTURE: &str = "capture";
+const PEER: &str = "peer";
 /// Longest a binary may take to load and attach its XDP program.
 const STARTUP: Duration = Duration::from_secs(20);
 
@@ -137,7 +152,43 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
         outcomes.push(o);
     }
 
+    let mut compared = None;
+    if let Some(dir) = plan.peer.as_deref().filter(|_| picked(PEER)) {
+        println!("bench: building the peers from {}", dir.display());
+        let peers = peer::build(dir, &out.join("peers"))?;
+        let mut runs = Vec::new();
+        for case in peer::cases(plan.peer_short, plan.peer_keepalive) {
+            for rep in 0..plan.reps {
+                // Who goes first alternates: neither tool always meets the VM's same minute.
+                let order = if rep % 2 == 0 {
+                    [peer::Tool::Ours, peer::Tool::Theirs]
+                } else {
+                    [peer::Tool::Theirs, peer::Tool::Ours]
+                };
+                for tool in order {
+                    let r = peer::run(&case, tool, rep, &peers)?;
+                    println!(
+                        "bench: {} ({:?}, repetition {rep}): {:.1} % answered, copier {:.1} µs/answered session, intercept {:.1}, start-up {:.1} ms",
+                        case.name,
+                        tool,
+                        r.success_pct(),
+                        r.copier_us_per_answered(),
+                        r.intercept_us_per_answered(),
+                        r.startup_ms
+                    );
+                    runs.push(r);
+                }
+            }
+        }
+        compared = Some((runs, peers));
+    }
+
     let mut md = format!("Measured by `cargo xtask bench` on {machine}, veth test bed in network namespaces.\n\n");
+    if let Some((runs, peers)) = &compared {
+        md += &peer::markdown(runs, peers);
+        md += "\n![theirs / ours](peer.svg)\n\n";
+        std::fs::write(out.join("peer.svg"), peer::plot(runs))?;
+    }
     if !steps.is_empty() {
         md += &capture::markdown(&steps, extras.as_ref(), plan.step_seconds);
         md += "\n![offered vs processed](capture.svg)\n\n";
@@ -150,6 +201,7 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
         "machine": machine,
         "capture": (!steps.is_empty()).then(|| capture::json(&steps, extras.as_ref())),
         "replay": replay::json(&outcomes),
+        "peer": compared.as_ref().map(|(runs, peers)| peer::json(runs, peers)),
     });
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     std::fs::write(out.join("bench.md"), &md)?;

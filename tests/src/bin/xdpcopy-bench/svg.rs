@@ -1,4 +1,4 @@
-//! A small SVG line chart (no plotting dependency for two charts).
+//! Small SVG line and bar charts (no plotting dependency for a few charts).
 
 use std::fmt::Write as _;
 
@@ -178,6 +178,51 @@ pub fn document(charts: &[Chart]) -> String {
     svg + "</svg>\n"
 }
 
+/// Horizontal bar charts of ratios, one below the other: each a title and (label, value) bars,
+/// with a dashed line at 1 (parity).
+pub fn bars(charts: &[(&str, Vec<(String, f64)>)]) -> String {
+    const ROW: f64 = 22.0;
+    const LABEL: f64 = 260.0;
+    let heights: Vec<f64> = charts.iter().map(|(_, bars)| TOP + ROW * bars.len().max(1) as f64 + 20.0).collect();
+    let total: f64 = heights.iter().sum();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{total}\" viewBox=\"0 0 {W} {total}\" font-family=\"sans-serif\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let mut y = 0.0;
+    for ((title, bars), height) in charts.iter().zip(heights) {
+        let (max, _) = axis(bars.iter().map(|b| b.1).filter(|v| v.is_finite()).fold(1.0, f64::max));
+        let width = W - LABEL - 80.0;
+        let scale = |v: f64| LABEL + width * (v / max).clamp(0.0, 1.0);
+        let _ = writeln!(svg, "<text x=\"10\" y=\"{:.1}\" font-size=\"14\">{}</text>", y + 24.0, escape(title));
+        for (i, (label, value)) in bars.iter().enumerate() {
+            let top = y + TOP + ROW * i as f64;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>\
+                 <rect x=\"{LABEL}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"steelblue\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{value:.2}</text>",
+                LABEL - 6.0,
+                top + ROW * 0.6,
+                escape(label),
+                scale(*value) - LABEL,
+                ROW * 0.75,
+                scale(*value) + 4.0,
+                top + ROW * 0.6,
+            );
+        }
+        let one = scale(1.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{one:.1}\" y1=\"{:.1}\" x2=\"{one:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-dasharray=\"4 3\"/>",
+            y + TOP - 4.0,
+            y + TOP + ROW * bars.len() as f64
+        );
+        y += height;
+    }
+    svg + "</svg>\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +247,15 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("points=\"80.0,270.0 500.0,155.0\""), "sorted by x, scaled into the plot: {svg}");
         assert!(svg.contains("a&lt;b") && svg.contains("stroke-dasharray"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+    }
+
+    #[test]
+    fn bars_are_scaled_to_the_largest_and_parity_is_marked() {
+        let svg = bars(&[("ratios", vec![("a<b".into(), 4.0), ("c".into(), 0.5)])]);
+        assert_eq!(svg.matches("fill=\"steelblue\"").count(), 2);
+        assert!(svg.contains("a&lt;b") && svg.contains(">4.00<") && svg.contains(">0.50<"));
+        assert_eq!(svg.matches("stroke-dasharray").count(), 1, "the line at 1");
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
     }
 }
