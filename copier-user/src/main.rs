@@ -601,15 +601,7 @@ fn cost_pairs(pairs: &[(&'static str, u64)], p: &Pipeline) -> Vec<(&'static str,
 }
 
 async fn wait_for_intercepts(links: &LinkStats, wanted: usize) {
-    let deadline = Instant::now() + CONNECT_WAIT;
-    let refused = || links.refused.lock().expect("not poisoned").is_some();
-    while (links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize) < wanted
-        && Instant::now() < deadline
-        && !refused()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let connected = links.connected.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let connected = links.wait_connected(wanted, CONNECT_WAIT).await;
     if connected < wanted {
         log::warn!("connected to {connected} of {wanted} intercepts after {CONNECT_WAIT:?}; replies through the others are lost until they connect");
     }

@@ -45,7 +45,7 @@ fn memlock_unlimited() -> bool {
 }
 
 /// Fails, naming what is missing, unless the process has every one of `needed` (CAP_IPC_LOCK
-/// also counts as present without a memlock limit: each AF_XDP UMEM pins 16 MiB).
+/// also counts as present without a memlock limit: an AF_XDP UMEM pins 4 MiB to send, 16 to receive).
 pub fn require(needed: &[Cap], what: &str) -> anyhow::Result<()> {
     let have = effective()?;
     let missing: Vec<&str> = needed

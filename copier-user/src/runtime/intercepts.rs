@@ -53,6 +53,30 @@ pub struct LinkStats {
     /// Why an intercept refused this copier for good (wrong secret or version, endpoints owned
     /// by another copier): the copier stops, with this reason.
     pub refused: std::sync::Mutex<Option<String>>,
+    /// Wakes whoever waits for a link to connect or be refused ([`LinkStats::wait_connected`]).
+    changed: tokio::sync::Notify,
+}
+
+impl LinkStats {
+    /// Waits until `wanted` intercepts are connected, one refused this copier, or `limit`
+    /// passed; returns how many are connected. Woken by the links themselves, not by polling:
+    /// a capture's replay starts the moment its intercepts are ready.
+    pub async fn wait_connected(&self, wanted: usize, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change between the two is not missed.
+            changed.as_mut().enable();
+            let connected = self.connected.load(Relaxed) as usize;
+            if connected >= wanted || self.refused.lock().expect("not poisoned").is_some() {
+                return connected;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.connected.load(Relaxed) as usize;
+            }
+        }
+    }
 }
 
 /// Why a connection ended: retrying may help, or it cannot.
@@ -306,6 +330,7 @@ async fn session(
                     w.write_all(&auth_frame[..n]).await.map_err(|e| format!("write failed: {e}"))?;
                     log::info!("connected to intercept {addr}");
                     stats.connected.fetch_add(1, Relaxed);
+                    stats.changed.notify_waiters();
                     let mut out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
                     writer = Some(AbortOnDrop(tokio::spawn(async move {
                         let mut buf = [0; 8];
@@ -380,6 +405,7 @@ async fn connection(
             Err(Ended::Permanent(reason)) => {
                 log::error!("intercept {addr}: {reason}; not retrying");
                 stats.refused.lock().expect("not poisoned").get_or_insert(format!("intercept {addr}: {reason}"));
+                stats.changed.notify_waiters();
                 return;
             }
         };

@@ -30,8 +30,8 @@ struct Plan {
     /// Keep-alive sessions (ten requests each).
     #[arg(long, default_value_t = 10_000)]
     keepalive: u32,
-    /// Run only the scenario of this name ("capture" is the capture path), or those whose name
-    /// contains it.
+    /// Run only the scenario of this name ("capture" is the capture path, "peer" every
+    /// comparison with the peers), or those whose name contains it.
     #[arg(long)]
     only: Option<String>,
     /// Seconds each capture-path step floods for.
@@ -153,11 +153,16 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
     }
 
     let mut compared = None;
-    if let Some(dir) = plan.peer.as_deref().filter(|_| picked(PEER)) {
+    // `--only peer`: every comparison; another name: the comparisons whose name contains it.
+    let peer_cases: Vec<peer::Case> = peer::cases(plan.peer_short, plan.peer_keepalive)
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| o == PEER || c.name.contains(o)))
+        .collect();
+    if let Some(dir) = plan.peer.as_deref().filter(|_| !peer_cases.is_empty()) {
         println!("bench: building the peers from {}", dir.display());
         let peers = peer::build(dir, &out.join("peers"))?;
         let mut runs = Vec::new();
-        for case in peer::cases(plan.peer_short, plan.peer_keepalive) {
+        for case in peer_cases {
             for rep in 0..plan.reps {
                 // Who goes first alternates: neither tool always meets the VM's same minute.
                 let order = if rep % 2 == 0 {
