@@ -1,8 +1,12 @@
 //! The copier's `--metrics`: its stats line's counters as `xdpcopy_copier_*`, the exchanges per
-//! target (label `target`), and the first-byte latencies of each target and of production as
-//! histograms in seconds.
+//! target (label `target`), each worker's share (`worker_*`, label `worker`: one worker falling
+//! behind shows), and the first-byte latencies of each target and of production as histograms
+//! in seconds.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+};
 
 use copier_user::runtime::{intercepts::LinkStats, worker::Shared};
 use hdrhistogram::Histogram;
@@ -90,6 +94,28 @@ fn snapshot(xdp: &dyn Fn() -> Vec<(&'static str, u64)>, shared: &[Arc<Shared>], 
     let mut pairs = xdp();
     pairs.extend(crate::copier_pairs(shared, links).into_iter().filter(|(k, _)| !per_target.contains(k)));
     s.pairs(&pairs, GAUGES, help);
+    for (index, w) in shared.iter().enumerate() {
+        let counters = w.counters.lock().expect("not poisoned").pairs();
+        let counter = |name| counters.iter().find(|(k, _)| *k == name).map_or(0, |(_, v)| *v);
+        let (active, buffered) = *w.active.lock().expect("not poisoned");
+        let tx_errors = *w.tx_errors.lock().expect("not poisoned");
+        for (name, help, kind, value) in [
+            ("worker_sessions", "Sessions this worker started", Kind::Counter, counter("sessions") as f64),
+            ("worker_sent", "Packets this worker sent to the targets", Kind::Counter, counter("sent") as f64),
+            ("worker_tx_errors", "Packets this worker's transmit path refused", Kind::Counter, tx_errors as f64),
+            (
+                "worker_cpu_seconds",
+                "CPU time of this worker's thread",
+                Kind::Counter,
+                w.cpu_us.load(Relaxed) as f64 / 1e6,
+            ),
+            ("worker_active", "Sessions this worker holds", Kind::Gauge, active as f64),
+            ("worker_buffered", "Captured payload bytes this worker holds", Kind::Gauge, buffered as f64),
+        ] {
+            let labels = vec![("worker", index.to_string())];
+            s.samples.push(Sample { name, help, kind, labels, value });
+        }
+    }
     for t in exchanges.targets() {
         let target = t.target.to_string();
         for (name, help, value) in [

@@ -127,6 +127,9 @@ fn prometheus_scrapes_both_binaries_during_a_live_copy() {
     let answered = format!("xdpcopy_copier_answered_total{{target=\"{target_http}\"}}");
     assert_eq!(eventually(&answered, &|v| v == 30.0), Some(30.0), "{answered}\n{}", copier.describe());
     assert_eq!(eventually("xdpcopy_copier_sessions_total", &|v| v == 30.0), Some(30.0));
+    let per_worker = "xdpcopy_copier_worker_sessions_total{worker=\"0\"}";
+    assert_eq!(eventually(per_worker, &|v| v == 30.0), Some(30.0), "{per_worker}");
+    assert!(eventually("xdpcopy_copier_worker_sent_total", &|v| v >= 90.0).is_some_and(|v| v >= 90.0));
     assert_eq!(eventually("xdpcopy_copier_intercepts", &|v| v == 1.0), Some(1.0));
     assert_eq!(eventually("xdpcopy_intercept_copiers", &|v| v == 1.0), Some(1.0), "{}", intercept.describe());
     let routed = eventually("xdpcopy_intercept_routed_total", &|v| v >= 90.0);

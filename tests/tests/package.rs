@@ -60,3 +60,70 @@ fn the_package_holds_binaries_units_defaults_and_man_pages_that_work() {
         assert!(ok && said.trim().is_empty(), "systemd-analyze verify {unit}: {said}");
     }
 }
+
+fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The capabilities a file grants, as Kubernetes names them (no `CAP_` prefix), in order.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(workspace().join("packaging/systemd/xdpcopy-copier.service")).unwrap();
+    let line = unit.lines().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("the unit grants some");
+    line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_owned()).collect()
+}
+
+/// The Kubernetes example: objects the API accepts (kubernetes-validate against its schemas,
+/// strict: no unknown field), each container granted exactly what the systemd units grant.
+#[test]
+fn the_kubernetes_example_is_valid_and_grants_what_the_units_grant() {
+    let python = workspace().join("target/python-tools/bin/python");
+    assert!(python.exists(), "no {}: run `cargo xtask setup`", python.display());
+    let manifest = workspace().join("packaging/kubernetes/xdpcopy.yaml");
+    let (ok, said) = output(Command::new(&python).args(["-m", "kubernetes_validate", "--strict"]).arg(&manifest));
+    assert!(ok, "{said}");
+    for object in ["namespace/xdpcopy", "configmap/xdpcopy-flags", "daemonset/copier", "daemonset/intercept"] {
+        assert!(said.contains(&format!("passed for resource {object}")), "{object}: {said}");
+    }
+    assert!(!said.contains("ERROR") && !said.contains("WARN"), "{said}");
+
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let granted: Vec<Vec<String>> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("add: [")?.strip_suffix(']').map(str::to_owned))
+        .map(|list| list.split(',').map(|c| c.trim().trim_matches('"').to_owned()).collect())
+        .collect();
+    assert_eq!(granted, vec![unit_capabilities(); 2], "copier and intercept, as the units");
+    assert_eq!(text.matches("drop: [\"ALL\"]").count(), 2, "and nothing else");
+    assert!(!text.contains("privileged: true"));
+}
+
+/// The container image installs every library the binaries link beyond what its base image
+/// (Debian's libc6 and libgcc-s1) holds, and copies both binaries.
+#[test]
+fn the_container_image_installs_every_library_the_binaries_link() {
+    let dockerfile = std::fs::read_to_string(workspace().join("packaging/container/Dockerfile")).unwrap();
+    let installs = dockerfile.lines().find(|l| l.contains("apt-get install")).expect("an install line");
+    assert!(dockerfile.contains("COPY target/release/copier target/release/intercept /usr/bin/"), "{dockerfile}");
+    let in_base = ["linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2"];
+    let package_of = |soname: &str| match soname {
+        "libelf.so.1" => Some("libelf1"),
+        "libz.so.1" => Some("zlib1g"),
+        _ => None,
+    };
+    for binary in ["copier", "intercept"] {
+        let path = workspace().join("target/release").join(binary);
+        let (ok, linked) = output(Command::new("ldd").arg(&path));
+        assert!(ok, "ldd {}: {linked}", path.display());
+        for soname in linked.lines().filter_map(|l| l.split_whitespace().next()) {
+            let soname = soname.rsplit('/').next().unwrap();
+            if in_base.contains(&soname) {
+                continue;
+            }
+            let package = package_of(soname).unwrap_or_else(|| panic!("{binary} links {soname}: which package?"));
+            assert!(
+                installs.split_whitespace().any(|w| w == package),
+                "{package} ({soname}) is not installed: {installs}"
+            );
+        }
+    }
+}

@@ -157,8 +157,36 @@ fn bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Python tools from PyPI, in a virtual environment of the workspace's own
+/// ([`PYTHON_TOOLS`]): kubernetes-validate checks the Kubernetes example's objects against the
+/// API's schemas, with no cluster.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "1.37.0")];
+/// Where they live, under the workspace root (the tests run its `bin/python`).
+pub const PYTHON_TOOLS: &str = "target/python-tools";
+
+fn python_packages() -> anyhow::Result<()> {
+    let venv = crate::workspace_root().join(PYTHON_TOOLS);
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        println!("setup: Python tools: creating {}", venv.display());
+        status(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    for (name, version) in PYTHON_PACKAGES {
+        let shown = Command::new(&python).args(["-m", "pip", "show", name]).output();
+        let wanted = format!("Version: {version}");
+        if shown.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l == wanted)) {
+            println!("setup: {name} {version}: present");
+            continue;
+        }
+        println!("setup: {name} {version}: installing (pip)");
+        status(Command::new(&python).args(["-m", "pip", "install", "--quiet", &format!("{name}=={version}")]))?;
+    }
+    Ok(())
+}
+
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
+    python_packages()?;
     let sysroot = nightly_sysroot()?;
     rust_src()?;
     bpf_linker(&sysroot)
