@@ -37,6 +37,11 @@ impl Admission {
         1 + step as u8
     }
 
+    /// A new share of the flows (1..=100), from now on; a ramp in progress rises to it.
+    pub fn set_percent(&mut self, percent: u8) {
+        self.percent = percent.clamp(1, 100);
+    }
+
     /// Whether one more session may start at `now` under the rate cap (it takes a token).
     pub fn take(&mut self, now: u64) -> bool {
         let Some(b) = &mut self.rate else { return true };

@@ -382,12 +382,16 @@ pub struct Engine {
     opening: usize,
     /// Sessions waiting for their turn to open, oldest first.
     held: VecDeque<SessionId>,
+    /// The largest `-n` this engine has had ([`Self::set_load`]): flows that started under it
+    /// keep their copies.
+    multiply_max: u16,
 }
 
 impl Engine {
     pub fn new(mut config: Config) -> Self {
         config.multiply = config.multiply.max(1);
         Self {
+            multiply_max: config.multiply,
             admission: Admission::new(config.sample_percent, config.ramp_us, config.max_sessions_per_s),
             fan_out: config.fan_out(),
             config,
@@ -463,12 +467,18 @@ impl Engine {
             return self.counters.captured_unmapped += 1;
         };
         // Each target gets every copy of the flow (fan-out), each copy its own source port.
+        // `-n` copies of a new flow; a flow already replayed keeps the copies it started with
+        // (`-n` changed since: `set_load`), so segments go to every copy index ever used.
         let t = targets.len;
         let copies = self.config.multiply.saturating_mul(t);
-        let first = round.saturating_mul(copies);
-        for copy in first..first.saturating_add(copies) {
+        let first = round.saturating_mul(self.multiply_max.saturating_mul(t));
+        let span = self.multiply_max.saturating_mul(t);
+        // Whether a copy of this flow is replayed already (looked up only when a copy is missing).
+        let mut known = None;
+        for copy in first..first.saturating_add(span) {
             let target = targets.list[usize::from((copy - first) % t)];
             let key = (seg.src, seg.dst, copy);
+            let wanted = copy - first < copies;
             if self.declined.contains(&key) {
                 if seg.flags & SYN == 0 {
                     continue;
@@ -479,7 +489,11 @@ impl Engine {
                 Some(id) if self.is_new_incarnation(id, &seg) => {
                     // The 4-tuple is reused by a new connection: a fresh session replaces it.
                     self.remove(id);
-                    self.start(now, key, target, targets, &seg)
+                    if wanted {
+                        self.start(now, key, target, targets, &seg)
+                    } else {
+                        None
+                    }
                 }
                 Some(id) => Some(id),
                 // A reset ends a session; it never starts one (there is nothing to replay).
@@ -487,6 +501,17 @@ impl Engine {
                     if copy == first {
                         self.counters.captured_stray_resets += 1;
                     }
+                    None
+                }
+                None if !wanted => None,
+                // A copy missing from a flow in progress (`-n` grew since it started) is not
+                // started in its middle; a flow new to the engine is, mid-stream or not.
+                None if seg.flags & SYN == 0
+                    && *known.get_or_insert_with(|| {
+                        (first..first.saturating_add(span))
+                            .any(|c| self.by_capture.contains_key(&(seg.src, seg.dst, c)))
+                    }) =>
+                {
                     None
                 }
                 None => self.start(now, key, target, targets, &seg),
@@ -499,6 +524,15 @@ impl Engine {
         }
         self.enforce_memory_bound();
         self.release_held(now);
+    }
+
+    /// A new share of the flows (`-r`) and number of copies (`-n`) for flows that start from now
+    /// on; flows in progress keep theirs, so no session is dropped or started in its middle.
+    pub fn set_load(&mut self, sample_percent: u8, multiply: u16) {
+        self.config.sample_percent = sample_percent.clamp(1, 100);
+        self.admission.set_percent(self.config.sample_percent);
+        self.config.multiply = multiply.max(1);
+        self.multiply_max = self.multiply_max.max(self.config.multiply);
     }
 
     /// The targets the online endpoint `online` is mapped to.
@@ -517,9 +551,9 @@ impl Engine {
         if self.config.payload_bytes == 0 {
             return;
         }
-        let copies = self.config.multiply.saturating_mul(targets);
-        let first = round.saturating_mul(copies);
-        for copy in first..first.saturating_add(copies) {
+        let span = self.multiply_max.saturating_mul(targets);
+        let first = round.saturating_mul(span);
+        for copy in first..first.saturating_add(span) {
             if let Some(&id) = self.by_capture.get(&(seg.dst, seg.src, copy)) {
                 self.with_session(now, id, |s, ctx| s.on_production(ctx, seg));
             }

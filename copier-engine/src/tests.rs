@@ -614,6 +614,65 @@ fn multiply_replays_each_session_n_times_from_distinct_rewritten_clients() {
     }
 }
 
+/// SYNs and data segments sent, by replayed source port.
+fn syn_ports(s: &[Sent]) -> std::collections::BTreeSet<u16> {
+    s.iter().filter(|p| p.flags & SYN != 0).map(|p| p.src.port).collect()
+}
+
+#[test]
+fn a_new_multiply_applies_to_flows_that_start_after_it_and_in_flight_ones_keep_theirs() {
+    let mut cfg = config();
+    cfg.wait_for_response = false;
+    let mut e = Engine::new(cfg);
+    handshake(&mut e, 0, 40000); // flow A under -n 1
+    assert_eq!(syn_ports(&sent(&mut e)).len(), 1);
+
+    e.set_load(100, 3);
+    e.on_captured(1_000, Link::Ip, &data(40000, 0, 0, b"A's request"));
+    assert!(syn_ports(&sent(&mut e)).is_empty(), "no copy of A starts in its middle");
+    assert_eq!(e.active_sessions(), 1);
+    handshake(&mut e, 2_000, 40001); // flow B under -n 3
+    let b = syn_ports(&sent(&mut e));
+    assert_eq!(b.len(), 3, "{b:?}");
+
+    e.set_load(100, 1);
+    for &port in &b {
+        e.on_reply(3_000, &syn_ack(ep(CLIENT, port), 1460, 65535, 1));
+    }
+    sent(&mut e);
+    e.on_captured(4_000, Link::Ip, &data(40001, 0, 0, b"B's request"));
+    let to = |s: &[Sent]| {
+        s.iter().filter(|p| !p.payload.is_empty()).map(|p| p.src.port).collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(to(&sent(&mut e)), b, "B keeps its three copies");
+    handshake(&mut e, 5_000, 40002); // flow C under -n 1 again
+    assert_eq!(syn_ports(&sent(&mut e)).len(), 1);
+    assert_eq!(e.active_sessions(), 5);
+}
+
+#[test]
+fn a_new_rate_applies_to_flows_that_start_after_it() {
+    let mut cfg = config();
+    cfg.wait_for_response = false;
+    let mut e = Engine::new(cfg);
+    for port in 20000..20100 {
+        handshake(&mut e, 0, port);
+    }
+    assert_eq!(syn_ports(&sent(&mut e)).len(), 100);
+    e.set_load(10, 1);
+    for port in 20000..20100 {
+        e.on_reply(1, &syn_ack(ep(CLIENT, port), 1460, 65535, 1));
+        e.on_captured(2, Link::Ip, &data(port, 0, 0, b"x"));
+    }
+    let with_data = sent(&mut e).iter().filter(|p| !p.payload.is_empty()).count();
+    assert_eq!(with_data, 100, "flows in progress go on whole");
+    for port in 30000..31000 {
+        handshake(&mut e, 3, port);
+    }
+    let new = syn_ports(&sent(&mut e)).len();
+    assert!((50..=150).contains(&new), "about 10 % of the new flows: {new}");
+}
+
 #[test]
 fn copies_that_would_collide_move_to_a_free_port() {
     let mut cfg = config();

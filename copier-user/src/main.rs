@@ -25,7 +25,7 @@ use copier_user::{
     runtime::{
         dispatch::{Backpressure, Dispatch},
         intercepts::{self, LinkStats},
-        worker::{self, facts_queue, input_queue, Announced, InputSender, Shared, Worker},
+        worker::{self, facts_queue, input_queue, Announced, Input, InputSender, Shared, Worker},
     },
 };
 use xdp_runtime::{
@@ -34,6 +34,7 @@ use xdp_runtime::{
 };
 
 mod doctor;
+mod load_file;
 mod metrics;
 mod online;
 mod progress;
@@ -165,6 +166,11 @@ struct Args {
     /// Stop after this many seconds (a capture file's replay, or a live copy).
     #[arg(long, value_parser = xdp_runtime::positive_seconds)]
     duration: Option<f64>,
+    /// Live: a file of `rate = P` and `multiply = N` lines (either may be left out), read again
+    /// on SIGHUP (`systemctl reload`): sessions that start afterwards follow it, sessions in
+    /// progress keep their own. A file that does not parse changes nothing.
+    #[arg(long, value_name = "FILE")]
+    load_file: Option<PathBuf>,
     /// Offline: speed factor over the recorded timing.
     #[arg(short = 'a', long = "accelerate", default_value_t = 1.0, value_parser = positive_factor)]
     speed: f64,
@@ -319,10 +325,12 @@ impl Args {
         if self.rounds > 1 && self.input.is_none() {
             return Some("--loop replays a capture file (-i) again");
         }
+        if self.load_file.is_some() && self.input.is_some() {
+            return Some("--load-file changes a live copy (--iface), not a capture file's replay");
+        }
         let mappings = self.mappings();
         let fan_out = mappings.0.iter().map(|m| mappings.0.iter().filter(|o| o.online == m.online).count());
-        let copies = u32::from(self.rounds) * u32::from(self.multiply) * fan_out.max().unwrap_or(1) as u32;
-        if copies > u32::from(u16::MAX) {
+        if !copies_fit(self.rounds, self.multiply, fan_out.max().unwrap_or(1)) {
             return Some("--loop times -n times the targets of a port must stay below 65536 copies");
         }
         if let Some(b) = self.baseline {
@@ -443,6 +451,51 @@ fn open_transmit(args: &Args) -> anyhow::Result<Vec<Transmit>> {
             log::warn!("{err:#}; transmitting through raw sockets instead");
             raw()
         }),
+    }
+}
+
+/// Whether every copy of a flow (rounds × `-n` × targets of its port) has a copy index of its own.
+fn copies_fit(rounds: u16, multiply: u16, fan_out: usize) -> bool {
+    u32::from(rounds) * u32::from(multiply) * fan_out as u32 <= u32::from(u16::MAX)
+}
+
+/// The live load (`-r`, `-n`) and, on SIGHUP, the load file's: each worker applies it to the
+/// sessions that start afterwards.
+struct LiveLoad {
+    rate: u8,
+    multiply: u16,
+}
+
+impl LiveLoad {
+    async fn reload(&mut self, args: &Args, workers: &[InputSender]) {
+        let Some(path) = &args.load_file else {
+            log::warn!("SIGHUP: no --load-file to read; the load stays -r {} -n {}", self.rate, self.multiply);
+            return;
+        };
+        let load = match load_file::read(path) {
+            Ok(load) => load,
+            Err(err) => {
+                log::error!("SIGHUP: {err}; the load stays -r {} -n {}", self.rate, self.multiply);
+                return;
+            }
+        };
+        let (rate, multiply) = (load.rate.unwrap_or(self.rate), load.multiply.unwrap_or(self.multiply));
+        let mappings = args.mappings();
+        let fan_out = mappings.0.iter().map(|m| mappings.0.iter().filter(|o| o.online == m.online).count()).max();
+        if !copies_fit(args.rounds, multiply, fan_out.unwrap_or(1)) {
+            log::error!("SIGHUP: -n {multiply} times the targets of a port is more than 65535 copies; the load stays");
+            return;
+        }
+        for w in workers {
+            if tokio::time::timeout(Duration::from_secs(1), w.send(Input::Load { rate, multiply })).await.is_err() {
+                log::error!("SIGHUP: a worker took no input for a second; the load may differ between workers");
+            }
+        }
+        log::info!(
+            "SIGHUP: load -r {rate} -n {multiply} from {} for the sessions that start from now on",
+            path.display()
+        );
+        (self.rate, self.multiply) = (rate, multiply);
     }
 }
 
@@ -755,6 +808,8 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
     let interval = Duration::from_secs_f64(args.stats_interval);
     let stop_signal = xdp_runtime::stop_signal();
     tokio::pin!(stop_signal);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut load = LiveLoad { rate: args.sample, multiply: args.multiply };
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     let (mut before, mut since) = (copier_pairs(&pipeline.shared, &pipeline.links), Instant::now());
     loop {
@@ -764,6 +819,7 @@ async fn run(args: Args) -> anyhow::Result<Option<(u8, String)>> {
                 pipeline.stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
+            _ = hangup.recv() => load.reload(&args, &pipeline.inputs).await,
             _ = ticker.tick() => {
                 if pipeline.workers.iter().all(|w| w.is_finished()) {
                     break;

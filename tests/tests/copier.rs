@@ -209,6 +209,48 @@ fn live_traffic_is_copied_while_production_answers_every_client() {
     assert_eq!(summary.get("ring_full"), 0);
 }
 
+/// `--load-file` and SIGHUP: a live copy's `-n` changes for the sessions that start afterwards;
+/// a file that does not parse is named and changes nothing; production answers every client.
+#[test]
+fn sighup_changes_the_load_of_a_live_copy_for_the_sessions_that_follow() {
+    let tb = Testbed::new().unwrap();
+    let Servers { online, target, _intercept } = servers(&tb);
+    let load = tb.dir().join("load");
+    std::fs::write(&load, "multiply = 1\n").unwrap();
+    let mut copier = start_online_copier(&tb, &["--load-file", &load.to_string_lossy()]);
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    let copied = |prefix: &str| target.requests().iter().filter(|r| r.contains(&format!("/{prefix}/"))).count();
+    let wait = |prefix: &str, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while copied(prefix) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300)); // and no more than that
+        copied(prefix)
+    };
+
+    tb.client.run(|| short_gets("before", 10)).unwrap();
+    assert_eq!(wait("before", 10), 10, "{}", copier.describe());
+
+    std::fs::write(&load, "# three copies from now on\nmultiply = 3\n").unwrap();
+    copier.signal(libc::SIGHUP).unwrap();
+    copier.wait_for_line(STARTUP, |l| l.contains("SIGHUP: load -r 100 -n 3")).unwrap();
+    tb.client.run(|| short_gets("after", 10)).unwrap();
+    assert_eq!(wait("after", 30), 30, "{}", copier.describe());
+
+    std::fs::write(&load, "multiply = lots\n").unwrap();
+    copier.signal(libc::SIGHUP).unwrap();
+    copier
+        .wait_for_line(STARTUP, |l| l.contains("multiply must be 1 to 1000") && l.contains("stays -r 100 -n 3"))
+        .unwrap();
+    tb.client.run(|| short_gets("still", 10)).unwrap();
+    assert_eq!(wait("still", 30), 30, "the load stayed: {}", copier.describe());
+
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    assert_eq!(online.requests().len(), 30, "production saw each request once");
+}
+
 #[test]
 fn two_workers_multiply_with_client_ranges_and_deliver_every_request_three_times() {
     let tb = Testbed::new().unwrap();

@@ -36,6 +36,11 @@ pub enum Input {
     Wake,
     /// The capture file is done: finish the open sessions (within the grace) and stop.
     SourceDone,
+    /// A new `-r` and `-n` for the sessions that start from now on (SIGHUP, `--load-file`).
+    Load {
+        rate: u8,
+        multiply: u16,
+    },
 }
 
 /// Reply facts for a worker, in batches.
@@ -354,6 +359,7 @@ impl Worker {
                         batch.iter().for_each(|(ts, link, p)| self.engine.on_captured_round(now, ts, round, link, p));
                     }
                     Input::Wake => {}
+                    Input::Load { rate, multiply } => self.engine.set_load(rate, multiply),
                     Input::SourceDone => {
                         source_done.get_or_insert_with(Instant::now);
                     }
