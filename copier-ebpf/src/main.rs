@@ -6,8 +6,9 @@
 //!
 //! Mirror mode (`copier_mirror`), for a NIC that only receives mirrored traffic: segments
 //! addressed to an online endpoint (and, when answers are compared, those it sent) are
-//! redirected into the AF_XDP socket of their RX queue, no copy at all; other frames are passed
-//! or dropped as configured.
+//! redirected into the AF_XDP socket of their RX queue, no copy at all (a jumbo frame in
+//! several buffers is copied into the ring instead); other frames are passed or dropped as
+//! configured.
 #![no_std]
 #![no_main]
 
@@ -94,7 +95,9 @@ pub fn copier(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-#[xdp]
+/// `frags`: a jumbo mirror arrives in several buffers; AF_XDP takes one buffer a frame, so such
+/// a frame goes through the capture ring instead, as in copy mode.
+#[xdp(frags)]
 pub fn copier_mirror(ctx: XdpContext) -> u32 {
     count(CopierCounter::Seen);
     // SAFETY: reading globals the loader may have set (volatile: they are not constants).
@@ -142,6 +145,13 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
                     count(CopierCounter::Malformed);
                     return other(&ctx);
                 }
+            }
+            // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
+            let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+            if whole > ctx.data_end() - ctx.data() {
+                // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
+                copy(whole, |to, len| unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0 });
+                return xdp_action::XDP_DROP;
             }
             // With no socket on this queue the helper returns the flag's action: an error here.
             match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {

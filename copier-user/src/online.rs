@@ -7,7 +7,8 @@
 //! thread of its own it woke the worker for every batch. The ring (16 MiB) holds far more than
 //! a worker's pass takes. Mirror mode: the program redirects matching frames into one AF_XDP
 //! socket per RX queue, each drained by a reader thread of its own, so that the receive ring
-//! keeps draining while the worker replays (docs/bench.md, "Design choices").
+//! keeps draining while the worker replays (docs/bench.md, "Design choices"); a jumbo frame
+//! in several buffers comes through the ring, as in copy mode.
 
 use std::{
     sync::{
@@ -93,7 +94,7 @@ pub fn parse_decap(s: &str) -> Result<Decap, String> {
 pub struct Capture {
     counters: Arc<Counters<CopierCounter>>,
     stop: Arc<AtomicBool>,
-    /// Mirror mode's reader threads (copy mode's reader is a task of the first worker).
+    /// Mirror mode's AF_XDP reader threads (the ring's reader is a task of the first worker).
     readers: Vec<JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
     // Last: dropping it detaches the program.
@@ -138,15 +139,17 @@ impl Capture {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut readers = Vec::new();
         let dispatch = || Dispatch::counting_into(workers.clone(), Arc::clone(&dropped));
+        // The capture ring: copy mode's every frame, mirror mode's jumbo frames.
+        let ring: RingBuf<MapData> =
+            RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
+        {
+            let (stop, dispatch) = (Arc::clone(&stop), dispatch());
+            let coalesce = Coalesce::from_micros(coalesce_us, copier_user::pcap::BATCH);
+            // Stopped by the flag, or cancelled with the worker's runtime.
+            drop(first_worker.spawn(read_ring(ring, dispatch, coalesce, stop)));
+        }
         match mode {
-            OnlineMode::Copy { .. } => {
-                let ring: RingBuf<MapData> =
-                    RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
-                let (stop, dispatch) = (Arc::clone(&stop), dispatch());
-                let coalesce = Coalesce::from_micros(coalesce_us, copier_user::pcap::BATCH);
-                // Stopped by the flag, or cancelled with the worker's runtime.
-                drop(first_worker.spawn(read_ring(ring, dispatch, coalesce, stop)));
-            }
+            OnlineMode::Copy { .. } => {}
             OnlineMode::Mirror { .. } => {
                 let mut xsks: XskMap<_> = XskMap::try_from(ebpf.map_mut(XSKS).context("eBPF object has no XSK map")?)?;
                 let queues = xdp_runtime::xsk_rx::rx_queue_count(iface);

@@ -26,7 +26,7 @@ pub enum AttachError {
     #[error(
         "{iface}'s MTU ({mtu}) is larger than this XDP program takes in one buffer (a page less \
          headroom, about 3 500 bytes): lower it (ip link set {iface} mtu 1500), or for jumbo frames \
-         use copy mode (the copier) or --on-target (the intercept), which take them whole"
+         run the intercept on the test host (--on-target), which takes them whole"
     )]
     MtuTooLarge { iface: String, mtu: u32 },
 }
