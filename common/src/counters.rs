@@ -76,12 +76,13 @@ counters! {
         Passed = "passed",
         /// Frames that claimed to be IP/TCP but whose headers were truncated or inconsistent.
         Malformed = "malformed",
-        /// On the test host: replies to an owned client endpoint, dropped on egress.
+        /// On the test host: replies to an owned client endpoint, dropped on egress; on an
+        /// assistant host, jumbo replies (several buffers) copied through the ring and dropped.
         Stolen = "stolen",
-        /// On the test host: stolen replies not copied to userspace (the ring was full).
+        /// Replies stolen but not copied to userspace (the ring was full).
         Lost = "lost",
-        /// On the test host: stolen replies longer than a capture record (GSO packets), copied
-        /// without their payload's tail.
+        /// Stolen replies longer than a capture record (GSO packets), copied without their
+        /// payload's tail.
         Truncated = "truncated",
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! `intercept`, XDP on the assistant host's interface towards the test server: segments sent by
 //! a test-server endpoint are the replies the copiers need. They are redirected into the AF_XDP
-//! socket of their RX queue and never reach the kernel stack, so they go no further. Everything
-//! else is none of our business and passes untouched.
+//! socket of their RX queue and never reach the kernel stack, so they go no further (a jumbo
+//! reply in several buffers, which these sockets do not take, is copied into the ring and
+//! dropped). Everything else is none of our business and passes untouched.
 //!
 //! `intercept_egress`, TC egress on the test host itself (`--on-target`): a test-server segment
 //! to a client endpoint that a copier owns is copied into a ring buffer and dropped before it
@@ -13,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_redirect, bpf_skb_load_bytes},
+    helpers::generated::{bpf_redirect, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
@@ -41,7 +42,7 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map(name = "OWNED_CLIENTS")]
 static OWNED_CLIENTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_OWNED_CLIENTS, BPF_F_NO_PREALLOC);
 
-/// The stolen replies, on the test host (the loader shrinks it when it attaches XDP instead).
+/// The stolen replies: on the test host all of them, on an assistant host the jumbo ones.
 #[map(name = "CAPTURE")]
 static CAPTURE: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 
@@ -59,13 +60,23 @@ fn is_target(src: &Endpoint) -> bool {
     unsafe { TARGET_ENDPOINTS.get(src).is_some() || TARGET_ENDPOINTS.get(Endpoint::any(src.port)).is_some() }
 }
 
-#[xdp]
+/// `frags`: on a jumbo link a reply may span several buffers; its headers are in the first.
+#[xdp(frags)]
 pub fn intercept(ctx: XdpContext) -> u32 {
     count(InterceptCounter::Seen);
     // SAFETY: data..data_end is the frame the kernel handed us.
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
         Ok(Some(segment)) if is_target(&segment.src) => {
             count(InterceptCounter::Matched);
+            // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
+            let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+            if whole > ctx.data_end() - ctx.data() {
+                // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
+                steal(ebpf_capture::copy(&CAPTURE, whole, |to, len| unsafe {
+                    bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0
+                }));
+                return xdp_action::XDP_DROP;
+            }
             let queue = ctx.rx_queue_index();
             // With no socket on this queue the helper returns XDP_PASS (the flag) instead.
             match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
@@ -91,6 +102,17 @@ fn is_owned(dst: &Endpoint) -> bool {
     let whole = Endpoint { port: 0, ..*dst };
     // SAFETY: the values are plain bytes that we only test for presence.
     unsafe { OWNED_CLIENTS.get(dst).is_some() || OWNED_CLIENTS.get(&whole).is_some() }
+}
+
+/// Counts a reply taken through the ring, by what became of its copy.
+#[inline(always)]
+fn steal(copied: Copied) {
+    match copied {
+        Copied::Whole => {}
+        Copied::Truncated => count(InterceptCounter::Truncated),
+        Copied::RingFull | Copied::Nothing => count(InterceptCounter::Lost),
+    }
+    count(InterceptCounter::Stolen);
 }
 
 /// No interface has this index: a packet redirected to it is freed by the kernel.
@@ -119,12 +141,7 @@ pub fn intercept_egress(ctx: TcContext) -> i32 {
                 let copied = ebpf_capture::copy(&CAPTURE, frame_len, |to, len| unsafe {
                     bpf_skb_load_bytes(skb.cast(), 0, to, len) == 0
                 });
-                match copied {
-                    Copied::Whole => {}
-                    Copied::Truncated => count(InterceptCounter::Truncated),
-                    Copied::RingFull | Copied::Nothing => count(InterceptCounter::Lost),
-                }
-                count(InterceptCounter::Stolen);
+                steal(copied);
                 // SAFETY: a helper call with plain arguments.
                 return unsafe { bpf_redirect(NOWHERE, 0) } as i32;
             }

@@ -160,8 +160,9 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let secret = args.secret_file.as_deref().map(xdp_runtime::read_secret).transpose()?;
     let listener = listen(args.listen).with_context(|| format!("listening for copiers on {}", args.listen))?;
 
-    // The ring and the owned-clients map serve the egress program only.
-    let sizes: &[(&str, u32)] = if args.on_target { &[] } else { &[(CAPTURE, 4096), (OWNED_CLIENTS, 1)] };
+    // The owned-clients map serves the egress program only; on an assistant host the ring
+    // takes only jumbo replies (several buffers), and is smaller.
+    let sizes: &[(&str, u32)] = if args.on_target { &[] } else { &[(CAPTURE, XDP_RING_BYTES), (OWNED_CLIENTS, 1)] };
     let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &[], sizes)?;
     xdp_runtime::forward_logs(&mut ebpf)?;
     {
@@ -207,6 +208,15 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
         routes
     } else {
         let routes = SharedRoutes::default();
+        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
+        threads.push(on_target::spawn_reader(
+            &mut ebpf,
+            cores[0],
+            coalesce,
+            Arc::clone(&routes),
+            Arc::clone(&stop),
+            Arc::clone(&stats),
+        )?);
         attach_xdp(&args, &mut ebpf, &routes, &stats, &stop, &cores, &mut threads)?;
         routes
     };
@@ -255,6 +265,9 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     log::info!("stopped by {stop:?}; {what} program detached from {}", args.iface);
     Ok(())
 }
+
+/// The capture ring's size on an assistant host: 450 jumbo replies, where AF_XDP takes the rest.
+const XDP_RING_BYTES: u32 = 4 << 20;
 
 /// The assistant host's receive path: an AF_XDP socket and pinned worker per RX queue, then
 /// the XDP program that redirects the replies into them.
@@ -325,9 +338,9 @@ fn help(name: &str) -> &'static str {
         "no_socket" => "Matching frames on a queue without an AF_XDP socket, passed to the kernel",
         "passed" => "Frames handed on to the kernel",
         "malformed" => "Frames that claimed IP/TCP but did not parse",
-        "stolen" => "On the test host: replies to owned client endpoints, dropped as they left",
-        "lost" => "On the test host: stolen replies not copied to userspace (the ring was full)",
-        "truncated" => "On the test host: stolen replies longer than a ring record (GSO packets), payload cut",
+        "stolen" => "Replies taken through the ring: on the test host all, on an assistant host the jumbo ones",
+        "lost" => "Stolen replies not copied to userspace (the ring was full)",
+        "truncated" => "Stolen replies longer than a ring record (GSO packets), payload cut",
         "replies" => "Replies reduced to facts",
         "unparsed" => "Frames in the AF_XDP rings that did not parse as TCP",
         "routed" => "Facts sent to their copier",

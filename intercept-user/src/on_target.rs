@@ -1,6 +1,7 @@
 //! The intercept on the test host itself (`--on-target`), with no assistant host: a TC egress
 //! program (a tcx link) copies each reply to an owned client endpoint into a ring buffer and
-//! drops it before it leaves; one thread reads the ring and routes the facts.
+//! drops it before it leaves; one thread reads the ring and routes the facts (on an assistant
+//! host the same reader takes the jumbo replies the XDP program copies there).
 //!
 //! Which endpoints are owned is the server's table, mirrored into the program's map
 //! ([`OwnedMap`]) before each announcement is answered, so a copier that waits for SYNCED

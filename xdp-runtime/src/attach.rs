@@ -24,9 +24,10 @@ pub enum AttachError {
     #[error("could not attach the XDP program to {iface}: {source}")]
     Attach { iface: String, source: ProgramError },
     #[error(
-        "{iface}'s MTU ({mtu}) is larger than this XDP program takes in one buffer (a page less \
-         headroom, about 3 500 bytes): lower it (ip link set {iface} mtu 1500), or for jumbo frames \
-         run the intercept on the test host (--on-target), which takes them whole"
+        "{iface}'s driver takes no XDP program at MTU {mtu}: it cannot hand a program a frame in \
+         several buffers (multi-buffer XDP); lower the MTU (ip link set {iface} mtu 3000), or for \
+         jumbo frames use a NIC whose driver supports multi-buffer XDP, or run the intercept on the \
+         test host (--on-target)"
     )]
     MtuTooLarge { iface: String, mtu: u32 },
 }
@@ -92,7 +93,7 @@ pub fn attach(program: &mut Xdp, iface: &str, force: bool) -> Result<Attached, A
         }
     }
     program.attach(iface, XdpMode::Driver).map_err(|source| {
-        // A driver (veth included) refuses a program without frags on an MTU above a page.
+        // A driver without multi-buffer XDP refuses a program on an MTU above a page (ERANGE).
         match netlink::link_mtu(index) {
             Ok(mtu) if has_os_error(&source, libc::ERANGE) => AttachError::MtuTooLarge { iface: iface.into(), mtu },
             _ => AttachError::Attach { iface: iface.into(), source },
