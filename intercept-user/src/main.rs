@@ -181,16 +181,21 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
     let routes: SharedRoutes = if args.on_target {
         let owned = Box::new(OwnedMap::take(&mut ebpf)?);
         let capacity = MAX_OWNED_CLIENTS as usize;
-        let routes = Arc::new(Mutex::new(Routes::stealing(Stealing::new(owned, capacity), capacity)));
-        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
-        threads.push(on_target::spawn_reader(
-            &mut ebpf,
-            cores[0],
-            coalesce,
-            Arc::clone(&routes),
-            Arc::clone(&stop),
-            Arc::clone(&stats),
-        )?);
+        Arc::new(Mutex::new(Routes::stealing(Stealing::new(owned, capacity), capacity)))
+    } else {
+        SharedRoutes::default()
+    };
+    // The ring's reader: every reply on the test host, the jumbo ones on an assistant host.
+    let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
+    threads.push(on_target::spawn_reader(
+        &mut ebpf,
+        cores[0],
+        coalesce,
+        Arc::clone(&routes),
+        Arc::clone(&stop),
+        Arc::clone(&stats),
+    )?);
+    if args.on_target {
         on_target::attach(&mut ebpf, &args.iface)?;
         log::info!(
             "TC egress program attached to {} (tcx link: detached when this process exits): replies to the \
@@ -205,21 +210,9 @@ async fn run(args: Args, targets: Vec<Endpoint>) -> anyhow::Result<()> {
                 Routes::lock(&expiring).expire();
             }
         });
-        routes
     } else {
-        let routes = SharedRoutes::default();
-        let coalesce = Coalesce::from_micros(args.coalesce_us, xdp_runtime::xsk_rx::BATCH);
-        threads.push(on_target::spawn_reader(
-            &mut ebpf,
-            cores[0],
-            coalesce,
-            Arc::clone(&routes),
-            Arc::clone(&stop),
-            Arc::clone(&stats),
-        )?);
         attach_xdp(&args, &mut ebpf, &routes, &stats, &stop, &cores, &mut threads)?;
-        routes
-    };
+    }
 
     if let Some(addr) = args.metrics {
         let (counters, stats) = (Arc::clone(&counters), Arc::clone(&stats));

@@ -149,6 +149,42 @@ fn assert_answered_all(summary: &serde_json::Value, copier: &Process) {
     assert!(t["latency_us"]["production"]["max"].as_u64().unwrap() >= SLOW_MS * 1000, "{summary:#}");
 }
 
+/// (request line, length with the body) of every logged request, sorted.
+fn lengths(n: &Nginx) -> Vec<(String, u64)> {
+    let mut e = n.entries();
+    e.sort();
+    e
+}
+
+/// A live copier on interface `on` of the online host (`extra` flags), attached and connected
+/// to the intercept.
+fn live_copier(b: &Bed, on: &str, extra: &[&str]) -> Process {
+    let mut cmd = b.tb.command(Host::Online, bins::xdpcopy("copier"));
+    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()])
+        .args(["--iface", on, "--stats-interval", "0.5"])
+        .args(extra);
+    let mut copier = b.tb.start("copier", cmd).unwrap();
+    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    copier
+}
+
+/// Waits (at most 20 s) until the test server answered `n` requests, stops the copier, checks
+/// that the test server's log equals production's (request, status, length with the body),
+/// and returns the copier's summary.
+fn stop_and_compare(b: &Bed, mut copier: Process, n: usize) -> (Process, stats::Stats) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.target.answers().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
+    assert_eq!(answers(&b.target), answers(&b.online), "{}", copier.describe());
+    assert_eq!(lengths(&b.target), lengths(&b.online), "the same requests, bodies included");
+    let summary = stats::last(&copier.stdout()).unwrap();
+    (copier, summary)
+}
+
 #[test]
 fn a_replay_leaves_the_test_servers_log_equal_to_productions() {
     let b = bed();
@@ -156,11 +192,6 @@ fn a_replay_leaves_the_test_servers_log_equal_to_productions() {
     assert_eq!(b.online.answers().len(), n);
     let (copier, summary) = replay(&b, &pcap, &[]);
     assert_eq!(answers(&b.target), answers(&b.online), "{}", copier.describe());
-    let lengths = |x: &Nginx| {
-        let mut e = x.entries();
-        e.sort();
-        e
-    };
     assert_eq!(lengths(&b.target), lengths(&b.online), "the same requests, bodies included");
     assert_answered_all(&summary, &copier);
     // Exchanges, not requests: ten pipelined GETs in one segment are one exchange.
@@ -211,24 +242,9 @@ fn five_percent_loss_still_ends_every_exchange_as_production_did() {
 #[test]
 fn live_clients_that_reset_after_a_slow_answer_are_answered_on_the_test_server_too() {
     let b = bed();
-    let mut cmd = b.tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
-        "--iface",
-        iface::ONLINE_TO_CLIENT,
-        "--stats-interval",
-        "0.5",
-    ]);
-    let mut copier = b.tb.start("copier", cmd).unwrap();
-    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
-    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    let copier = live_copier(&b, iface::ONLINE_TO_CLIENT, &[]);
     let n = clients(&b.tb, "live");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while b.target.answers().len() < n && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    copier.signal(libc::SIGINT).unwrap();
-    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
-    assert_eq!(answers(&b.target), answers(&b.online), "{}", copier.describe());
+    let (copier, _) = stop_and_compare(&b, copier, n);
     let line = copier.stdout().lines().find(|l| l.starts_with("copier target ")).map(str::to_owned);
     let line = line.unwrap_or_else(|| panic!("a target line\n{}", copier.describe()));
     assert!(line.contains(" unanswered=0 "), "{line}");
@@ -245,36 +261,12 @@ fn live_copy_at_mtu_9000_takes_jumbo_frames_whole() {
     // replies still leave through the assistant host's 1500-byte link).
     let via = addr::ASSIST.to_string();
     b.tb.target.ip(&["route", "change", addr::CLIENT_NET, "via", &via, "advmss", "8960"]).unwrap();
-    let mut cmd = b.tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
-        "--iface",
-        iface::ONLINE_TO_CLIENT,
-        "--tx",
-        "xdp",
-        "--stats-interval",
-        "0.5",
-    ]);
-    let mut copier = b.tb.start("copier", cmd).unwrap();
-    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
-    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    let copier = live_copier(&b, iface::ONLINE_TO_CLIENT, &["--tx", "xdp"]);
     let dump = Tcpdump::start(&b.tb, Host::Client, iface::CLIENT_TO_ONLINE, "tcp port 80", "clients").unwrap();
     let n = clients(&b.tb, "jumbo");
     let largest = capture::packets(&dump.finish().unwrap()).unwrap().iter().map(Vec::len).max().unwrap();
     assert!(largest > 8000, "the clients sent jumbo frames (largest {largest} bytes)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while b.target.answers().len() < n && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    copier.signal(libc::SIGINT).unwrap();
-    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
-    assert_eq!(answers(&b.target), answers(&b.online), "{}", copier.describe());
-    let lengths = |x: &Nginx| {
-        let mut e = x.entries();
-        e.sort();
-        e
-    };
-    assert_eq!(lengths(&b.target), lengths(&b.online), "the same requests, bodies included");
-    let summary = stats::last(&copier.stdout()).unwrap();
+    let (copier, summary) = stop_and_compare(&b, copier, n);
     assert_eq!(summary.totals["truncated"], 0, "{}", copier.describe());
     assert!(summary.totals["copied"] > 0);
     assert_eq!(summary.totals["tx_errors"], 0, "no segment too large for a frame: {}", copier.describe());
@@ -290,35 +282,9 @@ fn mirror_mode_at_mtu_9000_replays_jumbo_frames_whole() {
     for ifname in [iface::ONLINE_MIRROR_FEED, iface::ONLINE_MIRROR] {
         b.tb.online.ip(&["link", "set", ifname, "mtu", "9000"]).unwrap();
     }
-    let mut cmd = b.tb.command(Host::Online, bins::xdpcopy("copier"));
-    cmd.args(["-x", &format!("80-{}", target_http()), "-s", &addr::ASSIST_CONTROL.to_string()]).args([
-        "--iface",
-        iface::ONLINE_MIRROR,
-        "--mode",
-        "mirror",
-        "--mirror-other",
-        "drop",
-        "--stats-interval",
-        "0.5",
-    ]);
-    let mut copier = b.tb.start("copier", cmd).unwrap();
-    copier.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
-    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+    let copier = live_copier(&b, iface::ONLINE_MIRROR, &["--mode", "mirror", "--mirror-other", "drop"]);
     let n = clients(&b.tb, "mirror-jumbo");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while b.target.answers().len() < n && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    copier.signal(libc::SIGINT).unwrap();
-    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success(), "{}", copier.describe());
-    assert_eq!(answers(&b.target), answers(&b.online), "{}", copier.describe());
-    let lengths = |x: &Nginx| {
-        let mut e = x.entries();
-        e.sort();
-        e
-    };
-    assert_eq!(lengths(&b.target), lengths(&b.online), "the same requests, bodies included");
-    let summary = stats::last(&copier.stdout()).unwrap();
+    let (copier, summary) = stop_and_compare(&b, copier, n);
     assert!(summary.totals["copied"] > 0, "jumbo frames came through the ring: {}", copier.describe());
     assert!(summary.totals["redirected"] > 0, "the rest through AF_XDP");
     assert_eq!(summary.totals["truncated"], 0, "{}", copier.describe());
