@@ -87,6 +87,14 @@ fn napi_cpu_us(iface: &str) -> anyhow::Result<u64> {
     total.with_context(|| format!("no NAPI thread for {iface} (threaded NAPI off?)"))
 }
 
+/// The test server and both ends of the control link receive in NAPI threads of their own, as
+/// on separate hosts (veth's default bills each receiver's stack to its sender).
+fn receive_in_napi_threads(tb: &Testbed) -> anyhow::Result<()> {
+    tb.receive_in_napi_thread(Host::Target, iface::TARGET_TO_ONLINE, Host::Online, iface::ONLINE_TO_TARGET)?;
+    tb.receive_in_napi_thread(Host::Online, iface::ONLINE_TO_ASSIST, Host::Assist, iface::ASSIST_TO_ONLINE)?;
+    tb.receive_in_napi_thread(Host::Assist, iface::ASSIST_TO_ONLINE, Host::Online, iface::ONLINE_TO_ASSIST)
+}
+
 /// Starts the intercept on the assistant host for `target`, attached.
 fn start_intercept(tb: &Testbed, target: SocketAddr) -> anyhow::Result<Process> {
     let mut cmd = tb.intercept_command(Host::Assist);

@@ -287,9 +287,7 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
     let tb = Testbed::new()?;
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
     if case.napi_threads {
-        tb.receive_in_napi_thread(Host::Target, iface::TARGET_TO_ONLINE, Host::Online, iface::ONLINE_TO_TARGET)?;
-        tb.receive_in_napi_thread(Host::Online, iface::ONLINE_TO_ASSIST, Host::Assist, iface::ASSIST_TO_ONLINE)?;
-        tb.receive_in_napi_thread(Host::Assist, iface::ASSIST_TO_ONLINE, Host::Online, iface::ONLINE_TO_ASSIST)?;
+        crate::receive_in_napi_threads(&tb)?;
     }
     let nginx = Nginx::start(&tb, Host::Target, "target-nginx", target)?;
     let intercept = start_intercept_of(&tb, tool, peers, target)?;

@@ -11,7 +11,7 @@ use xdpcopy_testbed::{
     pcapgen::{self, Sessions},
     servers::Nginx,
     stats,
-    topology::{addr, iface},
+    topology::addr,
     Host, Testbed,
 };
 
@@ -118,9 +118,7 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
     let tb = Testbed::new()?;
     let target = SocketAddr::new(addr::TARGET.into(), 8080);
     if sc.napi_threads {
-        tb.receive_in_napi_thread(Host::Target, iface::TARGET_TO_ONLINE, Host::Online, iface::ONLINE_TO_TARGET)?;
-        tb.receive_in_napi_thread(Host::Online, iface::ONLINE_TO_ASSIST, Host::Assist, iface::ASSIST_TO_ONLINE)?;
-        tb.receive_in_napi_thread(Host::Assist, iface::ASSIST_TO_ONLINE, Host::Online, iface::ONLINE_TO_ASSIST)?;
+        crate::receive_in_napi_threads(&tb)?;
     }
     let nginx = Nginx::start(&tb, Host::Target, "target-nginx", target)?;
     let intercept = start_intercept(&tb, target)?;
