@@ -528,6 +528,7 @@ impl Engine {
 
     /// A new share of the flows (`-r`) and number of copies (`-n`) for flows that start from now
     /// on; flows in progress keep theirs, so no session is dropped or started in its middle.
+    /// For live capture (round 0): a capture's rounds number their copies by the largest `-n`.
     pub fn set_load(&mut self, sample_percent: u8, multiply: u16) {
         self.config.sample_percent = sample_percent.clamp(1, 100);
         self.admission.set_percent(self.config.sample_percent);

@@ -300,6 +300,12 @@ impl Args {
         caps
     }
 
+    /// The most targets one online port is mapped to.
+    fn fan_out(&self) -> usize {
+        let mappings = self.mappings();
+        mappings.0.iter().map(|m| mappings.0.iter().filter(|o| o.online == m.online).count()).max().unwrap_or(1)
+    }
+
     /// Flag combinations that make no sense, as a usage error.
     fn inconsistent(&self) -> Option<&'static str> {
         if self.command == Some(Command::Doctor) {
@@ -329,8 +335,7 @@ impl Args {
             return Some("--load-file changes a live copy (--iface), not a capture file's replay");
         }
         let mappings = self.mappings();
-        let fan_out = mappings.0.iter().map(|m| mappings.0.iter().filter(|o| o.online == m.online).count());
-        if !copies_fit(self.rounds, self.multiply, fan_out.max().unwrap_or(1)) {
+        if !copies_fit(self.rounds, self.multiply, self.fan_out()) {
             return Some("--loop times -n times the targets of a port must stay below 65536 copies");
         }
         if let Some(b) = self.baseline {
@@ -480,9 +485,7 @@ impl LiveLoad {
             }
         };
         let (rate, multiply) = (load.rate.unwrap_or(self.rate), load.multiply.unwrap_or(self.multiply));
-        let mappings = args.mappings();
-        let fan_out = mappings.0.iter().map(|m| mappings.0.iter().filter(|o| o.online == m.online).count()).max();
-        if !copies_fit(args.rounds, multiply, fan_out.unwrap_or(1)) {
+        if !copies_fit(args.rounds, multiply, args.fan_out()) {
             log::error!("SIGHUP: -n {multiply} times the targets of a port is more than 65535 copies; the load stays");
             return;
         }
