@@ -15,12 +15,13 @@ pub const OWNED_CLIENTS: &str = "OWNED_CLIENTS";
 /// Its capacity, and so what all copiers together may own from an intercept on the test host:
 /// one endpoint per live session, or one per `-c` address.
 pub const MAX_OWNED_CLIENTS: u32 = 1 << 20;
-/// Ring buffer of [`crate::capture::CaptureRecordOf`]s (two sizes): the copier's copy-mode
-/// capture, and the replies the intercept steals on the test host.
+/// Ring buffer of [`crate::capture::CaptureRecordOf`]s (three sizes): the copier's copy-mode
+/// capture and mirror mode's jumbo frames, and the replies the intercept steals (on the test
+/// host all, on an assistant host the jumbo ones).
 pub const CAPTURE: &str = "CAPTURE";
-/// Its size: 8 192 full records or about 63 000 small ones (each with the ring's 8-byte
-/// header): tens of milliseconds of small-frame line rate, more than the reader's coalescing
-/// pause (`--coalesce-us`) lets pile up.
+/// Its size: 8 192 2-KiB records, about 1 800 jumbo ones or 63 000 small ones (each with the
+/// ring's 8-byte header): tens of milliseconds of small-frame line rate, more than the reader's
+/// coalescing pause (`--coalesce-us`) lets pile up.
 pub const CAPTURE_RING_BYTES: u32 = 16 << 20;
 /// `XskMap` of the intercept and of the copier in mirror mode: RX queue index -> AF_XDP socket.
 pub const XSKS: &str = "XSKS";
