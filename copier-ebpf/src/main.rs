@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_adjust_head},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
@@ -80,10 +80,7 @@ pub fn copier(ctx: XdpContext) -> u32 {
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
         Ok(Some(segment)) if is_online(&segment.dst) => {
             count(CopierCounter::Matched);
-            // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
-            let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-            // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
-            copy(frame_len, |to, len| unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0 });
+            counted(ebpf_capture::copy_xdp(&CAPTURE, &ctx));
         }
         Ok(_) => {}
         Err(reason) => {
@@ -146,11 +143,8 @@ pub fn copier_mirror(ctx: XdpContext) -> u32 {
                     return other(&ctx);
                 }
             }
-            // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
-            let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-            if whole > ctx.data_end() - ctx.data() {
-                // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
-                copy(whole, |to, len| unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0 });
+            if ebpf_capture::is_multi_buffer(&ctx) {
+                counted(ebpf_capture::copy_xdp(&CAPTURE, &ctx));
                 return xdp_action::XDP_DROP;
             }
             // With no socket on this queue the helper returns the flag's action: an error here.
@@ -224,16 +218,18 @@ pub fn copier_answers(ctx: TcContext) -> i32 {
             let frame_len = (ctx.len() as usize).min(usize::from(u16::MAX));
             let skb = ctx.skb.skb;
             // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ skb->len.
-            copy(frame_len, |to, len| unsafe { bpf_skb_load_bytes(skb.cast(), 0, to, len) == 0 });
+            counted(ebpf_capture::copy(&CAPTURE, frame_len, |to, len| unsafe {
+                bpf_skb_load_bytes(skb.cast(), 0, to, len) == 0
+            }));
         }
     }
     TC_ACT_UNSPEC
 }
 
-/// Copies the frame into the capture ring and counts the outcome.
+/// Counts what became of a frame copied into the capture ring.
 #[inline(always)]
-fn copy(frame_len: usize, load: impl Fn(*mut core::ffi::c_void, u32) -> bool) {
-    match ebpf_capture::copy(&CAPTURE, frame_len, load) {
+fn counted(copied: Copied) {
+    match copied {
         Copied::Whole => count(CopierCounter::Copied),
         Copied::Truncated => {
             count(CopierCounter::Copied);

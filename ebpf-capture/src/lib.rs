@@ -1,15 +1,19 @@
 //! Copying a frame into a capture ring, shared by the eBPF programs that copy frames to
-//! userspace (the copier's copy mode and answers, the intercept on the test host).
+//! userspace (the copier's copy mode, answers and jumbo mirror frames, the intercept's replies).
 //!
-//! Records are [`CaptureRecordOf`]s of three sizes (small, a 1500-byte MTU's, jumbo); only the record that finds the ring empty
-//! wakes the reader, which sleeps in poll(2) otherwise (a wake-up per record cost half the
-//! rate).
+//! Records are [`CaptureRecordOf`]s of three sizes (small, a 1500-byte MTU's, jumbo); only the
+//! record that finds the ring empty wakes the reader, which sleeps in poll(2) otherwise (a
+//! wake-up per record cost half the rate).
 #![no_std]
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    },
     maps::RingBuf,
+    programs::XdpContext,
 };
 use common::capture::{wakes_reader, CaptureRecordOf, CAPTURE_BYTES, JUMBO_CAPTURE_BYTES, SMALL_CAPTURE_BYTES};
 
@@ -44,6 +48,25 @@ pub fn copy(ring: &RingBuf, frame_len: usize, load: impl Fn(*mut core::ffi::c_vo
     } else {
         copy_into::<JUMBO_CAPTURE_BYTES>(ring, frame_len, load)
     }
+}
+
+/// Copies an XDP frame whole, every buffer of it (a jumbo frame in a multi-buffer program
+/// spans several): see [`copy`].
+#[inline(always)]
+pub fn copy_xdp(ring: &RingBuf, ctx: &XdpContext) -> Copied {
+    // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
+    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
+    copy(ring, frame_len, |to, len| unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0 })
+}
+
+/// Whether the XDP frame spans several buffers (a jumbo frame in a multi-buffer program), which
+/// an AF_XDP socket without multi-buffer support does not take.
+#[inline(always)]
+pub fn is_multi_buffer(ctx: &XdpContext) -> bool {
+    // SAFETY: the context is the kernel's.
+    let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    whole > ctx.data_end() - ctx.data()
 }
 
 #[inline(always)]

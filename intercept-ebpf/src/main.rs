@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_redirect, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    helpers::generated::{bpf_redirect, bpf_skb_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
@@ -68,13 +68,8 @@ pub fn intercept(ctx: XdpContext) -> u32 {
     match unsafe { parse_ethernet(ctx.data(), ctx.data_end()) } {
         Ok(Some(segment)) if is_target(&segment.src) => {
             count(InterceptCounter::Matched);
-            // SAFETY: the context is the kernel's; the length covers every buffer of the frame.
-            let whole = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-            if whole > ctx.data_end() - ctx.data() {
-                // SAFETY: `to` is a reserved ring entry of at least `len` bytes, `len` ≤ the frame's.
-                steal(ebpf_capture::copy(&CAPTURE, whole, |to, len| unsafe {
-                    bpf_xdp_load_bytes(ctx.ctx, 0, to, len) == 0
-                }));
+            if ebpf_capture::is_multi_buffer(&ctx) {
+                steal(ebpf_capture::copy_xdp(&CAPTURE, &ctx));
                 return xdp_action::XDP_DROP;
             }
             let queue = ctx.rx_queue_index();

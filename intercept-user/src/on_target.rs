@@ -73,7 +73,7 @@ pub fn spawn_reader(
     let mut ring: RingBuf<MapData> =
         RingBuf::try_from(ebpf.take_map(CAPTURE).context("eBPF object has no capture ring")?)?;
     std::thread::Builder::new()
-        .name("egress-ring".into())
+        .name("capture-ring".into())
         .spawn(move || {
             xdp_runtime::pin_to(core);
             let mut batch = Batch::default();
@@ -91,7 +91,7 @@ pub fn spawn_reader(
                 batch.route(&routes, &stats);
                 if taken == 0 {
                     if let Err(err) = wait_readable(ring.as_fd().as_raw_fd()) {
-                        log::error!("egress ring: poll failed: {err}");
+                        log::error!("capture ring: poll failed: {err}");
                         break;
                     }
                 } else if let Some(pause) = coalesce.pause_after(taken) {
@@ -99,7 +99,7 @@ pub fn spawn_reader(
                 }
             }
         })
-        .context("starting the egress ring reader")
+        .context("starting the capture ring reader")
 }
 
 /// Sleeps until the ring has a record or [`POLL_MS`] pass. A record that came after the

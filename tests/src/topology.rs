@@ -234,15 +234,29 @@ impl Testbed {
     /// `numgen`: this kernel has no netem).
     pub fn lose(&self, host: Host, port: u16, percent: u32) -> anyhow::Result<()> {
         let (port, percent) = (port.to_string(), percent.to_string());
-        let table = ["add", "table", "inet", "xdpcopy_loss"];
-        let chain = ["add", "chain", "inet", "xdpcopy_loss", "input", "{ type filter hook input priority 0; }"];
-        let rule = ["add", "rule", "inet", "xdpcopy_loss", "input", "tcp", "dport", &port]
-            .into_iter()
-            .chain(["numgen", "random", "mod", "100", "<", &percent, "drop"]);
-        for args in [table.to_vec(), chain.to_vec(), rule.collect()] {
-            let out = self.host(host).exec("nft", &args)?;
-            anyhow::ensure!(out.status.success(), "nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        let matching = ["tcp", "dport", &port, "numgen", "random", "mod", "100", "<", &percent];
+        self.drop_input(host, "xdpcopy_loss", &matching)
+    }
+
+    /// Drops what `host` receives that matches the nftables expression `matching`, by a rule in
+    /// a table of its own, `table` ([`Self::remove_table`] takes it away again).
+    pub fn drop_input(&self, host: Host, table: &str, matching: &[&str]) -> anyhow::Result<()> {
+        let chain = ["add", "chain", "inet", table, "input", "{ type filter hook input priority 0; }"];
+        let rule = ["add", "rule", "inet", table, "input"].into_iter().chain(matching.iter().copied()).chain(["drop"]);
+        for args in [vec!["add", "table", "inet", table], chain.to_vec(), rule.collect()] {
+            self.nft(host, &args)?;
         }
+        Ok(())
+    }
+
+    /// Deletes an nftables table of [`Self::drop_input`].
+    pub fn remove_table(&self, host: Host, table: &str) -> anyhow::Result<()> {
+        self.nft(host, &["delete", "table", "inet", table])
+    }
+
+    fn nft(&self, host: Host, args: &[&str]) -> anyhow::Result<()> {
+        let out = self.host(host).exec("nft", args)?;
+        anyhow::ensure!(out.status.success(), "nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         Ok(())
     }
 

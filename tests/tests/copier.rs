@@ -219,7 +219,10 @@ fn sighup_changes_the_load_of_a_live_copy_for_the_sessions_that_follow() {
     std::fs::write(&load, "multiply = 1\n").unwrap();
     let mut copier = start_online_copier(&tb, &["--load-file", &load.to_string_lossy()]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
-    let copied = |prefix: &str| target.requests().iter().filter(|r| r.contains(&format!("/{prefix}/"))).count();
+    // What the test server answered (200), not only what reached it.
+    let copied = |prefix: &str| {
+        target.answers().iter().filter(|(r, status)| r.contains(&format!("/{prefix}/")) && *status == 200).count()
+    };
     let wait = |prefix: &str, n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while copied(prefix) < n && std::time::Instant::now() < deadline {

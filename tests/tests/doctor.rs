@@ -102,19 +102,12 @@ fn the_doctor_names_an_mtu_mismatch_on_the_path_and_on_the_online_interface() {
     );
     assert!(ok.stdout().contains("online interface to-client: OK: MTU 9000"), "{}", ok.describe());
 
-    let rule = ["add", "rule", "inet", "xdpcopy_mtu", "input", "ip", "length", ">", "1500", "drop"];
-    for args in [
-        &["add", "table", "inet", "xdpcopy_mtu"][..],
-        &["add", "chain", "inet", "xdpcopy_mtu", "input", "{ type filter hook input priority 0; }"],
-        &rule,
-    ] {
-        assert!(tb.target.exec("nft", args).unwrap().status.success(), "nft {args:?}");
-    }
+    tb.drop_input(Host::Target, "xdpcopy_mtu", &["ip", "length", ">", "1500"]).unwrap();
     let mut hole = run("doctor-black-hole");
     assert_eq!(hole.try_status().unwrap().and_then(|s| s.code()), Some(5), "{}", hole.describe());
     assert!(hole.stdout().contains("MTU mismatch: packets of 9000 bytes"), "{}", hole.describe());
     assert!(hole.stdout().contains("ip link set to-target mtu SIZE"), "{}", hole.describe());
-    assert!(tb.target.exec("nft", &["delete", "table", "inet", "xdpcopy_mtu"]).unwrap().status.success());
+    tb.remove_table(Host::Target, "xdpcopy_mtu").unwrap();
 
     tb.online.ip(&["link", "set", iface::ONLINE_TO_CLIENT, "mtu", "9500"]).unwrap();
     let mut big = run("doctor-online-mtu");

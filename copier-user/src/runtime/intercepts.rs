@@ -62,20 +62,10 @@ impl LinkStats {
     /// passed; returns how many are connected. Woken by the links themselves, not by polling:
     /// a capture's replay starts the moment its intercepts are ready.
     pub async fn wait_connected(&self, wanted: usize, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so a change between the two is not missed.
-            changed.as_mut().enable();
-            let connected = self.connected.load(Relaxed) as usize;
-            if connected >= wanted || self.refused.lock().expect("not poisoned").is_some() {
-                return connected;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.connected.load(Relaxed) as usize;
-            }
-        }
+        let ready =
+            || self.connected.load(Relaxed) as usize >= wanted || self.refused.lock().expect("not poisoned").is_some();
+        super::wait_until(&self.changed, limit, ready).await;
+        self.connected.load(Relaxed) as usize
     }
 }
 

@@ -129,19 +129,7 @@ impl Announced {
 
     /// Waits (as a task: the links may run on this very thread) until `batch` is confirmed.
     async fn wait_confirmed(&self, batch: u64, timeout: Duration) {
-        let confirmed = async {
-            loop {
-                // Registered before the check, so a confirmation in between is not missed.
-                let changed = self.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                if self.confirmed.load(Ordering::Acquire) >= batch {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        let _ = tokio::time::timeout(timeout, confirmed).await;
+        super::wait_until(&self.changed, timeout, || self.confirmed.load(Ordering::Acquire) >= batch).await;
     }
 }
 
