@@ -42,6 +42,10 @@ const STALL_LIMIT: Duration = Duration::from_millis(200);
 const BUSY_WAIT: Duration = Duration::from_micros(20);
 /// How long start-up waits for ARP/ND to resolve a next hop.
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+/// The first pause before asking again, doubled each time up to the longest: an ARP answer on
+/// a LAN takes well under a millisecond, and a flat 10 ms was half the copier's start-up.
+const RESOLVE_FIRST_PAUSE: Duration = Duration::from_micros(50);
+const RESOLVE_LONGEST_PAUSE: Duration = Duration::from_millis(10);
 
 pub struct XdpTx {
     pub iface: String,
@@ -78,6 +82,7 @@ fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]
     let hop = route.next_hop(dst);
     let deadline = Instant::now() + wait;
     let mut provoked = false;
+    let mut pause = RESOLVE_FIRST_PAUSE;
     loop {
         if let Some(mac) = netlink::neighbour(if_index, hop)? {
             return Ok(mac);
@@ -96,7 +101,8 @@ fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]
                 if_name(if_index)?
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RESOLVE_LONGEST_PAUSE);
     }
 }
 
