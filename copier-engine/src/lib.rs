@@ -14,6 +14,7 @@ pub mod compare;
 pub mod emit;
 pub mod exchange;
 pub mod mapping;
+mod marks;
 pub mod rewrite;
 mod rto;
 pub mod session;

@@ -1,7 +1,5 @@
 //! One replayed TCP session: the copier plays the client towards the test server.
 
-use std::collections::VecDeque;
-
 use common::{
     endpoint::Endpoint,
     facts::ReplyFacts,
@@ -16,6 +14,7 @@ use super::{
     emit::{self, Options, TS_OPTION_LEN},
     exchange::Judged,
     exchange::Outcome,
+    marks::Marks,
     rto::Rto,
     stream::Stream,
     time_wait::Closed,
@@ -34,14 +33,6 @@ pub enum End {
     TimedOut,
     /// The test server stopped acknowledging: retransmissions exhausted.
     GaveUp,
-}
-
-/// A request boundary of the captured stream: the client sent the bytes from `start` on after
-/// receiving `response` bytes of the online server's answer.
-#[derive(Clone, Copy, Debug)]
-struct Mark {
-    start: u32,
-    response: u32,
 }
 
 /// Where a session's exchanges meet the same exchanges replayed to the other targets of a
@@ -75,7 +66,7 @@ pub struct Session {
     /// client's first ACK, so captured acks become response byte counts.
     online_base: Option<SeqNum>,
     stream: Stream,
-    marks: VecDeque<Mark>,
+    marks: Marks,
     fin_at: Option<u32>,
     rst_at: Option<u32>,
     /// Most of production's answer the client acknowledged: the last request's answer, where
@@ -125,7 +116,6 @@ pub struct Session {
     /// A SYN that met a connection left over on the test server was followed by a reset this
     /// many times.
     stale_resets: u8,
-    current_mark: usize,
     last_activity: u64,
     pub end: Option<End>,
     /// Closed cleanly (both FINs exchanged, ours acknowledged): it lingers as a [`TimeWait`].
@@ -161,7 +151,7 @@ impl Session {
             syn,
             online_base,
             stream: Stream::default(),
-            marks: VecDeque::new(),
+            marks: Marks::default(),
             fin_at: None,
             rst_at: None,
             online_acked: 0,
@@ -194,7 +184,6 @@ impl Session {
             request_sent_at: None,
             answer_started_at: None,
             stale_resets: 0,
-            current_mark: 0,
             last_activity: now,
             end: None,
             lingers: false,
@@ -259,7 +248,7 @@ impl Session {
         }
         let Some(offset) = self.offset_of(seg.seq) else { return };
         if !seg.payload.is_empty() {
-            self.add_mark(offset, response.unwrap_or(0));
+            self.marks.add(offset, response.unwrap_or(0));
             self.keep_request(offset, seg.payload);
             self.stream.insert(offset, seg.payload);
             if captured_at.is_some() {
@@ -271,14 +260,14 @@ impl Session {
             self.fin_at = Some(after);
             // The close waits for the answers the client had before it closed.
             if let Some(response) = response {
-                self.add_mark(after, response);
+                self.marks.add(after, response);
             }
         }
         if seg.flags & RST != 0 && self.rst_at.is_none() {
             self.rst_at = Some(offset);
             // So does a reset after the answer (a client that aborts once it has what it wants).
             if let Some(response) = response {
-                self.add_mark(offset, response);
+                self.marks.add(offset, response);
             }
         }
         self.transmit(ctx);
@@ -287,8 +276,7 @@ impl Session {
     /// Keeps a request's first bytes for the comparison, where one starts (at 0 or at a mark).
     fn keep_request(&mut self, offset: u32, payload: &[u8]) {
         let Some(answers) = self.answers.as_deref_mut() else { return };
-        let pos = self.marks.partition_point(|m| m.start < offset);
-        match self.marks.get(pos).filter(|m| m.start == offset) {
+        match self.marks.starting_at(offset) {
             Some(m) => answers.request(m.start, m.response),
             None if offset == 0 => answers.request(0, 0),
             None => {}
@@ -311,27 +299,6 @@ impl Session {
         if seg.flags & FIN != 0 {
             answers.production_fin.get_or_insert(offset + seg.payload.len() as u32);
         }
-    }
-
-    /// Records a request boundary if the client had received more response than before `start`.
-    fn add_mark(&mut self, start: u32, response: u32) {
-        let pos = self.marks.partition_point(|m| m.start <= start);
-        let before = if pos == 0 { 0 } else { self.marks[pos - 1].response };
-        if response > before && !(pos > 0 && self.marks[pos - 1].start == start) {
-            if pos < self.current_mark {
-                return; // a boundary inside what was already sent: too late to pace it
-            }
-            self.marks.insert(pos, Mark { start, response });
-        }
-    }
-
-    /// How many requests begin in the stream bytes `start..end`: the first at offset 0, the
-    /// others at the marks.
-    fn requests_starting_in(&self, start: u32, end: u32) -> u64 {
-        let first = self.marks.partition_point(|m| m.start < start);
-        let at_marks = self.marks.range(first..).take_while(|m| m.start < end).count() as u64;
-        let at_zero = start == 0 && self.marks.front().is_none_or(|m| m.start != 0);
-        at_marks + at_zero as u64
     }
 
     /// A reply of the test server, with its first payload bytes if the intercept sent them.
@@ -475,15 +442,6 @@ impl Session {
         }
     }
 
-    /// Production's answer so far when the current request started.
-    fn previous_response(&self) -> u32 {
-        if self.current_mark == 0 {
-            0
-        } else {
-            self.marks[self.current_mark - 1].response
-        }
-    }
-
     /// The last sign of life of the current exchange: its start, an acknowledgement of new
     /// bytes (a large upload takes a while), an answer byte.
     fn progress_at(&self) -> u64 {
@@ -497,14 +455,14 @@ impl Session {
         if !ctx.config.wait_for_response || self.target_fin {
             return true;
         }
-        let Some(mark) = self.marks.get(self.current_mark).copied() else { return true };
+        let Some(mark) = self.marks.current() else { return true };
         if self.snd_nxt < mark.start {
             return true;
         }
         if self.snd_una < mark.start {
             return false; // not taken yet: retransmission sees to it
         }
-        let expected = mark.response - self.previous_response();
+        let expected = mark.response - self.marks.previous_response();
         let got = self.response_bytes().saturating_sub(self.response_base);
         let outcome = if got >= expected {
             Outcome::Full
@@ -521,7 +479,7 @@ impl Session {
             return false;
         };
         self.judge(ctx, outcome);
-        self.current_mark += 1;
+        self.marks.advance();
         self.response_base = self.response_bytes();
         self.request_started_at = ctx.now;
         true
@@ -543,9 +501,13 @@ impl Session {
     /// Compares the current exchange's answer with production's, where both were seen, and
     /// counts it (under `--baseline`, once the baseline's copy of it is judged too).
     fn compare_answer(&mut self, ctx: &mut Ctx<'_>, outcome: Outcome) {
-        let i = self.current_mark;
-        let request_start = if i == 0 { 0 } else { self.marks[i - 1].start };
-        let answer_end = self.marks.get(i).map_or(self.online_acked.max(self.previous_response()), |m| m.response);
+        if self.answers.is_none() {
+            return; // before the boundaries are read: past the current one, they are cold
+        }
+        let i = self.marks.index();
+        let request_start = self.marks.start_of(i);
+        let (before, after) = self.marks.answer_of(i);
+        let answer_end = after.unwrap_or(self.online_acked.max(before));
         let (got_start, got_end) = (self.response_base, self.response_bytes());
         let Some(answers) = self.answers.as_deref_mut() else { return };
         let kept = answers.take(request_start);
@@ -602,13 +564,13 @@ impl Session {
             (0, _) => Outcome::Unanswered,
             _ => Outcome::Short,
         };
-        let start_of = |s: &Self, i: usize| if i == 0 { 0 } else { s.marks[i - 1].start };
+        let start_of = |s: &Self, i: usize| s.marks.start_of(i);
         let answer_of = |s: &Self, i: usize| {
-            let before = if i == 0 { 0 } else { s.marks[i - 1].response };
-            (before, s.marks.get(i).map_or(s.online_acked.max(before), |m| m.response))
+            let (before, after) = s.marks.answer_of(i);
+            (before, after.unwrap_or(s.online_acked.max(before)))
         };
         if ctx.config.wait_for_response {
-            let i = self.current_mark;
+            let i = self.marks.index();
             if self.snd_max > start_of(self, i) {
                 let (before, after) = answer_of(self, i);
                 let got = self.response_bytes().saturating_sub(self.response_base);
@@ -629,7 +591,7 @@ impl Session {
 
     /// When a closed gate should be looked at again.
     fn gate_deadline(&self, ctx: &Ctx<'_>) -> Option<u64> {
-        let mark = self.marks.get(self.current_mark)?;
+        let mark = self.marks.current()?;
         // Exactly when `gate_open` would wait: a deadline for an open gate would fire forever.
         if !ctx.config.wait_for_response || self.target_fin || self.snd_nxt < mark.start || self.snd_una < mark.start {
             return None;
@@ -694,7 +656,7 @@ impl Session {
                 break;
             }
             let pacing = ctx.config.wait_for_response && !self.target_fin;
-            let limit = if pacing { self.marks.get(self.current_mark).map_or(u32::MAX, |m| m.start) } else { u32::MAX };
+            let limit = if pacing { self.marks.current().map_or(u32::MAX, |m| m.start) } else { u32::MAX };
             let stop =
                 self.stream.end().min(limit).min(self.rst_at.unwrap_or(u32::MAX)).min(self.fin_at.unwrap_or(u32::MAX));
             let window_end = self.snd_una.saturating_add(self.window.max(1));
@@ -771,7 +733,7 @@ impl Session {
         if retransmission {
             ctx.counters.packets_retransmitted += 1;
         } else {
-            ctx.counters.requests_sent += self.requests_starting_in(offset, offset + len as u32);
+            ctx.counters.requests_sent += self.marks.requests_starting_in(offset, offset + len as u32);
             self.request_sent_at = Some(ctx.now);
             if self.rtt_probe.is_none() {
                 self.rtt_probe = Some((offset + len as u32, ctx.now));
@@ -851,7 +813,7 @@ impl Session {
 
     /// One line of state, for a session ended while it still had work.
     pub fn describe(&self, now: u64) -> String {
-        let mark = self.marks.get(self.current_mark);
+        let mark = self.marks.current();
         format!(
             "{} -> {}: syn_acked={} snd_una={} snd_nxt={} snd_max={} captured_end={} fin_at={:?} window={} \
              request {}/{} (starts at {:?}, online answer so far {:?}) target answered {} since request start {} \
@@ -865,7 +827,7 @@ impl Session {
             self.stream.end(),
             self.fin_at,
             self.window,
-            self.current_mark,
+            self.marks.index(),
             self.marks.len(),
             mark.map(|m| m.start),
             mark.map(|m| m.response),
