@@ -394,6 +394,37 @@ fn copy_mode_names_the_candidates_differences_live() {
 }
 
 #[test]
+fn an_idle_live_copy_keeps_its_intercept_link_past_the_idle_timeout() {
+    let tb = Testbed::new().unwrap();
+    let _online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let mut cmd = tb.intercept_command(Host::Assist);
+    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target_http().to_string()]).args([
+        "--listen",
+        &control().to_string(),
+        "--stats-interval",
+        "1",
+        "--idle-timeout",
+        "11",
+    ]);
+    let mut intercept = tb.start("intercept", cmd).unwrap();
+    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    let mut copier = start_online_copier(&tb, &[]);
+    copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
+
+    // No traffic for over twice the idle timeout: only the copier's pings keep the link.
+    std::thread::sleep(Duration::from_secs(24));
+    let last = |p: &Process| p.stdout().lines().filter_map(stats::parse).last().expect("a stats line");
+    let (c, i) = (last(&copier), last(&intercept));
+    assert_eq!((c.get("reconnects"), c.get("intercepts")), (0, 1), "{}", copier.describe());
+    assert_eq!(i.get("idle_closed"), 0, "{}", intercept.describe());
+    tb.client.run(|| short_gets("idle", 3)).unwrap();
+    assert_eq!(wait_requests(&target, 3, Duration::from_secs(10)).len(), 3);
+    copier.signal(libc::SIGINT).unwrap();
+    assert!(copier.wait_timeout(Duration::from_secs(15)).unwrap().success());
+}
+
+#[test]
 fn replay_survives_an_intercept_restart() {
     let tb = Testbed::new().unwrap();
     let online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();

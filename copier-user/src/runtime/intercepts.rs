@@ -39,7 +39,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Longest a link waits for a worker's full facts queue before it drops the batch.
 const FACTS_WAIT: Duration = Duration::from_secs(1);
-/// A link with nothing to send says PING this often, well within the intercepts' idle timeout.
+/// A link that sent nothing for a whole period of this says PING: some frame leaves at least
+/// every two periods, well within the intercepts' idle timeout.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters of the intercept links.
@@ -326,14 +327,26 @@ async fn session(
                         let mut buf = [0; 8];
                         let n = proto::encode_ping(&mut buf).expect("sized to fit");
                         let ping = &buf[..n];
+                        // Idleness is checked on a tick, not timed per frame: a timeout around
+                        // each receive cost a clock read and a timer per announcement.
+                        let mut tick = tokio::time::interval(PING_EVERY);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tick.tick().await;
+                        let mut wrote = false;
                         loop {
-                            let frame = match tokio::time::timeout(PING_EVERY, out_rx.recv()).await {
-                                Ok(Some(frame)) => frame,
-                                Ok(None) => break,
-                                Err(_) => ping.to_vec(),
-                            };
-                            if w.write_all(&frame).await.is_err() {
-                                break;
+                            tokio::select! {
+                                frame = out_rx.recv() => {
+                                    let Some(frame) = frame else { break };
+                                    if w.write_all(&frame).await.is_err() {
+                                        break;
+                                    }
+                                    wrote = true;
+                                }
+                                _ = tick.tick() => {
+                                    if !std::mem::take(&mut wrote) && w.write_all(ping).await.is_err() {
+                                        break;
+                                    }
+                                }
                             }
                         }
                     })));
