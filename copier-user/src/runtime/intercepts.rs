@@ -42,6 +42,8 @@ const FACTS_WAIT: Duration = Duration::from_secs(1);
 /// A link that sent nothing for a whole period of this says PING: some frame leaves at least
 /// every two periods, well within the intercepts' idle timeout.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// Queued frames gathered into one write, at most about this many bytes.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// Counters of the intercept links.
 #[derive(Default)]
@@ -322,34 +324,8 @@ async fn session(
                     log::info!("connected to intercept {addr}");
                     stats.connected.fetch_add(1, Relaxed);
                     stats.changed.notify_waiters();
-                    let mut out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
-                    writer = Some(AbortOnDrop(tokio::spawn(async move {
-                        let mut buf = [0; 8];
-                        let n = proto::encode_ping(&mut buf).expect("sized to fit");
-                        let ping = &buf[..n];
-                        // Idleness is checked on a tick, not timed per frame: a timeout around
-                        // each receive cost a clock read and a timer per announcement.
-                        let mut tick = tokio::time::interval(PING_EVERY);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        tick.tick().await;
-                        let mut wrote = false;
-                        loop {
-                            tokio::select! {
-                                frame = out_rx.recv() => {
-                                    let Some(frame) = frame else { break };
-                                    if w.write_all(&frame).await.is_err() {
-                                        break;
-                                    }
-                                    wrote = true;
-                                }
-                                _ = tick.tick() => {
-                                    if !std::mem::take(&mut wrote) && w.write_all(ping).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    })));
+                    let out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
+                    writer = Some(AbortOnDrop(tokio::spawn(write_frames(w, out_rx))));
                     ctl.send(Control::Connected(i, out_tx.clone())).await.map_err(|_| "shutting down".to_string())?;
                 }
                 Message::Facts(records) if writer.is_some() => {
@@ -374,6 +350,43 @@ async fn session(
             Ok(0) => return Err(Ended::Transient("connection closed".into())),
             Ok(_) => {}
             Err(e) => return Err(format!("read failed: {e}").into()),
+        }
+    }
+}
+
+/// Writes the hub's frames to an intercept, all that are queued in one write: an OWN and its
+/// SYNC written apart were two segments, each waking the intercept (and, on the way, its
+/// host's receive). A tick that finds nothing written since the one before sends a PING.
+async fn write_frames(mut w: tokio::net::tcp::OwnedWriteHalf, mut frames: mpsc::Receiver<Vec<u8>>) {
+    let mut ping = [0; 8];
+    let n = proto::encode_ping(&mut ping).expect("sized to fit");
+    // Idleness is checked on a tick, not timed per frame: a timeout around each receive cost
+    // a clock read and a timer per announcement.
+    let mut tick = tokio::time::interval(PING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut out = Vec::with_capacity(WRITE_BATCH);
+    let mut wrote = false;
+    loop {
+        out.clear();
+        tokio::select! {
+            frame = frames.recv() => {
+                let Some(frame) = frame else { break };
+                out.extend_from_slice(&frame);
+                while out.len() < WRITE_BATCH {
+                    let Ok(frame) = frames.try_recv() else { break };
+                    out.extend_from_slice(&frame);
+                }
+                wrote = true;
+            }
+            _ = tick.tick() => {
+                if !std::mem::take(&mut wrote) {
+                    out.extend_from_slice(&ping[..n]);
+                }
+            }
+        }
+        if !out.is_empty() && w.write_all(&out).await.is_err() {
+            break;
         }
     }
 }
