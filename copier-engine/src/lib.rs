@@ -454,6 +454,36 @@ impl Engine {
 
     /// A captured packet of round `round` of a looped capture (`--loop`): each round's copies
     /// are copies of their own (`round × -n` on), so a round replays in a fresh port space.
+    /// [`Engine::on_captured_round`] for each of a batch of packets, the sessions of those a
+    /// few ahead looked up and their records prefetched: their cache misses overlap with the
+    /// work on the packets before them.
+    pub fn on_captured_batch<'p>(
+        &mut self,
+        now: u64,
+        round: u16,
+        packets: impl Iterator<Item = (u64, Link, &'p [u8])> + Clone,
+    ) {
+        const AHEAD: usize = 8;
+        let mut ahead = packets.clone().skip(AHEAD);
+        for (captured_at, link, packet) in packets {
+            if let Some((_, link, packet)) = ahead.next() {
+                self.prefetch_captured(round, link, packet);
+            }
+            self.on_captured_round(now, captured_at, round, link, packet);
+        }
+    }
+
+    /// Starts loading the record of the session a captured client packet belongs to (its
+    /// first copy's), if there is one.
+    fn prefetch_captured(&self, round: u16, link: Link, packet: &[u8]) {
+        let Ok(Some(seg)) = capture::parse(link, packet) else { return };
+        let Some(targets) = self.targets_for(&seg.dst) else { return };
+        let first = round.saturating_mul(self.multiply_max.saturating_mul(targets.len));
+        if let Some(&id) = self.by_capture.get(&(seg.src, seg.dst, first)) {
+            self.table.prefetch(id);
+        }
+    }
+
     pub fn on_captured_round(&mut self, now: u64, captured_at: u64, round: u16, link: Link, packet: &[u8]) {
         self.counters.captured += 1;
         let seg = match capture::parse(link, packet) {

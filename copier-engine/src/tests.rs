@@ -785,3 +785,29 @@ fn a_batch_of_replies_does_what_the_same_replies_one_at_a_time_do() {
     assert_eq!(counts(&batched), (1, 2, ports.len() - 1));
     assert_eq!(counts(&batched), counts(&one_by_one));
 }
+
+#[test]
+fn a_batch_of_captured_packets_does_what_the_same_packets_one_at_a_time_do() {
+    let ports: Vec<u16> = (41000..41012).collect();
+    let start = || {
+        let mut e = Engine::new(config());
+        ports.iter().for_each(|&p| handshake(&mut e, 0, p));
+        ports.iter().for_each(|&p| e.on_reply(10, &syn_ack(ep(CLIENT, p), 1460, 65535, 5000)));
+        sent(&mut e);
+        e
+    };
+    // Requests of live sessions, a new session's SYN, and a reset among them: the lookahead
+    // prefetches sessions that packets before them change or end.
+    let mut packets: Vec<Vec<u8>> = ports.iter().map(|&p| data(p, 0, 0, b"GET / HTTP/1.1\r\n\r\n")).collect();
+    packets.insert(3, captured(41005, RST | ACK, CLIENT_ISN.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
+    packets.insert(6, captured(42000, SYN, CLIENT_ISN, 0, syn_options(100).as_bytes(), &[]));
+    packets.push(captured(42000, ACK, CLIENT_ISN.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
+    let (mut one_by_one, mut batched) = (start(), start());
+    packets.iter().for_each(|p| one_by_one.on_captured_round(20, 20, 0, Link::Ip, p));
+    batched.on_captured_batch(20, 0, packets.iter().map(|p| (20, Link::Ip, p.as_slice())));
+    let expected = sent(&mut one_by_one);
+    assert!(expected.len() > ports.len(), "requests, a reset and a SYN: {expected:?}");
+    assert_eq!(sent(&mut batched), expected);
+    assert_eq!(batched.active_sessions(), one_by_one.active_sessions());
+    assert_eq!(batched.counters().sessions_reset, one_by_one.counters().sessions_reset);
+}

@@ -43,7 +43,7 @@ impl Batch {
     }
 
     /// (capture time in µs, link, packet)
-    pub fn iter(&self) -> impl Iterator<Item = (u64, Link, &[u8])> {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Link, &[u8])> + Clone {
         self.packets.iter().map(|(ts, link, r)| (*ts, *link, &self.bytes[r.clone()]))
     }
 

@@ -349,8 +349,7 @@ impl Worker {
                     Input::Captured(batch) => {
                         frames_taken += batch.len() as u64;
                         // Capture times: the file's, or the kernel's monotonic clock (live).
-                        let round = batch.round;
-                        batch.iter().for_each(|(ts, link, p)| self.engine.on_captured_round(now, ts, round, link, p));
+                        self.engine.on_captured_batch(now, batch.round, batch.iter());
                     }
                     Input::Wake => {}
                     Input::Load { rate, multiply } => self.engine.set_load(rate, multiply),
