@@ -414,7 +414,7 @@ fn an_idle_live_copy_keeps_its_intercept_link_past_the_idle_timeout() {
 
     // No traffic for over twice the idle timeout: only the copier's pings keep the link.
     std::thread::sleep(Duration::from_secs(24));
-    let last = |p: &Process| p.stdout().lines().filter_map(stats::parse).last().expect("a stats line");
+    let last = |p: &Process| p.stdout().lines().filter_map(stats::parse).next_back().expect("a stats line");
     let (c, i) = (last(&copier), last(&intercept));
     assert_eq!((c.get("reconnects"), c.get("intercepts")), (0, 1), "{}", copier.describe());
     assert_eq!(i.get("idle_closed"), 0, "{}", intercept.describe());

@@ -181,7 +181,7 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
                 for tool in order {
                     let r = peer::run(&case, tool, rep, &peers)?;
                     println!(
-                        "bench: {} ({:?}, repetition {rep}): {:.1} % answered, copier {:.1} µs/answered session, intercept {:.1}, start-up {:.1} ms",
+                        "bench: {} ({:?}, repetition {rep}): {:.1} % answered, copier {:.1} µs/answered request, intercept {:.1}, start-up {:.1} ms",
                         case.name,
                         tool,
                         r.success_pct(),

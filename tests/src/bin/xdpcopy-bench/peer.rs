@@ -6,8 +6,8 @@
 //! as answered (200); start-up is exec to the first segment the test server receives (its
 //! `Tcp: InSegs`); CPU is the process's (/proc), taken when the test server has every request
 //! or has had none for [`IDLE`], so tcpcopy's 120 s idle tail after the file is never billed;
-//! per answered session it excludes start-up. The intercepts' CPU is counted from after their
-//! start-up to the same moment.
+//! per answered request (a short session is one, a keep-alive session ten) it excludes
+//! start-up. The intercepts' CPU is counted from after their start-up to the same moment.
 
 use std::{
     fmt::Write as _,
@@ -390,8 +390,8 @@ type Figure = fn(&Run) -> f64;
 /// Each compared figure: its name, which way is better, and how to read it off a run.
 const FIGURES: [(&str, Better, Figure); 6] = [
     ("success", Better::High, Run::success_pct),
-    ("copier CPU / answered session", Better::Low, Run::copier_us_per_answered),
-    ("intercept CPU / answered session", Better::Low, Run::intercept_us_per_answered),
+    ("copier CPU / answered request", Better::Low, Run::copier_us_per_answered),
+    ("intercept CPU / answered request", Better::Low, Run::intercept_us_per_answered),
     ("start-up CPU", Better::Low, |r| r.startup_cpu_us as f64),
     ("copier peak RSS", Better::Low, |r| r.copier_peak_rss_kib as f64),
     ("intercept peak RSS", Better::Low, |r| r.intercept_peak_rss_kib as f64),
@@ -433,13 +433,13 @@ pub fn markdown(runs: &[Run], peers: &Peers) -> String {
     let reps = runs.iter().map(|r| r.rep).max().map_or(0, |r| r + 1);
     let mut md = format!(
         "### Against tcpcopy (built from {}), {reps} repetition(s), ours and theirs interleaved\n\n\
-         Medians of each tool's runs. Success is what the test server answered; CPU per answered session \
-         excludes start-up (exec to the first segment at the test server), reported apart. Each copier is measured \
+         Medians of each tool's runs. Success is what the test server answered; CPU per answered request (a short \
+         session is one request, a keep-alive session ten) excludes start-up (exec to the first segment at the test server), reported apart. Each copier is measured \
          until the test server has every request or none for {} s, so tcpcopy's 120 s idle tail is not billed.\n\n",
         peers.sources.join(" and "),
         IDLE.as_secs()
     );
-    md += "| case | tool | success | copier CPU µs / answered session | intercept CPU µs / answered session | \
+    md += "| case | tool | success | copier CPU µs / answered request | intercept CPU µs / answered request | \
            start-up ms (CPU ms) | copier peak RSS | intercept peak RSS | seconds |\n";
     md += "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
     for case in case_names(runs) {
@@ -561,7 +561,7 @@ mod tests {
             run("a", Tool::Ours, 1, 100, 1_000),
             run("a", Tool::Ours, 2, 100, 1_000),
         ];
-        // Per answered session: 10 µs against 60 (rep 0) and 20 (rep 1); rep 2 has no pair.
+        // Per answered request: 10 µs against 60 (rep 0) and 20 (rep 1); rep 2 has no pair.
         assert_eq!(ratios(&runs, "a", Better::Low, Run::copier_us_per_answered), Some((2.0, 4.0, 6.0)));
         assert_eq!(ratios(&runs, "a", Better::High, Run::success_pct), Some((1.0, 1.5, 2.0)));
         assert_eq!(ratios(&runs, "b", Better::High, Run::success_pct), None);
