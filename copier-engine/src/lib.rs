@@ -15,6 +15,7 @@ pub mod emit;
 pub mod exchange;
 pub mod mapping;
 mod marks;
+mod prefetch;
 pub mod rewrite;
 mod rto;
 pub mod session;
@@ -757,6 +758,8 @@ impl Engine {
                     self.table.prefetch(id);
                 }
             }
+            // Then what the records point to, read as they arrive.
+            ids.iter().flatten().for_each(|&id| self.table.prefetch_outside(id));
             for (i, (&id, f)) in ids.iter().zip(chunk).enumerate() {
                 self.on_reply_to(now, id, f, payload(c * AHEAD + i));
             }

@@ -67,6 +67,14 @@ impl Marks {
         self.all.get(pos).filter(|m| m.start == offset).copied()
     }
 
+    /// Starts loading the current boundary and those after it, where they are kept outside
+    /// the session record (past the first few).
+    pub fn prefetch(&self) {
+        if self.all.spilled() {
+            super::prefetch::lines(self.all.as_ptr().wrapping_add(self.current), size_of::<Mark>());
+        }
+    }
+
     /// Moves on to the next request, past the current boundary.
     pub fn advance(&mut self) {
         debug_assert!(self.at.is_some(), "no boundary ends the current request");

@@ -301,6 +301,11 @@ impl Session {
         }
     }
 
+    /// Starts loading what a reply reads outside the record (see [`super::table::Table::prefetch_outside`]).
+    pub fn prefetch_outside(&self) {
+        self.marks.prefetch();
+    }
+
     /// A reply of the test server, with its first payload bytes if the intercept sent them.
     pub fn on_reply(&mut self, ctx: &mut Ctx<'_>, f: &ReplyFacts, payload: &[u8]) {
         self.last_activity = ctx.now;

@@ -8,7 +8,7 @@
 //! old. Here both are one slot, which also holds the capture key, and a closing session turns
 //! into its [`TimeWait`] in place (docs/bench.md, "Design choices").
 
-use super::{session::Session, time_wait::TimeWait, CaptureKey};
+use super::{prefetch, session::Session, time_wait::TimeWait, CaptureKey};
 
 /// A session's slot and the generation that occupies it: an id outlives its session (in a
 /// timer entry) and must not reach the slot's next occupant.
@@ -36,9 +36,6 @@ struct Slot {
     key: CaptureKey,
     entry: Option<Entry>,
 }
-
-/// Bytes of a cache line on the machines this runs on.
-const CACHE_LINE: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct Table {
@@ -136,19 +133,16 @@ impl Table {
     /// next).
     pub fn prefetch(&self, id: SessionId) {
         if let Some(slot) = self.slots.get(id.index as usize) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let first = (slot as *const Slot).cast::<i8>();
-                for offset in (0..size_of::<Slot>()).step_by(CACHE_LINE) {
-                    // SAFETY: a prefetch is a hint; it reads nothing and faults on nothing, and
-                    // the address stays within the slot.
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(first.add(offset));
-                    }
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = slot;
+            prefetch::lines(slot, size_of::<Slot>());
+        }
+    }
+
+    /// Starts loading what a live session keeps outside its record and a reply reads (its
+    /// request boundaries, past the first few): call after [`Table::prefetch`] of a batch,
+    /// when the records are on their way.
+    pub fn prefetch_outside(&self, id: SessionId) {
+        if let Some(Entry::Live(s)) = self.get(id) {
+            s.prefetch_outside();
         }
     }
 
