@@ -57,6 +57,9 @@ pub struct Outcome {
     worker_cpu_us: u64,
     /// Packets the copier sent to the test server.
     sent: u64,
+    /// What the workers took in for them: captured packets (both directions) and reply facts.
+    captured: u64,
+    facts: u64,
     /// The intercept while the copier ran: user + system, and user alone.
     intercept_cpu_us: u64,
     intercept_user_us: u64,
@@ -109,6 +112,11 @@ impl Outcome {
     pub fn pps_per_worker_core(&self) -> f64 {
         self.sent as f64 / (self.worker_cpu_us.max(1) as f64 / 1e6)
     }
+    /// Everything a worker handles, per second of its CPU: captured packets, reply facts and
+    /// packets sent (a forwarder's figure counts a frame in and a frame out).
+    fn frames_handled_per_worker_core(&self) -> f64 {
+        (self.captured + self.facts + self.sent) as f64 / (self.worker_cpu_us.max(1) as f64 / 1e6)
+    }
     fn frames_per_session(&self) -> f64 {
         self.sent as f64 / self.sessions.max(1) as f64
     }
@@ -159,6 +167,8 @@ pub fn run(sc: &Scenario) -> anyhow::Result<Outcome> {
         copier_user_us: s.get("cpu_user_us"),
         worker_cpu_us: s.get("worker_cpu_us"),
         sent: s.get("sent"),
+        captured: s.get("captured"),
+        facts: s.get("facts"),
         intercept_cpu_us: intercept_cpu.0.saturating_sub(intercept_idle.0),
         intercept_user_us: intercept_cpu.1.saturating_sub(intercept_idle.1),
         target_syn_cookies,
@@ -204,12 +214,12 @@ pub fn markdown(outcomes: &[Outcome], af_xdp_tx_us_per_frame: Option<f64>) -> St
         "### Replay path (maximum replay speed; the test server and the control link receive in NAPI threads of their own, \
          except where it says inline)\n\n",
     );
-    md += "| scenario | sessions | requests received / sent | success | sessions/s | requests/s | target pps | copier CPU µs/session (user) | intercept CPU µs/session (user) | rewrite+forward pps per worker core | copier peak RSS | test server SYN cookies |\n";
-    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    md += "| scenario | sessions | requests received / sent | success | sessions/s | requests/s | target pps | copier CPU µs/session (user) | intercept CPU µs/session (user) | rewrite+forward pps per worker core | frames handled per worker core (captured + replies + sent) | copier peak RSS | test server SYN cookies |\n";
+    md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for o in outcomes {
         let _ = writeln!(
             md,
-            "| {} | {} | {} / {} | {:.2} % | {:.0} | {:.0} | {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.0} | {:.0} MiB | {} |",
+            "| {} | {} | {} / {} | {:.2} % | {:.0} | {:.0} | {} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.0} | {:.0} | {:.0} MiB | {} |",
             o.scenario.name,
             o.sessions,
             o.requests_received,
@@ -223,6 +233,7 @@ pub fn markdown(outcomes: &[Outcome], af_xdp_tx_us_per_frame: Option<f64>) -> St
             o.intercept_us_per_session(),
             o.intercept_user_us_per_session(),
             o.pps_per_worker_core(),
+            o.frames_handled_per_worker_core(),
             o.copier_peak_rss_kib as f64 / 1024.0,
             o.target_syn_cookies,
         );
@@ -236,6 +247,16 @@ pub fn markdown(outcomes: &[Outcome], af_xdp_tx_us_per_frame: Option<f64>) -> St
             two.sessions_per_s() / one.sessions_per_s(),
             one.sessions_per_s() / raw.sessions_per_s(),
             raw.copier_us_per_session() / one.copier_us_per_session(),
+        );
+    }
+    if let Some(short) = find("short") {
+        let per_sent = |n: u64| n as f64 / short.sent.max(1) as f64;
+        let _ = writeln!(
+            md,
+            "\nRewrite and forward counts the frames sent; for each, a short session's worker also took {:.2} captured \
+             packets (both directions) and {:.2} reply facts.",
+            per_sent(short.captured),
+            per_sent(short.facts),
         );
     }
     if let (Some(short), Some(per_frame)) = (find("short"), af_xdp_tx_us_per_frame) {
@@ -292,6 +313,9 @@ pub fn json(outcomes: &[Outcome]) -> serde_json::Value {
                 "worker_cpu_us": o.worker_cpu_us,
                 "sent": o.sent,
                 "pps_per_worker_core": o.pps_per_worker_core(),
+                "captured": o.captured,
+                "facts": o.facts,
+                "frames_handled_per_worker_core": o.frames_handled_per_worker_core(),
                 "target_syn_cookies": o.target_syn_cookies,
                 "copier_peak_rss_kib": o.copier_peak_rss_kib,
                 "retransmitted": o.retransmitted,
