@@ -453,8 +453,6 @@ impl Engine {
         self.on_captured_round(now, captured_at, 0, link, packet);
     }
 
-    /// A captured packet of round `round` of a looped capture (`--loop`): each round's copies
-    /// are copies of their own (`round × -n` on), so a round replays in a fresh port space.
     /// [`Engine::on_captured_round`] for each of a batch of packets, the sessions of those a
     /// few ahead looked up and their records prefetched: their cache misses overlap with the
     /// work on the packets before them.
@@ -485,6 +483,8 @@ impl Engine {
         }
     }
 
+    /// A captured packet of round `round` of a looped capture (`--loop`): each round's copies
+    /// are copies of their own (`round × -n` on), so a round replays in a fresh port space.
     pub fn on_captured_round(&mut self, now: u64, captured_at: u64, round: u16, link: Link, packet: &[u8]) {
         self.counters.captured += 1;
         let seg = match capture::parse(link, packet) {

@@ -802,12 +802,15 @@ fn a_batch_of_captured_packets_does_what_the_same_packets_one_at_a_time_do() {
     packets.insert(3, captured(41005, RST | ACK, CLIENT_ISN.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
     packets.insert(6, captured(42000, SYN, CLIENT_ISN, 0, syn_options(100).as_bytes(), &[]));
     packets.push(captured(42000, ACK, CLIENT_ISN.wrapping_add(1), ONLINE_ISN + 1, &[], &[]));
-    let (mut one_by_one, mut batched) = (start(), start());
-    packets.iter().for_each(|p| one_by_one.on_captured_round(20, 20, 0, Link::Ip, p));
-    batched.on_captured_batch(20, 0, packets.iter().map(|p| (20, Link::Ip, p.as_slice())));
-    let expected = sent(&mut one_by_one);
-    assert!(expected.len() > ports.len(), "requests, a reset and a SYN: {expected:?}");
-    assert_eq!(sent(&mut batched), expected);
-    assert_eq!(batched.active_sessions(), one_by_one.active_sessions());
-    assert_eq!(batched.counters().sessions_reset, one_by_one.counters().sessions_reset);
+    // Longer than the lookahead, and shorter.
+    for (packets, least) in [(&packets[..], ports.len() + 1), (&packets[..3], 3)] {
+        let (mut one_by_one, mut batched) = (start(), start());
+        packets.iter().for_each(|p| one_by_one.on_captured_round(20, 20, 0, Link::Ip, p));
+        batched.on_captured_batch(20, 0, packets.iter().map(|p| (20, Link::Ip, p.as_slice())));
+        let expected = sent(&mut one_by_one);
+        assert!(expected.len() >= least, "requests, a reset and a SYN: {expected:?}");
+        assert_eq!(sent(&mut batched), expected);
+        assert_eq!(batched.active_sessions(), one_by_one.active_sessions());
+        assert_eq!(batched.counters().captured, one_by_one.counters().captured);
+    }
 }
