@@ -41,10 +41,10 @@ fn control() -> SocketAddr {
 }
 
 fn start_intercept(tb: &Testbed, name: &str) -> Process {
-    start_intercept_for(tb, name, &[target_http()])
+    start_intercept_for(tb, name, &[target_http()], &[])
 }
 
-fn start_intercept_for(tb: &Testbed, name: &str, targets: &[SocketAddr]) -> Process {
+fn start_intercept_for(tb: &Testbed, name: &str, targets: &[SocketAddr], extra: &[&str]) -> Process {
     let targets: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
     let mut cmd = tb.intercept_command(Host::Assist);
     cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &targets.join(",")]).args([
@@ -53,6 +53,7 @@ fn start_intercept_for(tb: &Testbed, name: &str, targets: &[SocketAddr]) -> Proc
         "--stats-interval",
         "1",
     ]);
+    cmd.args(extra);
     let mut p = tb.start(name, cmd).unwrap();
     p.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
     p
@@ -349,7 +350,7 @@ fn copy_mode_names_the_candidates_differences_live() {
     let online = Nginx::start_with(&tb, Host::Online, "online-nginx", online_http(), &locations("original")).unwrap();
     let baseline = Nginx::start_with(&tb, Host::Target, "baseline", target_http(), &locations("original")).unwrap();
     let candidate = Nginx::start_with(&tb, Host::Target, "candidate", candidate_http, &locations("altered!")).unwrap();
-    let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), candidate_http]);
+    let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), candidate_http], &[]);
     let report = tb.dir().join("report");
     let (second, report_arg) = (format!("80-{candidate_http}"), report.to_string_lossy().into_owned());
     let base = target_http().to_string();
@@ -398,17 +399,7 @@ fn an_idle_live_copy_keeps_its_intercept_link_past_the_idle_timeout() {
     let tb = Testbed::new().unwrap();
     let _online = Nginx::start(&tb, Host::Online, "online-nginx", online_http()).unwrap();
     let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
-    let mut cmd = tb.intercept_command(Host::Assist);
-    cmd.args(["--iface", iface::ASSIST_TO_TARGET, "--target", &target_http().to_string()]).args([
-        "--listen",
-        &control().to_string(),
-        "--stats-interval",
-        "1",
-        "--idle-timeout",
-        "11",
-    ]);
-    let mut intercept = tb.start("intercept", cmd).unwrap();
-    intercept.wait_for_line(STARTUP, |l| l.contains("XDP program attached")).unwrap();
+    let intercept = start_intercept_for(&tb, "intercept", &[target_http()], &["--idle-timeout", "11"]);
     let mut copier = start_online_copier(&tb, &[]);
     copier.wait_for_line(STARTUP, |l| stats::parse(l).is_some_and(|s| s.get("intercepts") == 1)).unwrap();
 
@@ -465,7 +456,7 @@ fn large_posts_pipelined_redis_and_client_resets_replay_whole() {
         xdpcopy_testbed::servers::Redis::start(&tb, Host::Online, "online-redis", redis_online).unwrap();
     let _target_redis =
         xdpcopy_testbed::servers::Redis::start(&tb, Host::Target, "target-redis", redis_target).unwrap();
-    let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), redis_target]);
+    let _intercept = start_intercept_for(&tb, "intercept", &[target_http(), redis_target], &[]);
 
     // Captured where the clients send, offloads on: the capture holds TSO super-segments.
     let dump =
