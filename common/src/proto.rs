@@ -1,4 +1,4 @@
-//! The intercept ↔ copier protocol (docs/architecture.md §3), version 2.
+//! The intercept ↔ copier protocol (docs/architecture.md §3), version 3.
 //!
 //! A TCP stream of frames: `length: u32` (of what follows), `kind: u8`, body. Every integer is
 //! big-endian; nothing is `repr(C)` on the wire. Decoding borrows from the input and checks
@@ -7,7 +7,7 @@
 //! | kind | direction | body |
 //! |---|---|---|
 //! | HELLO 1 | copier → intercept, first | magic `XDPC`, version u16, instance u64, nonce 16 bytes |
-//! | WELCOME 2 | intercept → copier | version u16, flags u8 (1: authenticates, 2: its host forwards IP), nonce 16 bytes, proof 32 bytes |
+//! | WELCOME 2 | intercept → copier | version u16, flags u8 (1: authenticates, 2: its host forwards IP, 4: holds early replies), nonce 16 bytes, proof 32 bytes |
 //! | AUTH 9 | copier → intercept, after WELCOME | proof 32 bytes (zeros without a secret) |
 //! | PING 10 | copier → intercept | empty: the copier is alive (idle connections are closed) |
 //! | WANT_PAYLOAD 12 | copier → intercept, once, before OWN | bytes u32: the first bytes of each answer it wants (at most 65 536) |
@@ -28,7 +28,10 @@
 //! request), so the copier can compare answers with production's.
 //!
 //! SYNC exists so that a copier can hold a new session's SYN until the intercepts know the
-//! session is its own: otherwise the SYN-ACK can arrive first and be dropped as unowned.
+//! session is its own: otherwise the SYN-ACK can arrive first and be dropped as unowned. An
+//! intercept that holds early replies (WELCOME flag 4: on an assistant host, where every reply
+//! is stolen) keeps a SYN-ACK nobody owns yet for a while and delivers it with the OWN that
+//! claims it, so a copier sends its SYNs at once and needs no SYNC there.
 //!
 //! The secret never crosses the wire: each side proves it knows it by an HMAC over both nonces
 //! (`crate::auth`), the intercept first, so a copier never authenticates to an impostor. The
@@ -39,7 +42,7 @@ use core::fmt;
 
 use crate::{endpoint::Endpoint, facts::ReplyFacts, seq::SeqNum};
 
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 pub const MAGIC: [u8; 4] = *b"XDPC";
 /// The intercept's default listening port (tcpcopy's).
 pub const DEFAULT_PORT: u16 = 36524;
@@ -133,6 +136,9 @@ pub enum Message<'a> {
         /// The intercept's host forwards IP: replies it does not steal go on (to the real
         /// clients, if the routes lead there).
         forwarding: bool,
+        /// It holds a SYN-ACK that arrives before the OWN of its client, and delivers it with
+        /// that OWN: a copier need not wait for SYNCED before a SYN.
+        holds_early: bool,
         nonce: [u8; NONCE_LEN],
         proof: [u8; PROOF_LEN],
     },
@@ -379,15 +385,16 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
             if version != VERSION {
                 return Err(ProtoError::UnsupportedVersion(version));
             }
-            if b[2] & !0b11 != 0 {
+            if b[2] & !0b111 != 0 {
                 return Err(bad);
             }
-            let (authenticates, forwarding) = (b[2] & 1 != 0, b[2] & 2 != 0);
+            let (authenticates, forwarding, holds_early) = (b[2] & 1 != 0, b[2] & 2 != 0, b[2] & 4 != 0);
             let nonce = b[3..3 + NONCE_LEN].try_into().expect("nonce length");
             Message::Welcome {
                 version,
                 authenticates,
                 forwarding,
+                holds_early,
                 nonce,
                 proof: b[3 + NONCE_LEN..].try_into().expect("proof length"),
             }
@@ -455,18 +462,25 @@ pub fn encode_hello(out: &mut [u8], instance: u64, nonce: &[u8; NONCE_LEN]) -> R
     })
 }
 
-/// WELCOME: whether this intercept authenticates copiers and whether its host forwards IP, its
-/// nonce, and its proof that it knows the secret (zeros when it has none).
+/// What an intercept says of itself in WELCOME (see [`Message::Welcome`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traits {
+    pub authenticates: bool,
+    pub forwarding: bool,
+    pub holds_early: bool,
+}
+
+/// WELCOME: what this intercept is ([`Traits`]), its nonce, and its proof that it knows the
+/// secret (zeros when it has none).
 pub fn encode_welcome(
     out: &mut [u8],
-    authenticates: bool,
-    forwarding: bool,
+    traits: Traits,
     nonce: &[u8; NONCE_LEN],
     proof: &[u8; PROOF_LEN],
 ) -> Result<usize, ProtoError> {
     frame(out, kind::WELCOME, 3 + NONCE_LEN + PROOF_LEN, |b| {
         b[..2].copy_from_slice(&VERSION.to_be_bytes());
-        b[2] = u8::from(authenticates) | u8::from(forwarding) << 1;
+        b[2] = u8::from(traits.authenticates) | u8::from(traits.forwarding) << 1 | u8::from(traits.holds_early) << 2;
         b[3..3 + NONCE_LEN].copy_from_slice(nonce);
         b[3 + NONCE_LEN..].copy_from_slice(proof);
     })
@@ -590,20 +604,32 @@ mod tests {
         let n = encode_hello(&mut buf, 0xfeed, &[7; NONCE_LEN]).unwrap();
         assert_eq!(roundtrip(&buf[..n]), Message::Hello { instance: 0xfeed, nonce: [7; NONCE_LEN] });
         assert_eq!(&buf[..4], &(n as u32 - 4).to_be_bytes(), "length prefix is big-endian");
-        let n = encode_welcome(&mut buf, true, false, &[1; NONCE_LEN], &[2; PROOF_LEN]).unwrap();
+        let traits = Traits { authenticates: true, ..Traits::default() };
+        let n = encode_welcome(&mut buf, traits, &[1; NONCE_LEN], &[2; PROOF_LEN]).unwrap();
         assert_eq!(
             roundtrip(&buf[..n]),
             Message::Welcome {
                 version: VERSION,
                 authenticates: true,
                 forwarding: false,
+                holds_early: false,
                 nonce: [1; NONCE_LEN],
                 proof: [2; PROOF_LEN]
             }
         );
-        let n = encode_welcome(&mut buf, false, true, &[1; NONCE_LEN], &[0; PROOF_LEN]).unwrap();
-        assert!(matches!(roundtrip(&buf[..n]), Message::Welcome { authenticates: false, forwarding: true, .. }));
-        buf[7] = 4; // an unknown flag
+        let traits = Traits { forwarding: true, ..Traits::default() };
+        let n = encode_welcome(&mut buf, traits, &[1; NONCE_LEN], &[0; PROOF_LEN]).unwrap();
+        assert!(matches!(
+            roundtrip(&buf[..n]),
+            Message::Welcome { authenticates: false, forwarding: true, holds_early: false, .. }
+        ));
+        let traits = Traits { holds_early: true, ..Traits::default() };
+        let n = encode_welcome(&mut buf, traits, &[1; NONCE_LEN], &[0; PROOF_LEN]).unwrap();
+        assert!(matches!(
+            roundtrip(&buf[..n]),
+            Message::Welcome { authenticates: false, forwarding: false, holds_early: true, .. }
+        ));
+        buf[7] = 8; // an unknown flag
         assert_eq!(decode(&buf[..n]), Err(ProtoError::BadLength { kind: kind::WELCOME }));
         let n = encode_auth(&mut buf, &[3; PROOF_LEN]).unwrap();
         assert_eq!(roundtrip(&buf[..n]), Message::Auth { proof: [3; PROOF_LEN] });

@@ -203,11 +203,15 @@ impl Ownership {
         self.exact.get(client).or_else(|| self.whole_address.get(&client.addr)).copied()
     }
 
-    /// Sorts a batch of replies by owner into `out` (whose vectors are reused); returns how many
-    /// replies nobody owns.
-    pub fn route(&self, replies: &[ReplyFacts], out: &mut HashMap<CopierId, Vec<ReplyFacts>, Hasher>) -> usize {
+    /// Sorts a batch of replies by owner into `out` (whose vectors are reused), and shows
+    /// `unowned` each reply nobody owns.
+    pub fn route(
+        &self,
+        replies: &[ReplyFacts],
+        out: &mut HashMap<CopierId, Vec<ReplyFacts>, Hasher>,
+        mut unowned: impl FnMut(&ReplyFacts),
+    ) {
         // Owners first, a handful at a time (see AHEAD), then the grouping.
-        let mut unowned = 0;
         for chunk in replies.chunks(AHEAD) {
             let mut owners = [None; AHEAD];
             for (owner, r) in owners.iter_mut().zip(chunk) {
@@ -216,11 +220,10 @@ impl Ownership {
             for (owner, r) in owners.iter().zip(chunk) {
                 match owner {
                     Some(id) => out.entry(*id).or_default().push(*r),
-                    None => unowned += 1,
+                    None => unowned(r),
                 }
             }
         }
-        unowned
     }
 
     pub fn len(&self) -> usize {
@@ -265,8 +268,9 @@ mod tests {
             reply_to(client(2, 40001)),
             reply_to(client(9, 1)),
         ];
-        let mut out = HashMap::default();
-        assert_eq!(o.route(&replies, &mut out), 1, "the reply to 10.100.1.9 is nobody's");
+        let (mut out, mut nobodys) = (HashMap::default(), Vec::new());
+        o.route(&replies, &mut out, |r| nobodys.push(*r));
+        assert_eq!(nobodys, [replies[3]], "the reply to 10.100.1.9 is nobody's");
         assert_eq!(out[&1].len(), 2);
         assert_eq!(out[&2], vec![replies[1]]);
     }
@@ -277,8 +281,9 @@ mod tests {
         o.own(1, client(2, 0)).unwrap();
         o.own(2, client(3, 0)).unwrap();
         let replies: Vec<ReplyFacts> = (0..100u16).map(|i| reply_to(client([2, 3, 9][i as usize % 3], i))).collect();
-        let mut out = HashMap::default();
-        assert_eq!(o.route(&replies, &mut out), 33);
+        let (mut out, mut nobodys) = (HashMap::default(), 0);
+        o.route(&replies, &mut out, |_| nobodys += 1);
+        assert_eq!(nobodys, 33);
         for (id, last) in [(1, 2), (2, 3)] {
             let expected: Vec<u16> =
                 replies.iter().filter(|r| r.client.addr[15] == last).map(|r| r.client.port).collect();

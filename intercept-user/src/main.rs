@@ -338,6 +338,7 @@ fn help(name: &str) -> &'static str {
         "unparsed" => "Frames in the AF_XDP rings that did not parse as TCP",
         "routed" => "Facts sent to their copier",
         "unowned" => "Facts no copier owns, dropped",
+        "held_early" => "SYN-ACKs that came before the OWN of their client, held for it",
         "slow_copier_dropped" => "Facts dropped because their copier's buffer was full",
         "copiers" => "Copiers connected now",
         "rejected" => "Connections closed for a protocol error, a wrong version or secret, a refused claim",

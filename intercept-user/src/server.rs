@@ -1,7 +1,8 @@
 //! The TCP server copiers connect to (docs/architecture.md §3).
 //!
 //! One task per copier connection reads its announcements and applies them to the shared
-//! [`Routes`] at once, so a SYNCED it answers covers everything the copier sent before. The
+//! [`Routes`] at once, so a SYNCED it answers covers everything the copier sent before. On an
+//! assistant host a SYN-ACK that beats its OWN is held for it ([`intercept_core::early`]). The
 //! AF_XDP workers route each batch of replies under the same lock and write the facts straight
 //! into the owning copier's socket; what a socket does not take waits, bounded, for the
 //! connection's flusher (see [`intercept_core::outbound`]). A peer that sends garbage, an
@@ -36,6 +37,7 @@ use xdp_runtime::AbortOnDrop;
 
 use intercept_core::{
     answer_cut::AnswerCuts,
+    early::EarlyReplies,
     outbound::{Outbound, Sent},
     router::{ClaimError, CopierId, Ownership, MAX_OWNED_PER_COPIER},
     space::ClientSpace,
@@ -194,6 +196,13 @@ pub struct Routes<L = CopierLink> {
     /// On the test host: the eBPF map of owned endpoints kept in step with `ownership`, and
     /// when the routes were made (its clock).
     stealing: Option<(Stealing, Instant)>,
+    /// SYN-ACKs that came before the OWN of their client (not on the test host: there a reply
+    /// nobody owns is not stolen, so the copiers wait for SYNCED instead).
+    early: EarlyReplies,
+    /// The clock of `early`.
+    started: Instant,
+    /// Held replies on their way to a new owner (reused).
+    claimed: Vec<ReplyFacts>,
 }
 
 /// The routes, shared by the AF_XDP workers and the connections.
@@ -211,6 +220,9 @@ impl<L> Default for Routes<L> {
             grouped_payload: HashMap::default(),
             frame: Vec::new(),
             stealing: None,
+            early: EarlyReplies::default(),
+            started: Instant::now(),
+            claimed: Vec::new(),
         }
     }
 }
@@ -231,18 +243,10 @@ impl<L> Routes<L> {
         Self { ownership, stealing: Some((stealing, Instant::now())), ..Self::default() }
     }
 
-    /// Records an announcement; on the test host its endpoints' replies are stolen from now on.
-    fn own_all(&mut self, id: CopierId, entries: &[Endpoint]) -> Result<(), Refusal> {
-        let claimed = self.ownership.own_all(id, entries);
-        // What was owned before a refusal is in the map too: the disconnect releases it.
-        self.sync().map_err(|err| Refusal::transient(format!("stealing the replies of its clients: {err}")))?;
-        claimed.map_err(|err| {
-            // Taken: another copier replays these sessions; the limits: it would grow without bound.
-            Refusal::permanent(match err {
-                ClaimError::Taken(_) => format!("{err}: two copiers replay from the same client addresses"),
-                ClaimError::TooMany(_) | ClaimError::Full(_) => err.to_string(),
-            })
-        })
+    /// Whether a SYN-ACK that comes before the OWN of its client is held for it (said in
+    /// WELCOME): everywhere but on the test host.
+    pub fn holds_early(&self) -> bool {
+        self.stealing.is_none()
     }
 
     fn disown_all(&mut self, id: CopierId, entries: &[Endpoint]) {
@@ -272,13 +276,53 @@ impl<L> Routes<L> {
 }
 
 impl<L: Link> Routes<L> {
+    /// Records an announcement; on the test host its endpoints' replies are stolen from now on,
+    /// elsewhere the SYN-ACKs held for them go to `id` now.
+    fn own_all(&mut self, id: CopierId, entries: &[Endpoint], stats: &Stats) -> Result<(), Refusal> {
+        let claimed = self.ownership.own_all(id, entries);
+        // What was owned before a refusal is in the map too: the disconnect releases it.
+        self.sync().map_err(|err| Refusal::transient(format!("stealing the replies of its clients: {err}")))?;
+        if !self.early.is_empty() {
+            Stats::add(&stats.unowned, self.early.expire(self.started.elapsed()) as u64);
+            let mut held = std::mem::take(&mut self.claimed);
+            for entry in entries.iter().filter(|e| self.ownership.holds(e) && self.ownership.owner(e) == Some(id)) {
+                self.early.take(entry, &mut held);
+            }
+            // Routed as any reply now: to the owner, or (past a refusal) to nobody.
+            self.route(&held, &Payloads::default(), stats);
+            held.clear();
+            self.claimed = held;
+        }
+        claimed.map_err(|err| {
+            // Taken: another copier replays these sessions; the limits: it would grow without bound.
+            Refusal::permanent(match err {
+                ClaimError::Taken(_) => format!("{err}: two copiers replay from the same client addresses"),
+                ClaimError::TooMany(_) | ClaimError::Full(_) => err.to_string(),
+            })
+        })
+    }
+
+    /// A reply nobody owns: held for its OWN if it opens a session (and this host holds them),
+    /// counted and dropped otherwise.
+    fn unowned(early: &mut EarlyReplies, holds: bool, started: Instant, reply: &ReplyFacts, stats: &Stats) {
+        if holds && EarlyReplies::opens_session(reply) && early.hold(reply, started.elapsed()) {
+            Stats::add(&stats.held_early, 1);
+        } else {
+            Stats::add(&stats.unowned, 1);
+        }
+    }
+
     /// Sends every reply of a batch to the copier that owns its client, counting what nobody
     /// owns and what a slow copier could not take. `payload` holds the replies' first bytes
     /// while some copier wants them.
     pub fn route(&mut self, batch: &[ReplyFacts], payload: &Payloads, stats: &Stats) {
         self.grouped.values_mut().for_each(Vec::clear);
+        if !self.early.is_empty() {
+            Stats::add(&stats.unowned, self.early.expire(self.started.elapsed()) as u64);
+        }
         if self.wants.is_empty() {
-            Stats::add(&stats.unowned, self.ownership.route(batch, &mut self.grouped) as u64);
+            let (early, holds, started) = (&mut self.early, self.stealing.is_none(), self.started);
+            self.ownership.route(batch, &mut self.grouped, |r| Self::unowned(early, holds, started, r, stats));
         } else {
             self.route_with_payload(batch, payload, stats);
         }
@@ -297,10 +341,11 @@ impl<L: Link> Routes<L> {
     /// part of their payload within the first bytes of their answer, and sends those.
     fn route_with_payload(&mut self, batch: &[ReplyFacts], payload: &Payloads, stats: &Stats) {
         self.grouped_payload.values_mut().for_each(Vec::clear);
-        let (mut unowned, mut sent, mut cut) = (0, 0, 0);
+        let (mut sent, mut cut) = (0, 0);
+        let holds = self.holds_early();
         for (i, r) in batch.iter().enumerate() {
             let Some(owner) = self.ownership.owner(&r.client) else {
-                unowned += 1;
+                Self::unowned(&mut self.early, holds, self.started, r, stats);
                 continue;
             };
             match self.wants.get(&owner) {
@@ -313,7 +358,6 @@ impl<L: Link> Routes<L> {
                 None => self.grouped.entry(owner).or_default().push(*r),
             }
         }
-        Stats::add(&stats.unowned, unowned);
         Stats::add(&stats.payload_sent, sent);
         Stats::add(&stats.payload_cut, cut);
         let mut items: Vec<(ReplyFacts, &[u8])> = Vec::new();
@@ -391,6 +435,7 @@ fn frame(encode: impl FnOnce(&mut [u8]) -> Result<usize, proto::ProtoError>, cap
 }
 
 /// A connection ends with this: why, and whether a retry could do better.
+#[derive(Debug)]
 struct Refusal {
     permanent: bool,
     reason: String,
@@ -527,6 +572,7 @@ async fn handshake(
     buf: &mut Vec<u8>,
     secret: Option<&[u8]>,
     forwarding: bool,
+    holds_early: bool,
 ) -> Result<u64, Refusal> {
     let within = |what: &'static str| move |_| Refusal::permanent(format!("no {what} within {HANDSHAKE_TIMEOUT:?}"));
     let garbage = |reason: String| Refusal::permanent(reason);
@@ -541,7 +587,8 @@ async fn handshake(
     };
     let nonce = auth::nonce();
     let proof = secret.map_or([0; proto::PROOF_LEN], |s| auth::intercept_proof(s, &copier_nonce, &nonce));
-    let welcome = frame(|b| proto::encode_welcome(b, secret.is_some(), forwarding, &nonce, &proof), 64);
+    let traits = proto::Traits { authenticates: secret.is_some(), forwarding, holds_early };
+    let welcome = frame(|b| proto::encode_welcome(b, traits, &nonce, &proof), 64);
     wr.write_all(&welcome).await.map_err(|err| Refusal::transient(format!("write failed: {err}")))?;
     let second = tokio::time::timeout(HANDSHAKE_TIMEOUT, next_frame(rd, buf, incoming))
         .await
@@ -568,7 +615,9 @@ async fn connection(
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::with_capacity(16 * 1024);
-    let instance = match handshake(&mut rd, &mut wr, &mut buf, access.secret.as_deref(), access.forwarding).await {
+    let holds_early = Routes::lock(&routes).holds_early();
+    let secret = access.secret.as_deref();
+    let instance = match handshake(&mut rd, &mut wr, &mut buf, secret, access.forwarding, holds_early).await {
         Ok(instance) => instance,
         Err(refusal) => {
             log::warn!("closing connection from {peer}: {}", refusal.reason);
@@ -626,7 +675,7 @@ async fn connection(
                         "{outside} is outside the client addresses this copier declared ({declared})"
                     )));
                 }
-                if let Err(refusal) = Routes::lock(&routes).own_all(id, &entries) {
+                if let Err(refusal) = Routes::lock(&routes).own_all(id, &entries, &stats) {
                     Stats::add(&stats.claims_refused, 1);
                     break Err(refusal);
                 }
@@ -804,6 +853,69 @@ mod tests {
         assert!(routes.instances.contains_key(&0xaa));
         let closed = tokio_test_notified(&old_close);
         assert!(closed, "the old connection was told to close");
+    }
+
+    fn syn_ack_to(port: u16) -> ReplyFacts {
+        use common::tcp::flags::{ACK, SYN};
+        ReplyFacts { flags: SYN | ACK, ..reply_to(port) }
+    }
+
+    /// The client ports of the FACTS frames `recorder` got.
+    fn ports_sent(recorder: &Recorder) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for frame in recorder.frames.lock().unwrap().iter() {
+            let Ok(Some((Message::Facts(records), _))) = proto::decode(frame) else { panic!("not one FACTS frame") };
+            ports.extend(records.map(|r| r.client.port));
+        }
+        ports
+    }
+
+    #[test]
+    fn a_syn_ack_that_beats_its_own_goes_to_the_copier_with_the_own() {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        assert!(routes.holds_early(), "an assistant host holds them");
+        let recorder = Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 10 });
+        routes.connect(1, 1, Arc::clone(&recorder), Arc::default());
+        // The opening of 40001 and 40002, and a stray ACK to 40001 of a session gone before.
+        routes.route(&[syn_ack_to(40001), reply_to(40001), syn_ack_to(40002)], &Payloads::default(), &stats);
+        assert!(ports_sent(&recorder).is_empty());
+        assert_eq!((stats.held_early.load(Relaxed), stats.unowned.load(Relaxed)), (2, 1));
+        routes.own_all(1, &[Endpoint::v4([10, 100, 1, 2], 40001)], &stats).unwrap();
+        assert_eq!(ports_sent(&recorder), [40001], "the SYN-ACK, with the OWN");
+        routes.route(&[reply_to(40001)], &Payloads::default(), &stats);
+        assert_eq!(ports_sent(&recorder), [40001, 40001], "then the replies that follow, in order");
+        routes.own_all(1, &[Endpoint::v4([10, 100, 1, 2], 40001)], &stats).unwrap();
+        assert_eq!(ports_sent(&recorder).len(), 2, "delivered once");
+        assert_eq!(stats.routed.load(Relaxed), 2);
+        assert_eq!(routes.early.len(), 1, "40002's waits for its own OWN");
+    }
+
+    #[test]
+    fn a_held_syn_ack_no_own_comes_for_is_counted_unowned() {
+        let (stats, mut routes) = (Stats::default(), Routes::<Recorder>::default());
+        routes.started -= intercept_core::early::HOLD; // its clock: a hold ago
+        routes.early.hold(&syn_ack_to(40001), Duration::ZERO);
+        routes.route(&[reply_to(7)], &Payloads::default(), &stats);
+        assert_eq!(stats.unowned.load(Relaxed), 2, "the expired SYN-ACK and the new stray reply");
+        assert!(routes.early.is_empty());
+    }
+
+    struct NoMap;
+
+    impl intercept_core::stealing::StolenSet for NoMap {
+        fn insert(&mut self, _: Endpoint) -> io::Result<()> {
+            Ok(())
+        }
+        fn remove(&mut self, _: Endpoint) {}
+    }
+
+    #[test]
+    fn on_the_test_host_a_reply_nobody_owns_is_never_held() {
+        let stats = Stats::default();
+        let mut routes: Routes<Recorder> = Routes::stealing(Stealing::new(Box::new(NoMap), 16), 16);
+        assert!(!routes.holds_early(), "copiers wait for SYNCED there");
+        routes.route(&[syn_ack_to(40001)], &Payloads::default(), &stats);
+        assert_eq!((stats.held_early.load(Relaxed), stats.unowned.load(Relaxed)), (0, 1));
     }
 
     /// Whether `notify` holds a permit (it was notified with no one waiting).

@@ -14,6 +14,9 @@ pub struct Stats {
     pub routed: AtomicU64,
     /// Facts no copier owns: counted and dropped.
     pub unowned: AtomicU64,
+    /// SYN-ACKs that came before the OWN of their client, held for it (on an assistant host;
+    /// those no OWN comes for in time are counted unowned when dropped).
+    pub held_early: AtomicU64,
     /// Facts dropped because their copier's bounded queue was full.
     pub slow_copier_dropped: AtomicU64,
     /// Copiers connected now.
@@ -48,6 +51,7 @@ impl Stats {
             ("unparsed", &self.unparsed),
             ("routed", &self.routed),
             ("unowned", &self.unowned),
+            ("held_early", &self.held_early),
             ("slow_copier_dropped", &self.slow_copier_dropped),
             ("copiers", &self.copiers),
             ("rejected", &self.rejected),

@@ -20,7 +20,7 @@ use crate::Netns;
 /// What an intercept sent, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
-    Welcome { authenticates: bool, nonce: auth::Nonce, proof: auth::Proof },
+    Welcome { authenticates: bool, holds_early: bool, nonce: auth::Nonce, proof: auth::Proof },
     Facts(Vec<ReplyFacts>),
     Bye { permanent: bool, reason: String },
     Synced(u64),
@@ -30,13 +30,15 @@ pub enum Received {
 pub struct ProtoClient {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// WELCOME said the intercept holds a SYN-ACK that beats its OWN.
+    pub holds_early: bool,
 }
 
 impl ProtoClient {
     /// Opens a TCP connection from inside `ns` (the socket stays in that namespace).
     pub fn connect_raw(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))??;
-        Ok(Self { stream, buf: Vec::new() })
+        Ok(Self { stream, buf: Vec::new(), holds_early: false })
     }
 
     /// Connects as copier process `instance`, proving `secret` (empty: none), and checks the
@@ -48,7 +50,10 @@ impl ProtoClient {
         let n = proto::encode_hello(&mut buf, instance, &ours)?;
         c.send_bytes(&buf[..n])?;
         let (authenticates, theirs, proof) = match c.recv(Duration::from_secs(5))? {
-            Received::Welcome { authenticates, nonce, proof } => (authenticates, nonce, proof),
+            Received::Welcome { authenticates, holds_early, nonce, proof } => {
+                c.holds_early = holds_early;
+                (authenticates, nonce, proof)
+            }
             other => bail!("handshake refused: {other:?}"),
         };
         if authenticates && !secret.is_empty() && !auth::intercept_proof_holds(secret, &ours, &theirs, &proof) {
@@ -109,8 +114,8 @@ impl ProtoClient {
                 proto::decode(&self.buf).map_err(|e| anyhow::anyhow!("intercept sent garbage: {e}"))?
             {
                 let out = match message {
-                    Message::Welcome { authenticates, nonce, proof, .. } => {
-                        Received::Welcome { authenticates, nonce, proof }
+                    Message::Welcome { authenticates, holds_early, nonce, proof, .. } => {
+                        Received::Welcome { authenticates, holds_early, nonce, proof }
                     }
                     Message::Facts(records) => Received::Facts(records.collect()),
                     Message::Bye { permanent, reason } => Received::Bye { permanent, reason: reason.to_owned() },

@@ -70,6 +70,7 @@ fn syn_acks_are_stolen_and_served_to_their_owner_only() {
 
     let mut copier_a = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
     let mut copier_b = ProtoClient::connect(&tb.online, control(), b"", 2).unwrap();
+    assert!(copier_a.holds_early, "an assistant host holds a SYN-ACK that beats its OWN");
     copier_a.own(&[client(40001)]).unwrap();
     copier_b.own(&[client(40002)]).unwrap();
     // SYNCED: the announcements are in effect, so the very first SYN-ACK is routed.
@@ -120,10 +121,38 @@ fn replies_nobody_owns_are_counted_and_dropped() {
     copier.own(&[client(40001)]).unwrap();
     copier.sync(9).unwrap();
     send_syn(&tb, 40009, 1, 1);
-    intercept
+    // The SYN-ACK is held for an OWN that never comes, then dropped: the test server's
+    // retransmission a second later finds it expired.
+    let s = intercept
         .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("unowned") >= 1))
+        .map(|l| stats::parse(&l).unwrap())
         .unwrap();
+    assert!(s.get("held_early") >= 2, "each SYN-ACK was held first: {s:?}");
     assert_eq!(copier.facts_for(Duration::from_millis(300)).unwrap(), vec![]);
+}
+
+#[test]
+fn a_syn_ack_that_beats_its_own_reaches_the_copier_that_claims_it() {
+    let tb = Testbed::new().unwrap();
+    let _server = LineServer::start(&tb, Host::Target, "target-server", target()).unwrap();
+    let mut intercept = start_intercept(&tb, &[]);
+    let mut copier = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    // As the copier does: the SYN leaves first, its OWN a moment later.
+    send_syn(&tb, 40003, 3000, 333);
+    std::thread::sleep(Duration::from_millis(20));
+    copier.own(&[client(40003)]).unwrap();
+    // Well before the test server retransmits (a second): the first SYN-ACK, held for the OWN.
+    let got = copier.facts_for(Duration::from_millis(500)).unwrap();
+    assert!(
+        got.first().is_some_and(|f| f.client == client(40003) && f.ack == SeqNum(3001) && f.flags & SYN != 0),
+        "got {got:?}\n{}",
+        intercept.describe()
+    );
+    let s = intercept
+        .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("routed") >= 1))
+        .map(|l| stats::parse(&l).unwrap())
+        .unwrap();
+    assert_eq!((s.get("held_early"), s.get("unowned")), (1, 0));
 }
 
 fn bye_says(r: Received, permanent: bool, says: &str) -> bool {

@@ -76,6 +76,7 @@ fn only_owned_clients_replies_are_stolen_released_ones_a_while_longer_and_none_o
     let (owned, other) = ((addr::CLIENT, 45678), (addr::CLIENT, 45679));
 
     let mut copier = ProtoClient::connect(&tb.online, control(), b"", 7).unwrap();
+    assert!(!copier.holds_early, "a reply nobody owns leaves the test host: copiers must wait for SYNCED");
     copier.own(&[Endpoint::v4(owned.0.octets(), owned.1)]).unwrap();
     copier.sync(1).unwrap();
     send_reply_to(&tb, owned, 111);

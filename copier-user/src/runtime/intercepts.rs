@@ -1,8 +1,10 @@
 //! The copier's side of the intercept protocol (docs/architecture.md §3): one connection per intercept,
 //! re-established with backoff after an intercept restarts, and a hub that announces every
-//! client endpoint the sessions replay from, to all of them, again after each reconnect. Each
-//! batch of announcements is followed by a SYNC; the worker holds the batch's packets (its new
-//! SYNs) until every connected intercept answered SYNCED, so no SYN-ACK arrives unowned.
+//! client endpoint the sessions replay from, to all of them, again after each reconnect. An
+//! intercept that holds early replies (an assistant host's) keeps a SYN-ACK that beats its OWN
+//! until the OWN comes; to any other (on the test host) each batch of announcements is followed
+//! by a SYNC, and the worker holds the batch's packets (its new SYNs) until every such intercept
+//! answered SYNCED, so no SYN-ACK arrives unowned.
 //! Reply facts go to the worker whose port class holds the reply's destination port. All of it
 //! runs on the first worker's runtime (see [`super::worker`]).
 
@@ -85,10 +87,18 @@ impl From<String> for Ended {
 }
 
 enum Control {
-    Connected(usize, mpsc::Sender<Vec<u8>>),
+    Connected(usize, Link),
     Disconnected(usize),
     /// Intercept `usize` has every announcement up to SYNC token `u64` in effect.
     Synced(usize, u64),
+}
+
+/// The hub's end of a connected intercept.
+#[derive(Clone)]
+struct Link {
+    frames: mpsc::Sender<Vec<u8>>,
+    /// It holds a SYN-ACK that beats its OWN (WELCOME said so): no SYNC needed.
+    holds_early: bool,
 }
 
 fn sync_frame(token: u64) -> Vec<u8> {
@@ -183,10 +193,12 @@ pub async fn run(
     }
     drop(ctl_tx);
     let mut owned: HashSet<Endpoint, Hasher> = HashSet::default();
-    let mut links: Vec<Option<mpsc::Sender<Vec<u8>>>> = vec![None; intercepts.len()];
+    let mut links: Vec<Option<Link>> = vec![None; intercepts.len()];
     let mut pending = Pending::new(announced.len());
-    let publish = |pending: &Pending| {
+    let publish = |pending: &Pending, links: &[Option<Link>]| {
+        let syncing = links.iter().flatten().any(|l| !l.holds_early);
         for (w, a) in announced.iter().enumerate() {
+            a.set_confirmation_needed(syncing);
             a.mark_confirmed(pending.confirmed(w as u16));
         }
     };
@@ -202,13 +214,15 @@ pub async fn run(
                 }
                 let frames: Vec<Vec<u8>> = endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect();
                 let mut waiting = HashSet::new();
-                for (i, link) in links.iter_mut().enumerate() {
-                    let Some(tx) = link else { continue };
-                    if frames.iter().chain([&sync_frame(token)]).any(|f| tx.try_send(f.clone()).is_err()) {
+                let sync = [sync_frame(token)];
+                for (i, slot) in links.iter_mut().enumerate() {
+                    let Some(link) = slot else { continue };
+                    let syncs = if link.holds_early { &sync[..0] } else { &sync[..] };
+                    if frames.iter().chain(syncs).any(|f| link.frames.try_send(f.clone()).is_err()) {
                         // It cannot keep up with announcements: reconnecting re-announces all.
                         log::warn!("intercept {} is not reading; dropping the connection", intercepts[i]);
-                        *link = None;
-                    } else {
+                        *slot = None;
+                    } else if !syncs.is_empty() {
                         waiting.insert(i);
                     }
                 }
@@ -217,24 +231,25 @@ pub async fn run(
                 if !waiting.is_empty() {
                     pending.batches.insert(token, waiting);
                 }
-                publish(&pending);
+                publish(&pending, &links);
             }
             Some(ctl) = ctl_rx.recv() => match ctl {
-                Control::Connected(i, tx) => {
+                Control::Connected(i, link) => {
                     let all: Vec<Endpoint> = owned.iter().copied().collect();
                     let frames = first.iter().cloned().chain(endpoint_frames(true, &all));
-                    if frames.into_iter().all(|f| tx.try_send(f).is_ok()) {
-                        links[i] = Some(tx);
+                    if frames.into_iter().all(|f| link.frames.try_send(f).is_ok()) {
+                        links[i] = Some(link);
+                        publish(&pending, &links);
                     }
                 }
                 Control::Disconnected(i) => {
                     links[i] = None;
                     pending.forget_link(i);
-                    publish(&pending);
+                    publish(&pending, &links);
                 }
                 Control::Synced(i, token) => {
                     pending.confirm(i, token);
-                    publish(&pending);
+                    publish(&pending, &links);
                 }
             },
             else => break,
@@ -311,7 +326,9 @@ async fn session(
                 Err(e) => return Err(Ended::Permanent(format!("intercept sent garbage: {e}"))),
             };
             match message {
-                Message::Welcome { authenticates, forwarding, nonce: theirs, proof, .. } if writer.is_none() => {
+                Message::Welcome { authenticates, forwarding, holds_early, nonce: theirs, proof, .. }
+                    if writer.is_none() =>
+                {
                     if forwarding {
                         log::warn!("intercept {addr}: its host forwards IP, so replies it does not steal may reach the real clients (copier doctor says more)");
                     }
@@ -326,7 +343,8 @@ async fn session(
                     stats.changed.notify_waiters();
                     let out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
                     writer = Some(AbortOnDrop(tokio::spawn(write_frames(w, out_rx))));
-                    ctl.send(Control::Connected(i, out_tx.clone())).await.map_err(|_| "shutting down".to_string())?;
+                    let link = Link { frames: out_tx.clone(), holds_early };
+                    ctl.send(Control::Connected(i, link)).await.map_err(|_| "shutting down".to_string())?;
                 }
                 Message::Facts(records) if writer.is_some() => {
                     deliver_all(workers, stats, records.map(|f| (f, &[][..]))).await;

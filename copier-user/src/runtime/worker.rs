@@ -113,15 +113,25 @@ pub fn facts_queue(doorbell: InputSender, capacity: usize) -> (FactsSender, Fact
 }
 
 /// Announcement batches handed to the hub, numbered; the hub says up to which batch every
-/// connected intercept confirmed them (SYNCED), so a SYN does not leave before the OWN that
-/// claims its replies is in effect.
+/// connected intercept that needs it confirmed them (SYNCED), so a SYN does not leave before
+/// the OWN that claims its replies is in effect. Intercepts that hold early replies need none.
 #[derive(Default)]
 pub struct Announced {
     confirmed: AtomicU64,
     changed: Notify,
+    /// Some connected intercept drops a SYN-ACK that beats its OWN: claims wait for SYNCED.
+    confirmation_needed: AtomicBool,
 }
 
 impl Announced {
+    pub fn set_confirmation_needed(&self, needed: bool) {
+        self.confirmation_needed.store(needed, Ordering::Release);
+    }
+
+    fn confirmation_needed(&self) -> bool {
+        self.confirmation_needed.load(Ordering::Acquire)
+    }
+
     pub fn mark_confirmed(&self, batch: u64) {
         self.confirmed.fetch_max(batch, Ordering::AcqRel);
         self.changed.notify_waiters();
@@ -398,7 +408,9 @@ impl Worker {
         if let Some((batch, claims)) = announcements.take(&mut out.events, now) {
             announcements.sent += 1;
             let token = sync_token(self.index, announcements.sent);
-            if self.events.send((token, batch)).await.is_ok() && claims {
+            // The hub sends them on when this worker next waits, after the packets: an
+            // intercept that holds early replies keeps a SYN-ACK that beats its OWN.
+            if self.events.send((token, batch)).await.is_ok() && claims && self.announced.confirmation_needed() {
                 self.announced.wait_confirmed(announcements.sent, ANNOUNCE_WAIT).await;
             }
         }
