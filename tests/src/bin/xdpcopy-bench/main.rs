@@ -6,6 +6,7 @@ mod capture;
 mod peer;
 mod replay;
 mod svg;
+mod wakeup;
 
 use std::{
     net::SocketAddr,
@@ -169,6 +170,11 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
     if let Some(dir) = plan.peer.as_deref().filter(|_| !peer_cases.is_empty()) {
         println!("bench: building the peers from {}", dir.display());
         let peers = peer::build(dir, &out.join("peers"))?;
+        let wake = wakeup::measure()?;
+        println!(
+            "bench: a wake-up round trip costs {:.1} µs of CPU across CPUs, {:.1} on one",
+            wake.across_cpus_us, wake.same_cpu_us
+        );
         let mut runs = Vec::new();
         for case in peer_cases {
             for rep in 0..plan.reps {
@@ -193,12 +199,13 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
                 }
             }
         }
-        compared = Some((runs, peers));
+        compared = Some((runs, peers, wake));
     }
 
     let mut md = format!("Measured by `cargo xtask bench` on {machine}, veth test bed in network namespaces.\n\n");
-    if let Some((runs, peers)) = &compared {
+    if let Some((runs, peers, wake)) = &compared {
         md += &peer::markdown(runs, peers);
+        md += &wake.markdown();
         md += "\n![theirs / ours](peer.svg)\n\n";
         std::fs::write(out.join("peer.svg"), peer::plot(runs))?;
     }
@@ -214,7 +221,8 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
         "machine": machine,
         "capture": (!steps.is_empty()).then(|| capture::json(&steps, extras.as_ref())),
         "replay": replay::json(&outcomes),
-        "peer": compared.as_ref().map(|(runs, peers)| peer::json(runs, peers)),
+        "peer": compared.as_ref().map(|(runs, peers, _)| peer::json(runs, peers)),
+        "wake_up": compared.as_ref().map(|(_, _, wake)| wake.json()),
     });
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)? + "\n")?;
     std::fs::write(out.join("bench.md"), &md)?;
