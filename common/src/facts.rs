@@ -16,6 +16,29 @@ pub mod option_bits {
     pub const TIMESTAMPS: u8 = 8;
 }
 
+/// Where the intercept's XDP program writes a reply's arrival before the reply goes to its
+/// AF_XDP socket: CLOCK_MONOTONIC microseconds (`u32`, native byte order, wrapping) over the
+/// first bytes of the destination MAC address, which nothing reads past that program. The
+/// socket's reader pauses between passes (`--coalesce-us`), and the copier's latency figures
+/// must leave out how long a reply waited for it ([`ReplyFacts::age_us`]).
+pub const ARRIVAL_STAMP: core::ops::Range<usize> = 0..4;
+
+/// A reply's arrival stamp, as the intercept's XDP program wrote it ([`ARRIVAL_STAMP`]).
+pub fn arrival_stamp(frame: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(frame.get(ARRIVAL_STAMP)?.try_into().ok()?))
+}
+
+/// Microseconds from a 32-bit stamp `at` to `now_us` on the same clock; 0 for a stamp from the
+/// future or over a minute old (not a stamp: no age is better than a wrong one).
+pub fn stamp_age_us(at: u32, now_us: u64) -> u32 {
+    let age = (now_us as u32).wrapping_sub(at);
+    if age > 60_000_000 {
+        0
+    } else {
+        age
+    }
+}
+
 /// One reply segment of the test server, reduced to what the copier's session engine needs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,6 +59,9 @@ pub struct ReplyFacts {
     pub _pad: [u8; 3],
     pub ts_val: u32,
     pub ts_ecr: u32,
+    /// How long the intercept had the reply before it sent these facts on, microseconds: the
+    /// copier's latency figures leave it out.
+    pub age_us: u32,
 }
 
 impl ReplyFacts {

@@ -11,10 +11,10 @@
 //! | AUTH 9 | copier → intercept, after WELCOME | proof 32 bytes (zeros without a secret) |
 //! | PING 10 | copier → intercept | empty: the copier is alive (idle connections are closed) |
 //! | WANT_PAYLOAD 12 | copier → intercept, once, before OWN | bytes u32: the first bytes of each answer it wants (at most 65 536) |
-//! | PAYLOAD_FACTS 13 | intercept → copier, instead of FACTS once payload is wanted | count u16, count × (62-byte record, length u16, that many bytes of the reply's payload) |
+//! | PAYLOAD_FACTS 13 | intercept → copier, instead of FACTS once payload is wanted | count u16, count × (66-byte record, length u16, that many bytes of the reply's payload) |
 //! | SPACE 11 | copier → intercept, once, before OWN | count u16, count × (first address 16 bytes, last address 16 bytes): every client address it will announce |
 //! | OWN 3 / DISOWN 4 | copier → intercept | count u16, count × (address 16 bytes, port u16); port 0 means every port of the address |
-//! | FACTS 5 | intercept → copier | count u16, count × 62-byte records |
+//! | FACTS 5 | intercept → copier | count u16, count × 66-byte records (the last 4 bytes: how long the intercept had the reply, µs) |
 //! | BYE 6 | either, before closing | permanent u8 (1: retrying cannot help), UTF-8 reason |
 //! | SYNC 7 | copier → intercept | token u64 |
 //! | SYNCED 8 | intercept → copier | token u64: every OWN/DISOWN sent before the SYNC is in effect |
@@ -55,7 +55,7 @@ pub const PROOF_LEN: usize = 32;
 pub const MAX_REASON_LEN: usize = 1024;
 pub const ENTRY_LEN: usize = 18;
 pub const RANGE_LEN: usize = 32;
-pub const RECORD_LEN: usize = 62;
+pub const RECORD_LEN: usize = 66;
 /// Records that fit one FACTS frame.
 pub const MAX_RECORDS: usize = (MAX_FRAME_LEN - 1 - 2) / RECORD_LEN;
 /// Entries that fit one OWN/DISOWN frame.
@@ -318,6 +318,7 @@ fn read_record(b: &[u8]) -> ReplyFacts {
         _pad: [0; 3],
         ts_val: be32(b, 54),
         ts_ecr: be32(b, 58),
+        age_us: be32(b, 62),
     }
 }
 
@@ -335,6 +336,7 @@ fn write_record(out: &mut [u8], r: &ReplyFacts) {
     out[53] = 0;
     out[54..58].copy_from_slice(&r.ts_val.to_be_bytes());
     out[58..62].copy_from_slice(&r.ts_ecr.to_be_bytes());
+    out[62..66].copy_from_slice(&r.age_us.to_be_bytes());
 }
 
 /// A counted list body: `count: u16`, then exactly `count × item_len` bytes.
@@ -759,6 +761,7 @@ mod tests {
             any::<u16>(),
             any::<(u32, u32, u16, u8, u8)>(),
             any::<(u16, u16, u8, u32, u32)>(),
+            any::<u32>(),
         )
             .prop_map(
                 |(
@@ -768,6 +771,7 @@ mod tests {
                     tp,
                     (seq, ack, window, flags, options),
                     (payload_len, mss, window_scale, ts_val, ts_ecr),
+                    age_us,
                 )| ReplyFacts {
                     client: Endpoint::v6(ca, cp),
                     target: Endpoint::v6(ta, tp),
@@ -782,6 +786,7 @@ mod tests {
                     _pad: [0; 3],
                     ts_val,
                     ts_ecr,
+                    age_us,
                 },
             )
     }

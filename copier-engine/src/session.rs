@@ -374,7 +374,9 @@ impl Session {
                 self.rcv_nxt = data_end;
                 if f.payload_len > 0 {
                     self.last_response_at = ctx.now;
-                    self.answer_started_at.get_or_insert(ctx.now);
+                    // When it reached the intercept, not when the intercept's pause let it go.
+                    let arrived = ctx.now.saturating_sub(u64::from(f.age_us));
+                    self.answer_started_at.get_or_insert(arrived.max(self.request_sent_at.unwrap_or(0)));
                 }
                 if f.flags & FIN != 0 {
                     self.target_fin = true;

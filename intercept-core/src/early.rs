@@ -19,10 +19,13 @@ pub const HOLD: Duration = Duration::from_millis(100);
 /// second. Past it they are dropped as unowned (the copier's SYN retransmission recovers them).
 pub const MAX_HELD: usize = 16 * 1024;
 
-/// The held SYN-ACKs, by client endpoint, with when each client's first arrived.
+/// A client's held replies, each with when it was held.
+type Held = Vec<(Duration, ReplyFacts)>;
+
+/// The held SYN-ACKs, by client endpoint, with when each client's first was held.
 #[derive(Default)]
 pub struct EarlyReplies {
-    by_client: HashMap<Endpoint, (Duration, Vec<ReplyFacts>), Hasher>,
+    by_client: HashMap<Endpoint, (Duration, Held), Hasher>,
     /// Clients in the order their first reply was held, for expiry.
     order: VecDeque<(Duration, Endpoint)>,
     held: usize,
@@ -46,28 +49,32 @@ impl EarlyReplies {
             self.order.push_back((now, reply.client));
             (now, Vec::new())
         });
-        replies.push(*reply);
+        replies.push((now, *reply));
         self.held += 1;
         true
     }
 
     /// Moves the replies held for `client` (port 0: for every port of its address) into `into`,
-    /// oldest first.
-    pub fn take(&mut self, client: &Endpoint, into: &mut Vec<ReplyFacts>) {
+    /// oldest first, at `now`: each one's `age_us` grows by the time it was held.
+    pub fn take(&mut self, client: &Endpoint, now: Duration, into: &mut Vec<ReplyFacts>) {
         if self.held == 0 {
             return;
         }
         if client.port != 0 {
             if let Some((_, replies)) = self.by_client.remove(client) {
                 self.held -= replies.len();
-                into.extend(replies);
+                into.extend(replies.into_iter().map(|(held_at, mut r)| {
+                    let held_us = u32::try_from(now.saturating_sub(held_at).as_micros()).unwrap_or(u32::MAX);
+                    r.age_us = r.age_us.saturating_add(held_us);
+                    r
+                }));
             }
             return;
         }
         let mut ports: Vec<Endpoint> = self.by_client.keys().filter(|c| c.addr == client.addr).copied().collect();
         ports.sort_by_key(|c| self.by_client[c].0);
         for port in ports {
-            self.take(&port, into);
+            self.take(&port, now, into);
         }
     }
 
@@ -128,14 +135,14 @@ mod tests {
         assert!(early.hold(&syn_ack(client(2, 40001)), T0 + Duration::from_millis(1)), "a retransmission too");
         assert!(early.hold(&syn_ack(client(3, 40001)), T0));
         let mut got = Vec::new();
-        early.take(&client(2, 40002), &mut got);
+        early.take(&client(2, 40002), T0, &mut got);
         assert!(got.is_empty(), "another port");
-        early.take(&client(2, 40001), &mut got);
+        early.take(&client(2, 40001), T0, &mut got);
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|r| r.client == client(2, 40001)));
         assert_eq!(early.len(), 1);
         got.clear();
-        early.take(&client(2, 40001), &mut got);
+        early.take(&client(2, 40001), T0, &mut got);
         assert!(got.is_empty(), "taken once");
     }
 
@@ -146,9 +153,19 @@ mod tests {
         early.hold(&syn_ack(client(2, 40001)), T0 + Duration::from_millis(2));
         early.hold(&syn_ack(client(3, 40001)), T0);
         let mut got = Vec::new();
-        early.take(&client(2, 0), &mut got);
+        early.take(&client(2, 0), T0, &mut got);
         assert_eq!(got.iter().map(|r| r.client.port).collect::<Vec<_>>(), [40002, 40001]);
         assert_eq!(early.len(), 1, "another address stays");
+    }
+
+    #[test]
+    fn a_held_reply_is_older_by_its_time_held() {
+        let mut early = EarlyReplies::default();
+        let c = client(2, 40001);
+        early.hold(&ReplyFacts { age_us: 300, ..syn_ack(c) }, T0);
+        let mut got = Vec::new();
+        early.take(&c, T0 + Duration::from_micros(2_500), &mut got);
+        assert_eq!(got[0].age_us, 2_800, "what it waited before, and here");
     }
 
     #[test]
@@ -182,7 +199,7 @@ mod tests {
         let c = client(2, 40001);
         early.hold(&syn_ack(c), T0);
         early.hold(&syn_ack(client(3, 1)), T0);
-        early.take(&c, &mut Vec::new());
+        early.take(&c, T0, &mut Vec::new());
         early.hold(&syn_ack(c), T0 + HOLD / 2);
         assert_eq!(early.expire(T0 + HOLD), 1, "only the other client's");
         assert_eq!(early.len(), 1);

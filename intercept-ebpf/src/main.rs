@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_redirect, bpf_skb_load_bytes},
+    helpers::generated::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf, XskMap},
     programs::{TcContext, XdpContext},
@@ -73,13 +73,18 @@ pub fn intercept(ctx: XdpContext) -> u32 {
                 return xdp_action::XDP_DROP;
             }
             let queue = ctx.rx_queue_index();
+            let mac = stamp_arrival(&ctx);
             // With no socket on this queue the helper returns XDP_PASS (the flag) instead.
             match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
-                Ok(action) => {
+                Ok(action) if action == xdp_action::XDP_REDIRECT => {
                     count(InterceptCounter::Redirected);
                     return action;
                 }
-                Err(_) => count(InterceptCounter::NoSocket),
+                _ => {
+                    // The kernel gets the frame as it came.
+                    restore_mac(&ctx, mac);
+                    count(InterceptCounter::NoSocket);
+                }
             }
         }
         Ok(_) => {}
@@ -90,6 +95,32 @@ pub fn intercept(ctx: XdpContext) -> u32 {
     }
     count(InterceptCounter::Passed);
     xdp_action::XDP_PASS
+}
+
+/// Writes the time over the frame's destination MAC ([`common::facts::ARRIVAL_STAMP`]) and
+/// returns what was there.
+#[inline(always)]
+fn stamp_arrival(ctx: &XdpContext) -> Option<[u8; 4]> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 4 > end {
+        return None;
+    }
+    let at = start as *mut [u8; 4];
+    // SAFETY: the 4 bytes are within data..data_end, checked above for the verifier.
+    unsafe {
+        let mac = *at;
+        *at = ((bpf_ktime_get_ns() / 1000) as u32).to_ne_bytes();
+        Some(mac)
+    }
+}
+
+#[inline(always)]
+fn restore_mac(ctx: &XdpContext, mac: Option<[u8; 4]>) {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if let Some(mac) = mac.filter(|_| start + 4 <= end) {
+        // SAFETY: as in stamp_arrival.
+        unsafe { *(start as *mut [u8; 4]) = mac };
+    }
 }
 
 #[inline(always)]

@@ -385,4 +385,42 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{argv:?}: {err}");
         }
     }
+
+    /// An Ethernet/IPv4/TCP SYN-ACK from 10.100.2.2:8080 to 10.100.1.2:40000.
+    fn syn_ack_frame() -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 100, 2, 2, 10, 100, 1, 2]);
+        f.extend_from_slice(&[0x1f, 0x90, 0x9c, 0x40, 0, 0, 0, 9, 0, 0, 0, 1, 0x50, 0x12, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
+    /// The intercept's XDP program, loaded, with 10.100.2.2:8080 as its target (needs root).
+    fn loaded_program() -> (aya::Ebpf, Counters<InterceptCounter>) {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "loading the intercept's XDP program needs root");
+        let sizes = [(CAPTURE, XDP_RING_BYTES), (OWNED_CLIENTS, 1)];
+        let mut ebpf = xdp_runtime::load_with(EBPF_OBJECT, &[], &sizes).unwrap();
+        let mut targets: HashMap<_, Endpoint, u8> = HashMap::try_from(ebpf.map_mut(TARGET_ENDPOINTS).unwrap()).unwrap();
+        targets.insert(Endpoint::v4([10, 100, 2, 2], 8080), 1, 0).unwrap();
+        let counters = Counters::<InterceptCounter>::take(&mut ebpf).unwrap();
+        let program: &mut Xdp = ebpf.program_mut("intercept").unwrap().try_into().unwrap();
+        program.load().unwrap();
+        (ebpf, counters)
+    }
+
+    #[test]
+    fn a_reply_on_a_queue_without_a_socket_reaches_the_kernel_as_it_came() {
+        use common::counters::Counter as _;
+        use std::os::fd::AsFd as _;
+        let (ebpf, counters) = loaded_program();
+        let program: &Xdp = ebpf.program("intercept").unwrap().try_into().unwrap();
+        let frame = syn_ack_frame();
+        let (verdict, out) = xdp_runtime::bpf::test_run_xdp(program.fd().unwrap().as_fd(), &frame).unwrap();
+        const XDP_PASS: u32 = 2;
+        assert_eq!(verdict, XDP_PASS, "no socket on the queue: the kernel's");
+        assert_eq!(out, frame, "the arrival stamp over its MAC is undone");
+        let counted: Vec<(&str, u64)> =
+            InterceptCounter::ALL.iter().map(|c| c.name()).zip(counters.read().unwrap()).collect();
+        assert!(counted.contains(&("no_socket", 1)) && counted.contains(&("matched", 1)), "{counted:?}");
+    }
 }

@@ -83,8 +83,8 @@ pub fn spawn_reader(
                 while taken < BATCH {
                     let Some(item) = ring.next() else { break };
                     match CaptureRecord::frame(&item) {
-                        Some((_, frame)) => batch.push(frame),
-                        None => batch.push(&[]),
+                        Some((at, frame)) => batch.push(frame, Some(at)),
+                        None => batch.push(&[], None),
                     }
                     taken += 1;
                 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use common::facts::ReplyFacts;
+use common::facts::{stamp_age_us, ReplyFacts};
 
 use crate::{
     server::{Payloads, Routes, SharedRoutes},
@@ -13,6 +13,9 @@ use crate::{
 #[derive(Default)]
 pub struct Batch {
     facts: Vec<ReplyFacts>,
+    /// When each reply arrived: CLOCK_MONOTONIC microseconds, 32 bits (see
+    /// [`common::facts::ARRIVAL_STAMP`]); `None` where unknown.
+    arrived: Vec<Option<u32>>,
     payload: Payloads,
     unparsed: u64,
     /// Payload bytes to keep per reply: the most any copier wants.
@@ -23,18 +26,21 @@ impl Batch {
     /// Starts a batch (buffers reused), reading what the copiers want now.
     pub fn start(&mut self, stats: &Stats) {
         self.facts.clear();
+        self.arrived.clear();
         self.payload.clear();
         self.unparsed = 0;
         // Payload is copied only while some copier wants it.
         self.wanted = stats.payload_wanted.load(Ordering::Relaxed) as usize;
     }
 
-    /// Adds a frame: its facts, or a count if it is not a TCP segment. A frame may hold less
-    /// than its IP header says (a truncated copy of a GSO packet): its payload is what it holds.
-    pub fn push(&mut self, frame: &[u8]) {
+    /// Adds a frame that arrived at `arrived` (µs, as in `arrived`): its facts, or a
+    /// count if it is not a TCP segment. A frame may hold less than its IP header says (a
+    /// truncated copy of a GSO packet): its payload is what it holds.
+    pub fn push(&mut self, frame: &[u8], arrived: Option<u32>) {
         match ReplyFacts::with_payload(frame) {
             Ok(Some((facts, range))) => {
                 self.facts.push(facts);
+                self.arrived.push(arrived);
                 if self.wanted > 0 {
                     let end = range.end.min(range.start + self.wanted).min(frame.len());
                     self.payload.push(frame.get(range.start..end).unwrap_or_default());
@@ -44,8 +50,15 @@ impl Batch {
         }
     }
 
-    /// Counts the batch and sends its facts to their copiers.
-    pub fn route(&self, routes: &SharedRoutes, stats: &Stats) {
+    /// Counts the batch and sends its facts to their copiers, each saying how long it waited
+    /// here (the reader's pauses).
+    pub fn route(&mut self, routes: &SharedRoutes, stats: &Stats) {
+        if self.arrived.iter().any(Option::is_some) {
+            let now = xdp_runtime::cpu::monotonic_us();
+            for (f, at) in self.facts.iter_mut().zip(&self.arrived) {
+                f.age_us = at.map_or(0, |at| stamp_age_us(at, now));
+            }
+        }
         Stats::add(&stats.replies, self.facts.len() as u64);
         Stats::add(&stats.unparsed, self.unparsed);
         if !self.facts.is_empty() {
@@ -75,9 +88,9 @@ mod tests {
         stats.payload_wanted.store(100, Ordering::Relaxed);
         let mut batch = Batch::default();
         batch.start(&stats);
-        batch.push(&segment(3000, 40));
-        batch.push(&segment(10, 10));
-        batch.push(&segment(3000, 0)[..30]);
+        batch.push(&segment(3000, 40), None);
+        batch.push(&segment(10, 10), None);
+        batch.push(&segment(3000, 0)[..30], None);
         assert_eq!(batch.facts.iter().map(|f| f.payload_len).collect::<Vec<_>>(), [3000, 10]);
         assert_eq!((batch.payload.get(0).len(), batch.payload.get(1).len()), (40, 10));
         assert_eq!(batch.unparsed, 1, "cut inside its headers");

@@ -283,10 +283,11 @@ impl<L: Link> Routes<L> {
         // What was owned before a refusal is in the map too: the disconnect releases it.
         self.sync().map_err(|err| Refusal::transient(format!("stealing the replies of its clients: {err}")))?;
         if !self.early.is_empty() {
-            Stats::add(&stats.unowned, self.early.expire(self.started.elapsed()) as u64);
+            let now = self.started.elapsed();
+            Stats::add(&stats.unowned, self.early.expire(now) as u64);
             let mut held = std::mem::take(&mut self.claimed);
             for entry in entries.iter().filter(|e| self.ownership.holds(e) && self.ownership.owner(e) == Some(id)) {
-                self.early.take(entry, &mut held);
+                self.early.take(entry, now, &mut held);
             }
             // Routed as any reply now: to the owner, or (past a refusal) to nobody.
             self.route(&held, &Payloads::default(), stats);

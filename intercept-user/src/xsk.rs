@@ -13,13 +13,16 @@ use std::{
 use anyhow::Context as _;
 use xdp_runtime::{coalesce::Coalesce, xsk_rx::RxSocket};
 
+use common::facts::arrival_stamp;
+
 use crate::{replies::Batch, server::SharedRoutes, stats::Stats};
 
 /// Poll timeout: how quickly a worker notices shutdown when no traffic arrives.
 const POLL_MS: i32 = 100;
 
 /// The intercept's default pause (`--coalesce-us`). Replies pace the copier's sessions, so each
-/// may come up to a millisecond later; replay throughput did not drop for it.
+/// may come up to a millisecond later; replay throughput did not drop for it, and each reply's
+/// facts say how long it waited (the latency figures leave it out).
 pub const DEFAULT_COALESCE_US: u32 = 1000;
 
 /// Starts the worker for `socket` on `core`. It runs until `stop` is set.
@@ -38,7 +41,7 @@ pub fn spawn_worker(
             let mut batch = Batch::default();
             while !stop.load(Ordering::Relaxed) {
                 batch.start(&stats);
-                let frames = match socket.receive(POLL_MS, |frame| batch.push(frame)) {
+                let frames = match socket.receive(POLL_MS, |frame| batch.push(frame, arrival_stamp(frame))) {
                     Ok(n) => n,
                     Err(err) => {
                         log::error!("AF_XDP queue {}: poll failed: {err}", socket.queue);

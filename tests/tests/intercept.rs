@@ -155,6 +155,31 @@ fn a_syn_ack_that_beats_its_own_reaches_the_copier_that_claims_it() {
     assert_eq!((s.get("held_early"), s.get("unowned")), (1, 0));
 }
 
+#[test]
+fn a_reply_that_waited_for_the_readers_pause_says_how_long() {
+    let tb = Testbed::new().unwrap();
+    let _server = LineServer::start(&tb, Host::Target, "target-server", target()).unwrap();
+    // A pause far longer than anything else here: after the first SYN-ACK the reader sleeps.
+    let intercept = start_intercept(&tb, &["--coalesce-us", "100000"]);
+    let mut copier = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    copier.own(&[client(40005), client(40006)]).unwrap();
+    copier.sync(1).unwrap();
+    send_syn(&tb, 40005, 5000, 1);
+    let first = match copier.recv(Duration::from_secs(2)).unwrap() {
+        Received::Facts(facts) => facts,
+        other => panic!("not FACTS: {other:?}"),
+    };
+    // At once, well within the reader's pause.
+    send_syn(&tb, 40006, 6000, 1);
+    let second = copier.facts_for(Duration::from_millis(300)).unwrap();
+    let (Some(first), Some(second)) = (first.first(), second.first()) else {
+        panic!("no SYN-ACKs\n{}", intercept.describe())
+    };
+    assert_eq!((first.client, second.client), (client(40005), client(40006)));
+    assert!(first.age_us < 30_000, "the first after a quiet spell goes at once: {first:?}");
+    assert!(second.age_us >= 30_000, "the second waited out the pause, and says so: {second:?}");
+}
+
 fn bye_says(r: Received, permanent: bool, says: &str) -> bool {
     matches!(r, Received::Bye { permanent: p, reason } if p == permanent && reason.contains(says))
 }

@@ -1,5 +1,6 @@
 //! The raw bpf(2) system call, for what aya does not expose; and with it, detaching an XDP
-//! bpf_link that another process holds, for `--force`.
+//! bpf_link that another process holds, for `--force`, and running an XDP program on a crafted
+//! frame, for tests of its verdicts.
 //!
 //! aya can list links but does not expose a link's interface, so we ask the kernel directly:
 //! walk link ids, keep the XDP link on our interface running the program netlink reported, and
@@ -7,9 +8,10 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
@@ -33,6 +35,23 @@ pub unsafe fn call(cmd: libc::c_long, attr: &mut Attr) -> io::Result<i64> {
     } else {
         Ok(ret)
     }
+}
+
+/// Runs XDP program `prog` once on `frame`, on no device (BPF_PROG_TEST_RUN): its verdict and
+/// the frame as the program left it.
+pub fn test_run_xdp(prog: BorrowedFd<'_>, frame: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    // Room for a program that grows the frame.
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr: Attr = [0; 16];
+    attr[0] = u64::from(prog.as_raw_fd() as u32); // prog_fd; retval above it
+    attr[1] = frame.len() as u64 | (out.len() as u64) << 32; // data_size_in, data_size_out
+    attr[2] = frame.as_ptr() as u64; // data_in
+    attr[3] = out.as_mut_ptr() as u64; // data_out
+    attr[4] = 1; // repeat
+                 // SAFETY: data_in and data_out point at live buffers of the sizes given.
+    unsafe { call(BPF_PROG_TEST_RUN, &mut attr)? };
+    out.truncate((attr[1] >> 32) as usize);
+    Ok(((attr[0] >> 32) as u32, out))
 }
 
 fn next_link_id(start: u32) -> io::Result<Option<u32>> {

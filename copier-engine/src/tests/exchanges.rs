@@ -70,6 +70,22 @@ fn a_fin_waits_for_a_slow_answer_to_a_large_upload() {
 }
 
 #[test]
+fn the_time_an_answer_waited_at_the_intercept_is_not_the_targets_latency() {
+    let answered_after = |age_us: u32| {
+        let mut e = established(config(), 1460, 65535);
+        e.on_captured(2_000, Link::Ip, &data(PORT, 0, 0, b"GET /a HTTP/1.1\r\n\r\n"));
+        e.on_captured(2_500, Link::Ip, &close(FIN, 19, 300)); // the exchange ends with the answer
+        sent(&mut e);
+        // Facts that come 1 800 µs after the request left, of a reply `age_us` old.
+        e.on_reply(3_800, &ReplyFacts { age_us, ..reply(client(), 19, 0, 300, PSH) });
+        e.exchanges().targets()[0].target_latency_us.max()
+    };
+    assert!(answered_after(0).abs_diff(1_800) <= 18, "{}", answered_after(0));
+    assert!(answered_after(1_000).abs_diff(800) <= 8, "{}", answered_after(1_000));
+    assert_eq!(answered_after(5_000), 1, "never before the request left");
+}
+
+#[test]
 fn pipelined_requests_hold_the_close_until_every_answer_arrived() {
     let mut e = established(config(), 1460, 65535);
     let ten: Vec<u8> = (0..10).flat_map(|i| format!("GET /{i} HTTP/1.1\r\n\r\n").into_bytes()).collect();
