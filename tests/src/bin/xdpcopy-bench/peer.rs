@@ -177,6 +177,10 @@ pub struct Run {
     pub intercept_cpu_us: u64,
     pub copier_peak_rss_kib: u64,
     pub intercept_peak_rss_kib: u64,
+    /// Context switches of every thread over the same spans as the CPU figures: the wake-ups
+    /// that dominate both tools' cost at recorded pace.
+    pub copier_switches: u64,
+    pub intercept_switches: u64,
     /// Exec to the test server having everything (or its last request).
     pub seconds: f64,
 }
@@ -191,6 +195,27 @@ impl Run {
     pub fn intercept_us_per_answered(&self) -> f64 {
         self.intercept_cpu_us as f64 / self.answered.max(1) as f64
     }
+    pub fn copier_switches_per_answered(&self) -> f64 {
+        self.copier_switches as f64 / self.answered.max(1) as f64
+    }
+    pub fn intercept_switches_per_answered(&self) -> f64 {
+        self.intercept_switches as f64 / self.answered.max(1) as f64
+    }
+}
+
+/// Context switches, voluntary and not, of every thread of `pid` alive now.
+fn threads_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// CPU of every thread of `pid` alive now, microseconds (nanosecond-precise, unlike /proc's
@@ -295,14 +320,15 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
     pcapgen::write_http_sessions_ethernet(&pcap, (addr::ONLINE, 80), case.sessions)?;
     let expected = case.sessions.requests() * u64::from(case.multiply);
     let intercept_idle = cpu_us(intercept.pid());
+    let intercept_switches_idle = threads_switches(intercept.pid());
     let segments_before = target_in_segments(&tb)?;
 
     let exec = Instant::now();
     let mut copier = tb.start(tool.name(), copier_command(&tb, tool, peers, case, &pcap, target))?;
     let pid = copier.pid();
-    let (startup, startup_cpu_us) = loop {
+    let (startup, startup_cpu_us, startup_switches) = loop {
         if target_in_segments(&tb)? > segments_before {
-            break (exec.elapsed(), threads_cpu_us(pid));
+            break (exec.elapsed(), threads_cpu_us(pid), threads_switches(pid));
         }
         if copier.try_status()?.is_some() || exec.elapsed() > RUN_LIMIT {
             let log = std::fs::read_to_string(tb.dir().join("tcpcopy.log")).unwrap_or_default();
@@ -321,6 +347,7 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
     // copier's figures before it exits or is stopped.
     let (mut last, mut last_change) = (0, Instant::now());
     let mut copier_cpu = cpu_us(pid);
+    let mut copier_switches = threads_switches(pid);
     let mut copier_rss = peak_rss_kib(pid);
     let mut done_at = exec.elapsed();
     loop {
@@ -331,6 +358,7 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
         let exited = copier.try_status()?.is_some();
         if !exited {
             copier_cpu = copier_cpu.max(cpu_us(pid));
+            copier_switches = copier_switches.max(threads_switches(pid));
             copier_rss = copier_rss.max(peak_rss_kib(pid));
         }
         if now >= expected || exited || last_change.elapsed() > IDLE || exec.elapsed() > RUN_LIMIT {
@@ -339,6 +367,7 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
         std::thread::sleep(Duration::from_millis(50));
     }
     let intercept_cpu = cpu_us(intercept.pid()).saturating_sub(intercept_idle);
+    let intercept_switches = threads_switches(intercept.pid()).saturating_sub(intercept_switches_idle);
     let intercept_rss = peak_rss_kib(intercept.pid());
     // Ours ends by itself once every session has; tcpcopy would idle 120 s first.
     if tool == Tool::Theirs || copier.wait_timeout(Duration::from_secs(30)).is_err() {
@@ -359,6 +388,8 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
         intercept_cpu_us: intercept_cpu,
         copier_peak_rss_kib: copier_rss,
         intercept_peak_rss_kib: intercept_rss,
+        copier_switches: copier_switches.saturating_sub(startup_switches),
+        intercept_switches,
         seconds: done_at.as_secs_f64(),
     })
 }
@@ -388,10 +419,12 @@ enum Better {
 type Figure = fn(&Run) -> f64;
 
 /// Each compared figure: its name, which way is better, and how to read it off a run.
-const FIGURES: [(&str, Better, Figure); 6] = [
+const FIGURES: [(&str, Better, Figure); 8] = [
     ("success", Better::High, Run::success_pct),
     ("copier CPU / answered request", Better::Low, Run::copier_us_per_answered),
     ("intercept CPU / answered request", Better::Low, Run::intercept_us_per_answered),
+    ("copier wake-ups / answered request", Better::Low, Run::copier_switches_per_answered),
+    ("intercept wake-ups / answered request", Better::Low, Run::intercept_switches_per_answered),
     ("start-up CPU", Better::Low, |r| r.startup_cpu_us as f64),
     ("copier peak RSS", Better::Low, |r| r.copier_peak_rss_kib as f64),
     ("intercept peak RSS", Better::Low, |r| r.intercept_peak_rss_kib as f64),
@@ -434,24 +467,27 @@ pub fn markdown(runs: &[Run], peers: &Peers) -> String {
     let mut md = format!(
         "### Against tcpcopy (built from {}), {reps} repetition(s), ours and theirs interleaved\n\n\
          Medians of each tool's runs. Success is what the test server answered; CPU per answered request (a short \
-         session is one request, a keep-alive session ten) excludes start-up (exec to the first segment at the test server), reported apart. Each copier is measured \
+         session is one request, a keep-alive session ten) excludes start-up (exec to the first segment at the test server), reported apart, and so do \
+         wake-ups (context switches of every thread). Each copier is measured \
          until the test server has every request or none for {} s, so tcpcopy's 120 s idle tail is not billed.\n\n",
         peers.sources.join(" and "),
         IDLE.as_secs()
     );
     md += "| case | tool | success | copier CPU µs / answered request | intercept CPU µs / answered request | \
-           start-up ms (CPU ms) | copier peak RSS | intercept peak RSS | seconds |\n";
-    md += "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+           wake-ups / answered request (copier, intercept) | start-up ms (CPU ms) | copier peak RSS | intercept peak RSS | seconds |\n";
+    md += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for case in case_names(runs) {
         for tool in [Tool::Ours, Tool::Theirs] {
             let m = |f: Figure| median(runs, &case, tool, f).unwrap_or(f64::NAN);
             let _ = writeln!(
                 md,
-                "| {case} | {} | {:.1} % | {:.1} | {:.1} | {:.1} ({:.1}) | {:.1} MiB | {:.1} MiB | {:.1} |",
+                "| {case} | {} | {:.1} % | {:.1} | {:.1} | {:.2}, {:.2} | {:.1} ({:.1}) | {:.1} MiB | {:.1} MiB | {:.1} |",
                 tool.name(),
                 m(Run::success_pct),
                 m(Run::copier_us_per_answered),
                 m(Run::intercept_us_per_answered),
+                m(Run::copier_switches_per_answered),
+                m(Run::intercept_switches_per_answered),
                 m(|r| r.startup_ms),
                 m(|r| r.startup_cpu_us as f64 / 1e3),
                 m(|r| r.copier_peak_rss_kib as f64 / 1024.0),
@@ -507,6 +543,8 @@ pub fn json(runs: &[Run], peers: &Peers) -> serde_json::Value {
             "intercept_us_per_answered": r.intercept_us_per_answered(),
             "copier_peak_rss_kib": r.copier_peak_rss_kib,
             "intercept_peak_rss_kib": r.intercept_peak_rss_kib,
+            "copier_switches": r.copier_switches,
+            "intercept_switches": r.intercept_switches,
             "seconds": r.seconds,
         })).collect::<Vec<_>>(),
         "advantage_of_ours": case_names(runs).iter().map(advantage).collect::<Vec<_>>(),
@@ -548,6 +586,8 @@ mod tests {
             intercept_cpu_us: 1,
             copier_peak_rss_kib: 1,
             intercept_peak_rss_kib: 1,
+            copier_switches: 1,
+            intercept_switches: 1,
             seconds: 1.0,
         }
     }
