@@ -206,6 +206,74 @@ mod tests {
         assert_eq!(early.expire(T0 + HOLD / 2 + HOLD), 1);
     }
 
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A SYN-ACK (or another reply, if not `opening`) to client port `port`, `ms` later.
+        Reply { port: u16, opening: bool, ms: u64 },
+        /// An OWN of client port `port` (0: the whole address), `ms` later.
+        Own { port: u16, ms: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u16..6, any::<bool>(), 0u64..60).prop_map(|(port, opening, ms)| Op::Reply { port, opening, ms }),
+            (0u16..6, 0u64..60).prop_map(|(port, ms)| Op::Own { port, ms }),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a plain list of what was held: every opening held is delivered once, to a
+        /// claim of its client, in the order held, within HOLD, aged by its wait; or expires.
+        #[test]
+        fn held_replies_go_once_to_their_claim_in_order_or_expire(ops in proptest::collection::vec(op(), 0..80)) {
+            let mut early = EarlyReplies::default();
+            let mut now = T0;
+            let mut waiting: Vec<(Duration, ReplyFacts)> = Vec::new(); // the model
+            let mut seq = 0u32;
+            let (mut held, mut delivered, mut expired) = (0, 0, 0);
+            for op in ops {
+                match op {
+                    Op::Reply { port, opening, ms } => {
+                        now += Duration::from_millis(ms);
+                        expired += early.expire(now);
+                        seq += 1;
+                        let flags = if opening { flags::SYN | flags::ACK } else { flags::ACK };
+                        let r = ReplyFacts { seq: common::seq::SeqNum(seq), ..reply(client(2, port), flags, 0) };
+                        let took = early.hold(&r, now);
+                        prop_assert_eq!(took, opening);
+                        if took {
+                            held += 1;
+                            waiting.push((now, r));
+                        }
+                    }
+                    Op::Own { port, ms } => {
+                        now += Duration::from_millis(ms);
+                        expired += early.expire(now);
+                        let mut got = Vec::new();
+                        early.take(&client(2, port), now, &mut got);
+                        delivered += got.len();
+                        let mut last_seq = 0;
+                        for g in &got {
+                            prop_assert!(port == 0 || g.client.port == port, "another client's: {:?}", g);
+                            let at = waiting.iter().position(|(_, r)| r.seq == g.seq);
+                            prop_assert!(at.is_some(), "delivered twice, or never held: {:?}", g);
+                            let (held_at, _) = waiting.remove(at.expect("checked"));
+                            prop_assert!(now - held_at < HOLD, "delivered after its hold: {:?}", g);
+                            prop_assert_eq!(u128::from(g.age_us), (now - held_at).as_micros(), "aged by its wait");
+                            if port != 0 {
+                                prop_assert!(g.seq.0 > last_seq, "in the order held");
+                                last_seq = g.seq.0;
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(held, delivered + expired + early.len(), "none lost, none twice");
+            }
+        }
+    }
+
     #[test]
     fn at_most_max_held_wait() {
         let mut early = EarlyReplies::default();
