@@ -127,6 +127,19 @@ mod tests {
     use super::*;
     use crate::tcp::flags::{ACK, SYN};
 
+    #[test]
+    fn a_stamps_age_survives_the_32_bit_wrap_and_a_wrong_stamp_has_none() {
+        assert_eq!(stamp_age_us(1_000, 1_250), 250);
+        let now = (1u64 << 32) + 100; // the clock wrapped 32 bits since the stamp
+        assert_eq!(stamp_age_us(u32::MAX - 49, now), 150);
+        assert_eq!(stamp_age_us(2_000, 1_000), 0, "from the future");
+        assert_eq!(stamp_age_us(0, 61_000_000), 0, "over a minute: not a stamp");
+        let mut frame = vec![0u8; 14];
+        frame[ARRIVAL_STAMP].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(arrival_stamp(&frame), Some(77));
+        assert_eq!(arrival_stamp(&frame[..3]), None);
+    }
+
     /// A SYN-ACK from 10.100.2.2:8080 to 10.100.1.2:40000 with Linux's options and 5 bytes of
     /// payload (a TCP Fast Open-less SYN-ACK never has payload, but the length logic is shared).
     fn reply() -> Vec<u8> {

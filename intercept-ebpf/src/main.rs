@@ -76,11 +76,11 @@ pub fn intercept(ctx: XdpContext) -> u32 {
             let mac = stamp_arrival(&ctx);
             // With no socket on this queue the helper returns XDP_PASS (the flag) instead.
             match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
-                Ok(action) if action == xdp_action::XDP_REDIRECT => {
+                Ok(action) => {
                     count(InterceptCounter::Redirected);
                     return action;
                 }
-                _ => {
+                Err(_) => {
                     // The kernel gets the frame as it came.
                     restore_mac(&ctx, mac);
                     count(InterceptCounter::NoSocket);

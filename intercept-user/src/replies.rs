@@ -33,9 +33,9 @@ impl Batch {
         self.wanted = stats.payload_wanted.load(Ordering::Relaxed) as usize;
     }
 
-    /// Adds a frame that arrived at `arrived` (µs, as in `arrived`): its facts, or a
-    /// count if it is not a TCP segment. A frame may hold less than its IP header says (a
-    /// truncated copy of a GSO packet): its payload is what it holds.
+    /// Adds a frame and its arrival stamp, if it has one: its facts, or a count if it is not a
+    /// TCP segment. A frame may hold less than its IP header says (a truncated copy of a GSO
+    /// packet): its payload is what it holds.
     pub fn push(&mut self, frame: &[u8], arrived: Option<u32>) {
         match ReplyFacts::with_payload(frame) {
             Ok(Some((facts, range))) => {

@@ -289,9 +289,11 @@ impl<L: Link> Routes<L> {
             for entry in entries.iter().filter(|e| self.ownership.holds(e) && self.ownership.owner(e) == Some(id)) {
                 self.early.take(entry, now, &mut held);
             }
-            // Routed as any reply now: to the owner, or (past a refusal) to nobody.
-            self.route(&held, &Payloads::default(), stats);
-            held.clear();
+            if !held.is_empty() {
+                // Routed as any reply now: to its owner.
+                self.route(&held, &Payloads::default(), stats);
+                held.clear();
+            }
             self.claimed = held;
         }
         claimed.map_err(|err| {
