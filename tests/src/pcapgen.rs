@@ -43,16 +43,29 @@ pub fn client(i: u32) -> (Ipv4Addr, u16) {
 /// Writes the sessions to `path`: handshake, `GET /bench/SESSION/REQUEST` requests each after
 /// the previous answer, then the client's FIN.
 pub fn write_http_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
-    write_sessions(path, server, spec, DataLink::RAW)
+    write_sessions(path, server, spec, DataLink::RAW, false)
+}
+
+/// [`write_http_sessions`] with every client port used twice: session `2k + 1` is a new
+/// connection (another ISN) from session `2k`'s address and port, half a gap after it, while
+/// its predecessor still lingers in TIME_WAIT.
+pub fn write_http_sessions_reusing_ports(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
+    write_sessions(path, server, spec, DataLink::RAW, true)
 }
 
 /// [`write_http_sessions`] as Ethernet frames, as tcpdump on an Ethernet link writes them (the
 /// original tcpcopy replays nothing else).
 pub fn write_http_sessions_ethernet(path: &Path, server: (Ipv4Addr, u16), spec: Sessions) -> anyhow::Result<()> {
-    write_sessions(path, server, spec, DataLink::ETHERNET)
+    write_sessions(path, server, spec, DataLink::ETHERNET, false)
 }
 
-fn write_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions, datalink: DataLink) -> anyhow::Result<()> {
+fn write_sessions(
+    path: &Path,
+    server: (Ipv4Addr, u16),
+    spec: Sessions,
+    datalink: DataLink,
+    reuse_ports: bool,
+) -> anyhow::Result<()> {
     assert!(spec.count <= 50_000 * 200, "client addresses run out");
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let header = PcapHeader { datalink, ..PcapHeader::default() };
@@ -72,8 +85,11 @@ fn write_sessions(path: &Path, server: (Ipv4Addr, u16), spec: Sessions, datalink
     };
     let syn_options = linux_syn_options(1460, 1, 7);
     for s in 0..spec.count {
-        let src = client(s);
-        let ts = s as u64 * spec.gap_us;
+        let (src, ts) = if reuse_ports {
+            (client(s / 2), (s / 2) as u64 * spec.gap_us + (s % 2) as u64 * spec.gap_us / 2)
+        } else {
+            (client(s), s as u64 * spec.gap_us)
+        };
         let isn = s.wrapping_mul(2_654_435_761);
         record(ts, &ipv4_tcp(src, server, isn, 0, SYN, syn_options.as_bytes(), &[]))?;
         record(ts, &ipv4_tcp(src, server, isn.wrapping_add(1), ONLINE_ISN + 1, ACK, &[], &[]))?;

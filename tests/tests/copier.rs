@@ -564,6 +564,24 @@ fn a_burst_larger_than_the_af_xdp_ring_and_the_opening_limit_waits_and_loses_not
 }
 
 #[test]
+fn a_client_port_reused_by_a_new_connection_is_replayed_and_answered_twice() {
+    let tb = Testbed::new().unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let _intercept = start_intercept(&tb, "intercept");
+    // 20 ports, each with two connections 10 ms apart: the second takes over its predecessor's
+    // replay endpoint in the pass that ends it, so that pass releases and claims it again.
+    let sessions = pcapgen::Sessions { count: 40, requests_per_session: 1, gap_us: 20_000 };
+    let pcap = tb.dir().join("reused.pcap");
+    pcapgen::write_http_sessions_reusing_ports(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let mut copier = replay(&tb, &pcap, &["--tx", "xdp"]);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    let answered = target.answers().iter().filter(|(r, status)| r.starts_with("GET /bench/") && *status == 200).count();
+    assert_eq!(answered, 40, "both connections of every port answered\n{}", copier.describe());
+    let summary = stats::last(&copier.stdout()).unwrap();
+    assert_eq!((summary.get("completed"), summary.get("retransmitted")), (40, 0), "{}", copier.describe());
+}
+
+#[test]
 fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retransmission() {
     let tb = Testbed::new().unwrap();
     // No intercept: the test server's answers never reach the copier, as if it were down.

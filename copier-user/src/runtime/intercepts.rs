@@ -144,6 +144,35 @@ impl Pending {
     }
 }
 
+/// What a batch of announcements changes at the intercepts, applied to `owned` (what they were
+/// told so far): the endpoints owned now and not before, and those owned before and not now.
+/// An endpoint released and claimed again in one batch (a flow's new incarnation on the same
+/// replay endpoint) stays owned: sent as an OWN then a DISOWN, it would have been released.
+fn net_changes(owned: &mut HashSet<Endpoint, Hasher>, events: Vec<Event>) -> (Vec<Endpoint>, Vec<Endpoint>) {
+    // Each endpoint's state before the batch, and the order they were first touched in.
+    let mut before: std::collections::HashMap<Endpoint, bool, Hasher> = Default::default();
+    let mut order = Vec::with_capacity(events.len());
+    for e in events {
+        let (ep, own) = match e {
+            Event::Own(ep) => (ep, true),
+            Event::Disown(ep) => (ep, false),
+        };
+        before.entry(ep).or_insert_with(|| {
+            order.push(ep);
+            owned.contains(&ep)
+        });
+        if own {
+            owned.insert(ep);
+        } else {
+            owned.remove(&ep);
+        }
+    }
+    let changed = |now: bool| -> Vec<Endpoint> {
+        order.iter().copied().filter(|ep| before[ep] != now && owned.contains(ep) == now).collect()
+    };
+    (changed(true), changed(false))
+}
+
 fn endpoint_frames(own: bool, endpoints: &[Endpoint]) -> Vec<Vec<u8>> {
     endpoints
         .chunks(MAX_ENTRIES)
@@ -205,13 +234,7 @@ pub async fn run(
     loop {
         tokio::select! {
             Some((token, evs)) = events.recv() => {
-                let (mut own, mut disown) = (Vec::new(), Vec::new());
-                for e in evs {
-                    match e {
-                        Event::Own(ep) => if owned.insert(ep) { own.push(ep) },
-                        Event::Disown(ep) => if owned.remove(&ep) { disown.push(ep) },
-                    }
-                }
+                let (own, disown) = net_changes(&mut owned, evs);
                 let frames: Vec<Vec<u8>> = endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect();
                 let mut waiting = HashSet::new();
                 let sync = [sync_frame(token)];
@@ -455,6 +478,23 @@ async fn connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint::v4([10, 0, 0, 2], port)
+    }
+
+    #[test]
+    fn an_endpoint_released_and_claimed_again_in_one_batch_stays_owned() {
+        let mut owned: HashSet<Endpoint, Hasher> = HashSet::default();
+        assert_eq!(net_changes(&mut owned, vec![Event::Own(ep(1)), Event::Own(ep(2))]), (vec![ep(1), ep(2)], vec![]));
+        // A new incarnation of flow 1 on the same replay endpoint, and flow 2 ending.
+        let batch = vec![Event::Disown(ep(1)), Event::Own(ep(1)), Event::Disown(ep(2)), Event::Own(ep(3))];
+        assert_eq!(net_changes(&mut owned, batch), (vec![ep(3)], vec![ep(2)]), "1 is not released");
+        assert!(owned.contains(&ep(1)) && !owned.contains(&ep(2)));
+        // A session that came and went within one batch: nothing to tell.
+        assert_eq!(net_changes(&mut owned, vec![Event::Own(ep(4)), Event::Disown(ep(4))]), (vec![], vec![]));
+        assert_eq!(net_changes(&mut owned, vec![Event::Disown(ep(9))]), (vec![], vec![]), "never owned");
+    }
 
     #[test]
     fn each_worker_waits_only_for_its_own_unconfirmed_announcements() {
