@@ -582,6 +582,26 @@ fn a_client_port_reused_by_a_new_connection_is_replayed_and_answered_twice() {
 }
 
 #[test]
+fn the_intercepts_pauses_are_not_counted_as_the_test_servers_latency() {
+    let tb = Testbed::new().unwrap();
+    let _target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    // After each reply the intercept's reader pauses 100 ms: most answers wait there.
+    let _intercept = start_intercept_for(&tb, "intercept", &[target_http()], &["--coalesce-us", "100000"]);
+    let sessions = pcapgen::Sessions { count: 20, requests_per_session: 1, gap_us: 30_000 };
+    let pcap = tb.dir().join("paused.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+    let json = tb.dir().join("summary.json");
+    let mut copier = replay(&tb, &pcap, &["--summary-json", &json.to_string_lossy()]);
+    assert!(copier.wait_timeout(Duration::from_secs(60)).unwrap().success(), "{}", copier.describe());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let t = &summary["targets"][0];
+    assert_eq!(t["requests_answered"], 20, "{summary:#}");
+    // nginx answers a GET of nothing within a millisecond; the pause is the intercept's.
+    let p90 = t["latency_us"]["target"]["p90"].as_u64().unwrap();
+    assert!(p90 < 20_000, "target p90 {p90} µs: the intercept's pause counted\n{summary:#}");
+}
+
+#[test]
 fn a_replay_to_a_silent_test_server_ends_after_the_grace_not_after_every_retransmission() {
     let tb = Testbed::new().unwrap();
     // No intercept: the test server's answers never reach the copier, as if it were down.
