@@ -519,8 +519,15 @@ impl Engine {
             }
             let id = match self.by_capture.get(&key).copied() {
                 Some(id) if self.is_new_incarnation(id, &seg) => {
-                    // The 4-tuple is reused by a new connection: a fresh session replaces it.
-                    self.remove(id);
+                    // The 4-tuple is reused by a new connection: a fresh session takes the flow
+                    // over. One still replaying what was captured before (at full replay speed
+                    // its request may not even have left) finishes from its own replay
+                    // endpoint, and the new one takes the next free one; any other goes.
+                    if matches!(self.table.get(id), Some(Entry::Live(s)) if s.replaying()) {
+                        self.by_capture.remove(&key);
+                    } else {
+                        self.remove(id);
+                    }
                     if wanted {
                         self.start(now, key, target, targets, &seg)
                     } else {

@@ -208,6 +208,16 @@ impl Session {
         self.end.is_none() && self.rto_at.is_some()
     }
 
+    /// Still has captured bytes or a captured close to replay, or waits for what it sent to
+    /// be acknowledged: a new connection on its 4-tuple must not cut it short.
+    pub fn replaying(&self) -> bool {
+        self.end.is_none()
+            && (self.awaiting_ack()
+                || self.snd_max < self.stream.end()
+                || (self.fin_at.is_some() && !self.fin_sent)
+                || self.rst_at.is_some())
+    }
+
     pub fn client_isn(&self) -> SeqNum {
         self.syn.isn
     }

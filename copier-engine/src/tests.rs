@@ -521,6 +521,29 @@ fn a_cleanly_closed_session_lingers_as_time_wait_until_a_new_connection_reuses_i
 }
 
 #[test]
+fn a_new_connection_on_a_live_sessions_four_tuple_leaves_it_to_finish_from_its_own_endpoint() {
+    let mut e = Engine::new(config());
+    let c = ep(CLIENT, 40000);
+    handshake(&mut e, 0, 40000);
+    e.on_captured(0, Link::Ip, &data(40000, 0, 0, b"GET /first"));
+    // Read at full speed, the client's next connection from the same port comes before the
+    // test server answered the first one's SYN.
+    e.on_captured(10, Link::Ip, &captured(40000, SYN, 777, 0, syn_options(900).as_bytes(), &[]));
+    let syns = sent(&mut e);
+    assert_eq!(syns.len(), 2, "{syns:?}");
+    let (first, second) = (syns[0].src, syns[1].src);
+    assert_eq!(first, c);
+    assert_ne!(second, c, "the new connection takes another replay endpoint");
+    assert_eq!(syns[1].seq, SeqNum(777));
+    // The first still gets its answer, and sends its request.
+    e.on_reply(1_000, &syn_ack(c, 1460, 65535, 5000));
+    let s = sent(&mut e);
+    assert_eq!(payloads(&s), b"GET /first", "{s:?}");
+    assert!(s.iter().all(|p| p.src == c));
+    assert_eq!((e.counters().sessions_started, e.active_sessions()), (2, 2));
+}
+
+#[test]
 fn session_and_memory_bounds_shed_and_count() {
     let mut cfg = config();
     cfg.max_sessions = 2;
