@@ -169,12 +169,25 @@ fn live_copier(b: &Bed, on: &str, extra: &[&str]) -> Process {
     copier
 }
 
-/// Waits (at most 20 s) until the test server answered `n` requests, stops the copier, checks
-/// that the test server's log equals production's (request, status, length with the body),
-/// and returns the copier's summary.
+/// Waits (at most 20 s) until the test server answered `n` requests and the copier has the
+/// answers (a stop cuts those still on their way short, as unanswered), stops the copier,
+/// checks that the test server's log equals production's (request, status, length with the
+/// body), and returns the copier's summary.
 fn stop_and_compare(b: &Bed, mut copier: Process, n: usize) -> (Process, stats::Stats) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while b.target.answers().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every exchange the copier started is judged: none waits for an answer on its way.
+    let judged = |s: &stats::Stats| {
+        let judged = s.get("answered") + s.get("answered_short") + s.get("unanswered") + s.get("unanswered_online");
+        s.get("requests") > 0 && judged >= s.get("requests")
+    };
+    let seen = copier.stdout().lines().count();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !copier.stdout().lines().skip(seen).filter_map(stats::parse).any(|s| judged(&s))
+        && std::time::Instant::now() < until
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     copier.signal(libc::SIGINT).unwrap();
