@@ -286,7 +286,7 @@ impl<L: Link> Routes<L> {
             let now = self.started.elapsed();
             Stats::add(&stats.unowned, self.early.expire(now) as u64);
             let mut held = std::mem::take(&mut self.claimed);
-            for entry in entries.iter().filter(|e| self.ownership.holds(e) && self.ownership.owner(e) == Some(id)) {
+            for entry in entries.iter().filter(|e| self.ownership.owner(e) == Some(id)) {
                 self.early.take(entry, now, &mut held);
             }
             if !held.is_empty() {

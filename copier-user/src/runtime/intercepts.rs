@@ -237,7 +237,9 @@ pub async fn run(
                 let (own, disown) = net_changes(&mut owned, evs);
                 let frames: Vec<Vec<u8>> = endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect();
                 let mut waiting = HashSet::new();
-                let sync = [sync_frame(token)];
+                // Built only if some link needs it: intercepts that hold early replies do not.
+                let sync: Vec<Vec<u8>> =
+                    links.iter().flatten().any(|l| !l.holds_early).then(|| sync_frame(token)).into_iter().collect();
                 for (i, slot) in links.iter_mut().enumerate() {
                     let Some(link) = slot else { continue };
                     let syncs = if link.holds_early { &sync[..0] } else { &sync[..] };
