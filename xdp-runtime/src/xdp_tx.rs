@@ -27,12 +27,13 @@ use crate::{
 };
 
 /// UMEM frames per socket: as many as the TX ring holds. The kernel completes a copy-mode
-/// kick's frames within the call, so more would only cost start-up (the UMEM is populated
-/// and pinned page by page: 16 MiB took 11 ms) and memory.
+/// kick's frames within the call, so more would only cost start-up (the UMEM is pinned page by
+/// page: 16 MiB took 11 ms) and memory.
 const FRAMES: u32 = 1024;
-/// Bytes of one UMEM frame: a page, the largest a frame may be without multi-buffer AF_XDP
-/// (of which the XDP headroom takes 256).
-const FRAME_SIZE: u32 = 4096;
+/// Bytes of one UMEM frame: half a page when the interface's MTU fits it (after the 256 bytes
+/// of XDP headroom and the Ethernet header), else a page, the largest a frame may be without
+/// multi-buffer AF_XDP. Half the UMEM is half its set-up: 0.7 ms of a start-up, not 1.5.
+const FRAME_SIZES: [u32; 2] = [2048, 4096];
 const RING: u32 = FRAMES;
 const ETH_HLEN: usize = 14;
 /// How long a device may take no frames before packets are dropped rather than waited for.
@@ -106,6 +107,24 @@ fn resolve(if_index: u32, dst: IpAddr, wait: Duration) -> anyhow::Result<[u8; 6]
     }
 }
 
+/// The UMEM of the smallest frame that holds a frame of an interface with this MTU.
+fn umem_config(mtu: u32) -> anyhow::Result<UmemConfig> {
+    let mut config = None;
+    for size in FRAME_SIZES {
+        let c = UmemConfig::builder()
+            .frame_size(FrameSize::new(size)?)
+            .fill_queue_size(QueueSize::new(64)?)
+            .comp_queue_size(QueueSize::new(FRAMES)?)
+            .build()?;
+        let fits = c.mtu() as usize >= mtu as usize + ETH_HLEN;
+        config = Some(c);
+        if fits {
+            break;
+        }
+    }
+    Ok(config.expect("FRAME_SIZES is not empty"))
+}
+
 impl XdpTx {
     /// Opens AF_XDP transmit on TX queue `queue` towards `targets` on `iface` (default: the
     /// route to the first target), resolving every target's next hop before replay starts.
@@ -127,11 +146,8 @@ impl XdpTx {
         for &t in targets {
             macs.insert(t, resolve(if_index, t, RESOLVE_WAIT)?);
         }
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE)?)
-            .fill_queue_size(QueueSize::new(64)?)
-            .comp_queue_size(QueueSize::new(FRAMES)?)
-            .build()?;
+        let mtu = netlink::link_mtu(if_index).with_context(|| format!("reading {iface}'s MTU"))?;
+        let umem_config = umem_config(mtu)?;
         let max_packet = umem_config.mtu() as usize - ETH_HLEN;
         let (umem, frames) = Umem::new(umem_config, NonZeroU32::new(FRAMES).expect("non-zero"), false)
             .context("creating the TX UMEM")?;
@@ -286,4 +302,23 @@ impl XdpTx {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_half_a_page_when_the_interfaces_mtu_fits_it() {
+        for (mtu, frame) in [(1500, 2048), (1778, 2048), (1779, 4096), (3000, 4096), (9000, 4096)] {
+            let config = umem_config(mtu).unwrap();
+            assert_eq!(config.mtu() + XDP_HEADROOM, frame, "MTU {mtu}");
+            if frame == 2048 {
+                assert!(config.mtu() as usize - ETH_HLEN >= mtu as usize, "MTU {mtu}: a full frame fits");
+            }
+        }
+    }
+
+    /// What the kernel keeps in front of every frame.
+    const XDP_HEADROOM: u32 = 256;
 }
