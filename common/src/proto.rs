@@ -1,4 +1,4 @@
-//! The intercept ↔ copier protocol (docs/architecture.md §3), version 3.
+//! The intercept ↔ copier protocol (docs/architecture.md §3), version 4.
 //!
 //! A TCP stream of frames: `length: u32` (of what follows), `kind: u8`, body. Every integer is
 //! big-endian; nothing is `repr(C)` on the wire. Decoding borrows from the input and checks
@@ -18,6 +18,8 @@
 //! | BYE 6 | either, before closing | permanent u8 (1: retrying cannot help), UTF-8 reason |
 //! | SYNC 7 | copier → intercept | token u64 |
 //! | SYNCED 8 | intercept → copier | token u64: every OWN/DISOWN sent before the SYNC is in effect |
+//! | SOLO 14 | copier → intercept, once, before OWN | empty: it can go without announcing while it is the intercept's only copier |
+//! | SOLE 15 | intercept → copier that sent SOLO | sole u8 (1: it is the only copier: it announces nothing, and every stolen reply in its space is its; 0: it announces again, OWN for every endpoint it replays, then SYNC) |
 //!
 //! A copier that replays from addresses of its own (`-c`) declares them in SPACE, and the
 //! intercept refuses any announcement outside them: a copier whose clients are the real ones
@@ -33,6 +35,12 @@
 //! is stolen) keeps a SYN-ACK nobody owns yet for a while and delivers it with the OWN that
 //! claims it, so a copier sends its SYNs at once and needs no SYNC there.
 //!
+//! OWN and DISOWN cost a write per new session, and a wake-up of the intercept for each. An
+//! assistant host with one copier has nobody else to route to: a copier that offers SOLO is
+//! told SOLE 1 while it is alone there and announces nothing, and the intercept routes it every
+//! reply in its space. When a second copier connects, SOLE 0 has the first announce what it
+//! owns; until its SYNC shows that done, replies nobody owns still go to it.
+//!
 //! The secret never crosses the wire: each side proves it knows it by an HMAC over both nonces
 //! (`crate::auth`), the intercept first, so a copier never authenticates to an impostor. The
 //! instance is a copier process's random identity: its reconnection replaces its own stale
@@ -42,7 +50,7 @@ use core::fmt;
 
 use crate::{endpoint::Endpoint, facts::ReplyFacts, seq::SeqNum};
 
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 pub const MAGIC: [u8; 4] = *b"XDPC";
 /// The intercept's default listening port (tcpcopy's).
 pub const DEFAULT_PORT: u16 = 36524;
@@ -82,6 +90,8 @@ pub mod kind {
     pub const SPACE: u8 = 11;
     pub const WANT_PAYLOAD: u8 = 12;
     pub const PAYLOAD_FACTS: u8 = 13;
+    pub const SOLO: u8 = 14;
+    pub const SOLE: u8 = 15;
 }
 
 /// Why a byte stream is not this protocol. Each closes the connection it came from.
@@ -160,6 +170,11 @@ pub enum Message<'a> {
     },
     Sync(u64),
     Synced(u64),
+    /// The copier can go without OWN/DISOWN while it is the intercept's only copier.
+    Solo,
+    /// `true`: the copier is the intercept's only one, and announces nothing; `false`: it
+    /// announces again, everything it owns first, then a SYNC.
+    Sole(bool),
 }
 
 /// The endpoints of an OWN/DISOWN frame.
@@ -438,6 +453,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message<'_>, usize)>, ProtoError> {
                 Message::Synced(token)
             }
         }
+        kind::SOLO if body.is_empty() => Message::Solo,
+        kind::SOLO => return Err(bad),
+        kind::SOLE => match body {
+            [flag @ (0 | 1)] => Message::Sole(*flag == 1),
+            _ => return Err(bad),
+        },
         other => return Err(ProtoError::UnknownKind(other)),
     };
     Ok(Some((message, 4 + len as usize)))
@@ -575,6 +596,14 @@ pub fn encode_sync(out: &mut [u8], reply: bool, token: u64) -> Result<usize, Pro
     frame(out, if reply { kind::SYNCED } else { kind::SYNC }, 8, |b| b.copy_from_slice(&token.to_be_bytes()))
 }
 
+pub fn encode_solo(out: &mut [u8]) -> Result<usize, ProtoError> {
+    frame(out, kind::SOLO, 0, |_| {})
+}
+
+pub fn encode_sole(out: &mut [u8], sole: bool) -> Result<usize, ProtoError> {
+    frame(out, kind::SOLE, 1, |b| b[0] = u8::from(sole))
+}
+
 /// BYE with `reason`, cut to [`MAX_REASON_LEN`] bytes at a character boundary.
 pub fn encode_bye(out: &mut [u8], permanent: bool, reason: &str) -> Result<usize, ProtoError> {
     let mut end = reason.len().min(MAX_REASON_LEN);
@@ -710,6 +739,24 @@ mod tests {
     }
 
     #[test]
+    fn solo_is_offered_and_sole_granted_or_taken_back() {
+        let mut buf = [0; 16];
+        let n = encode_solo(&mut buf).unwrap();
+        assert_eq!(roundtrip(&buf[..n]), Message::Solo);
+        assert_eq!(decode(&[0, 0, 0, 2, kind::SOLO, 0]), Err(ProtoError::BadLength { kind: kind::SOLO }));
+        for sole in [true, false] {
+            let n = encode_sole(&mut buf, sole).unwrap();
+            assert_eq!(roundtrip(&buf[..n]), Message::Sole(sole));
+        }
+        for body in [&[][..], &[2], &[1, 0]] {
+            let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+            frame.push(kind::SOLE);
+            frame.extend_from_slice(body);
+            assert_eq!(decode(&frame), Err(ProtoError::BadLength { kind: kind::SOLE }), "{body:?}");
+        }
+    }
+
+    #[test]
     fn oversize_empty_and_unknown_frames_are_errors() {
         assert_eq!(
             decode(&(MAX_FRAME_LEN as u32 + 1).to_be_bytes()),
@@ -717,7 +764,7 @@ mod tests {
         );
         assert_eq!(decode(&[0, 0, 0, 0]), Err(ProtoError::Empty));
         assert_eq!(decode(&[0, 0, 0, 1, 99]), Err(ProtoError::UnknownKind(99)));
-        assert_eq!(decode(&[0, 0, 0, 1, 14]), Err(ProtoError::UnknownKind(14)));
+        assert_eq!(decode(&[0, 0, 0, 1, 16]), Err(ProtoError::UnknownKind(16)));
         assert_eq!(decode(b"GET / HTTP/1.1\r\n"), Err(ProtoError::Oversize(u32::from_be_bytes(*b"GET "))));
     }
 

@@ -539,7 +539,11 @@ fn start_pipeline(args: &Args, secret: Option<Arc<[u8]>>, file: Option<PcapSourc
         }
         frame
     });
-    let first: Vec<Vec<u8>> = space.into_iter().chain(intercepts::want_payload_frame(args.payload_bytes())).collect();
+    let first: Vec<Vec<u8>> = space
+        .into_iter()
+        .chain(intercepts::want_payload_frame(args.payload_bytes()))
+        .chain([intercepts::solo_frame()])
+        .collect();
     let mut tasks: Vec<worker::Task> = vec![Box::pin(intercepts::run(
         args.intercepts.0.clone(),
         secret,

@@ -40,6 +40,7 @@ use intercept_core::{
     early::EarlyReplies,
     outbound::{Outbound, Sent},
     router::{ClaimError, CopierId, Ownership, MAX_OWNED_PER_COPIER},
+    solo::{Solo, Tell},
     space::ClientSpace,
     stealing::Stealing,
 };
@@ -203,6 +204,13 @@ pub struct Routes<L = CopierLink> {
     started: Instant,
     /// Held replies on their way to a new owner (reused).
     claimed: Vec<ReplyFacts>,
+    /// The copier that goes without announcing, if any (SOLO/SOLE).
+    solo: Solo,
+    /// The client addresses each copier declared (SPACE): a fallback copier gets only the
+    /// replies within its own.
+    spaces: HashMap<CopierId, ClientSpace, Hasher>,
+    /// A batch's replies nobody owns, for the fallback copier (reused).
+    unclaimed: Vec<ReplyFacts>,
 }
 
 /// The routes, shared by the AF_XDP workers and the connections.
@@ -223,6 +231,9 @@ impl<L> Default for Routes<L> {
             early: EarlyReplies::default(),
             started: Instant::now(),
             claimed: Vec::new(),
+            solo: Solo::default(),
+            spaces: HashMap::default(),
+            unclaimed: Vec::new(),
         }
     }
 }
@@ -250,6 +261,9 @@ impl<L> Routes<L> {
     }
 
     fn disown_all(&mut self, id: CopierId, entries: &[Endpoint]) {
+        if self.solo.is_sole(id) {
+            return;
+        }
         self.ownership.disown_all(id, entries);
         let _ = self.sync();
     }
@@ -279,6 +293,10 @@ impl<L: Link> Routes<L> {
     /// Records an announcement; on the test host its endpoints' replies are stolen from now on,
     /// elsewhere the SYN-ACKs held for them go to `id` now.
     fn own_all(&mut self, id: CopierId, entries: &[Endpoint], stats: &Stats) -> Result<(), Refusal> {
+        if self.solo.is_sole(id) {
+            // Sent before it heard it is sole: every reply nobody owns is its anyway.
+            return Ok(());
+        }
         let claimed = self.ownership.own_all(id, entries);
         // What was owned before a refusal is in the map too: the disconnect releases it.
         self.sync().map_err(|err| Refusal::transient(format!("stealing the replies of its clients: {err}")))?;
@@ -324,8 +342,16 @@ impl<L: Link> Routes<L> {
             Stats::add(&stats.unowned, self.early.expire(self.started.elapsed()) as u64);
         }
         if self.wants.is_empty() {
+            let fallback = self.fallback();
             let (early, holds, started) = (&mut self.early, self.stealing.is_none(), self.started);
-            self.ownership.route(batch, &mut self.grouped, |r| Self::unowned(early, holds, started, r, stats));
+            let (spaces, unclaimed) = (&self.spaces, &mut self.unclaimed);
+            self.ownership.route(batch, &mut self.grouped, |r| match fallback {
+                Some(id) if spaces.get(&id).is_none_or(|s| s.contains(&r.client)) => unclaimed.push(*r),
+                _ => Self::unowned(early, holds, started, r, stats),
+            });
+            if let (Some(id), false) = (fallback, self.unclaimed.is_empty()) {
+                self.grouped.entry(id).or_default().append(&mut self.unclaimed);
+            }
         } else {
             self.route_with_payload(batch, payload, stats);
         }
@@ -346,8 +372,13 @@ impl<L: Link> Routes<L> {
         self.grouped_payload.values_mut().for_each(Vec::clear);
         let (mut sent, mut cut) = (0, 0);
         let holds = self.holds_early();
+        let fallback = self.fallback();
         for (i, r) in batch.iter().enumerate() {
-            let Some(owner) = self.ownership.owner(&r.client) else {
+            let owner = self
+                .ownership
+                .owner(&r.client)
+                .or_else(|| fallback.filter(|id| self.spaces.get(id).is_none_or(|s| s.contains(&r.client))));
+            let Some(owner) = owner else {
                 Self::unowned(&mut self.early, holds, self.started, r, stats);
                 continue;
             };
@@ -404,14 +435,56 @@ impl<L: Link> Routes<L> {
     fn connect(&mut self, id: CopierId, instance: u64, link: Arc<L>, close: Arc<Notify>) -> Option<CopierId> {
         self.links.insert(id, link);
         let old = self.instances.insert(instance, (id, close));
-        old.map(|(old, close)| {
+        let old = old.map(|(old, close)| {
             self.release(old);
             close.notify_one();
             old
-        })
+        });
+        self.settle_solo();
+        old
+    }
+
+    /// The copier that gets what nobody owns, if it is still connected.
+    fn fallback(&self) -> Option<CopierId> {
+        self.solo.fallback().filter(|id| self.links.contains_key(id))
+    }
+
+    /// `id` offered SOLO: it may go without announcing while it is the only copier.
+    fn offer_solo(&mut self, id: CopierId) {
+        self.solo.offer(id);
+        self.settle_solo();
+    }
+
+    /// `id` sent SYNC: what it announced before is in effect.
+    fn synced(&mut self, id: CopierId) {
+        self.solo.synced(id);
+    }
+
+    /// Tells copiers whether they are sole, after copiers came, went or offered.
+    fn settle_solo(&mut self) {
+        let linked: Vec<CopierId> = self.links.keys().copied().collect();
+        for tell in self.solo.settle(&linked, self.holds_early()) {
+            let (id, sole) = match tell {
+                Tell::Sole(id) => {
+                    // What it announced before is all its anyway, and it will not disown it.
+                    self.ownership.remove_copier(id);
+                    log::info!("copier {id} is the only one: it announces nothing, and gets every reply");
+                    (id, true)
+                }
+                Tell::Announce(id) => {
+                    log::info!("copier {id} is not the only one any more: it announces its endpoints again");
+                    (id, false)
+                }
+            };
+            if let Some(link) = self.links.get(&id) {
+                link.send(&frame(|b| proto::encode_sole(b, sole), 8));
+            }
+        }
     }
 
     fn release(&mut self, id: CopierId) -> usize {
+        self.solo.forget(id);
+        self.spaces.remove(&id);
         self.links.remove(&id);
         self.grouped.remove(&id);
         self.grouped_payload.remove(&id);
@@ -426,7 +499,9 @@ impl<L: Link> Routes<L> {
         if self.instances.get(&instance).is_some_and(|(current, _)| *current == id) {
             self.instances.remove(&instance);
         }
-        self.release(id)
+        let released = self.release(id);
+        self.settle_solo();
+        released
     }
 }
 
@@ -546,6 +621,7 @@ enum Incoming {
     Disown(Vec<Endpoint>),
     Bye(String),
     Sync(u64),
+    Solo,
     Unexpected(&'static str),
 }
 
@@ -564,6 +640,8 @@ fn incoming(m: Message<'_>) -> Incoming {
         Message::Facts(_) => Incoming::Unexpected("FACTS"),
         Message::Sync(token) => Incoming::Sync(token),
         Message::Synced(_) => Incoming::Unexpected("SYNCED"),
+        Message::Solo => Incoming::Solo,
+        Message::Sole(_) => Incoming::Unexpected("SOLE"),
     }
 }
 
@@ -644,6 +722,7 @@ async fn connection(
     // The addresses it declared (SPACE), if it did, and whether it announced any yet.
     let mut space: Option<ClientSpace> = None;
     let mut announced = false;
+    let mut offered_solo = false;
     let outcome: Result<(), Refusal> = loop {
         let next = tokio::select! {
             next = tokio::time::timeout(limits.idle_timeout, next_frame(&mut rd, &mut buf, incoming)) => next,
@@ -659,6 +738,7 @@ async fn connection(
                     break Err(Refusal::permanent("SPACE comes once, before the first OWN"));
                 }
                 log::info!("copier {id} replays from {declared}");
+                Routes::lock(&routes).spaces.insert(id, declared.clone());
                 space = Some(declared);
             }
             Ok(Some(Incoming::WantPayload(bytes))) => {
@@ -684,8 +764,16 @@ async fn connection(
                 }
             }
             Ok(Some(Incoming::Disown(entries))) => Routes::lock(&routes).disown_all(id, &entries),
+            Ok(Some(Incoming::Solo)) => {
+                if announced || offered_solo {
+                    break Err(Refusal::permanent("SOLO comes once, before the first OWN"));
+                }
+                offered_solo = true;
+                Routes::lock(&routes).offer_solo(id);
+            }
             Ok(Some(Incoming::Sync(token))) => {
                 // Every announcement before it is in effect: they were applied as they came.
+                Routes::lock(&routes).synced(id);
                 link.send(&frame(|b| proto::encode_sync(b, true, token), 16));
             }
             Ok(Some(Incoming::Ping)) => {}
@@ -922,6 +1010,74 @@ mod tests {
     }
 
     /// Whether `notify` holds a permit (it was notified with no one waiting).
+    /// The SOLE frames a recorder got, and the ports of its FACTS.
+    fn sole_and_ports(recorder: &Recorder) -> (Vec<bool>, Vec<u16>) {
+        let (mut sole, mut ports) = (Vec::new(), Vec::new());
+        for frame in recorder.frames.lock().unwrap().iter() {
+            match proto::decode(frame) {
+                Ok(Some((Message::Sole(s), _))) => sole.push(s),
+                Ok(Some((Message::Facts(records), _))) => ports.extend(records.map(|r| r.client.port)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (sole, ports)
+    }
+
+    fn recorder() -> Arc<Recorder> {
+        Arc::new(Recorder { frames: Mutex::new(Vec::new()), room: 100 })
+    }
+
+    #[test]
+    fn a_lone_copier_that_offered_solo_gets_every_reply_in_its_space_and_its_owns_are_not_kept() {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        let a = recorder();
+        routes.connect(1, 1, Arc::clone(&a), Arc::default());
+        let v4 = |a: [u8; 4]| Endpoint::v4(a, 0).addr;
+        routes.spaces.insert(1, ClientSpace::new([(v4([10, 100, 1, 0]), v4([10, 100, 1, 255]))]));
+        routes.offer_solo(1);
+        routes.own_all(1, &[Endpoint::v4([10, 100, 1, 2], 40001)], &stats).unwrap();
+        assert!(routes.ownership.is_empty(), "a sole copier's announcements are not recorded");
+        let outside = ReplyFacts { client: Endpoint::v4([10, 100, 7, 2], 40003), ..Default::default() };
+        routes.route(&[syn_ack_to(40001), reply_to(40002), outside], &Payloads::default(), &stats);
+        assert_eq!(sole_and_ports(&a), (vec![true], vec![40001, 40002]));
+        assert_eq!(
+            (stats.routed.load(Relaxed), stats.unowned.load(Relaxed), stats.held_early.load(Relaxed)),
+            (2, 1, 0),
+            "a reply outside its space is nobody's"
+        );
+    }
+
+    #[test]
+    fn a_second_copier_has_the_sole_one_announce_and_it_keeps_the_unclaimed_until_its_sync() {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        let (a, b) = (recorder(), recorder());
+        routes.connect(1, 1, Arc::clone(&a), Arc::default());
+        routes.offer_solo(1);
+        routes.connect(2, 2, Arc::clone(&b), Arc::default());
+        routes.own_all(2, &[Endpoint::v4([10, 100, 1, 2], 40002)], &stats).unwrap();
+        routes.route(&[reply_to(40001), reply_to(40002)], &Payloads::default(), &stats);
+        assert_eq!(sole_and_ports(&a), (vec![true, false], vec![40001]), "told to announce, and still the fallback");
+        assert_eq!(sole_and_ports(&b), (vec![], vec![40002]));
+        routes.own_all(1, &[Endpoint::v4([10, 100, 1, 2], 40001)], &stats).unwrap();
+        routes.synced(1);
+        routes.route(&[reply_to(40001), reply_to(40009)], &Payloads::default(), &stats);
+        assert_eq!(sole_and_ports(&a).1, [40001, 40001], "by its OWN now");
+        assert_eq!(stats.unowned.load(Relaxed), 1, "and what nobody owns is nobody's");
+        routes.disconnect(2, 2);
+        assert_eq!(sole_and_ports(&a).0, [true, false, true], "alone again");
+        assert!(routes.ownership.is_empty());
+    }
+
+    #[test]
+    fn a_copier_that_did_not_offer_solo_announces_as_ever() {
+        let (stats, mut routes) = (Stats::default(), Routes::default());
+        let a = recorder();
+        routes.connect(1, 1, Arc::clone(&a), Arc::default());
+        routes.route(&[reply_to(40001)], &Payloads::default(), &stats);
+        assert_eq!(sole_and_ports(&a), (vec![], vec![]));
+        assert_eq!(stats.unowned.load(Relaxed), 1);
+    }
+
     fn tokio_test_notified(notify: &Notify) -> bool {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async { tokio::time::timeout(Duration::from_millis(10), notify.notified()).await.is_ok() })

@@ -24,6 +24,7 @@ pub enum Received {
     Facts(Vec<ReplyFacts>),
     Bye { permanent: bool, reason: String },
     Synced(u64),
+    Sole(bool),
     Closed,
 }
 
@@ -88,6 +89,13 @@ impl ProtoClient {
         self.send_bytes(&buf[..n])
     }
 
+    /// Offers to go without announcing while it is the intercept's only copier.
+    pub fn solo(&mut self) -> anyhow::Result<()> {
+        let mut buf = [0; 8];
+        let n = proto::encode_solo(&mut buf)?;
+        self.send_bytes(&buf[..n])
+    }
+
     /// Announces that this copier owns `clients`.
     pub fn own(&mut self, clients: &[Endpoint]) -> anyhow::Result<()> {
         let mut buf = vec![0; 16 + clients.len() * proto::ENTRY_LEN];
@@ -120,6 +128,7 @@ impl ProtoClient {
                     Message::Facts(records) => Received::Facts(records.collect()),
                     Message::Bye { permanent, reason } => Received::Bye { permanent, reason: reason.to_owned() },
                     Message::Synced(token) => Received::Synced(token),
+                    Message::Sole(sole) => Received::Sole(sole),
                     other => bail!("unexpected frame from the intercept: {other:?}"),
                 };
                 self.buf.drain(..used);

@@ -156,6 +156,47 @@ fn a_syn_ack_that_beats_its_own_reaches_the_copier_that_claims_it() {
 }
 
 #[test]
+fn a_lone_copier_gets_replies_unannounced_until_a_second_connects() {
+    let tb = Testbed::new().unwrap();
+    let _server = LineServer::start(&tb, Host::Target, "target-server", target()).unwrap();
+    let mut intercept = start_intercept(&tb, &[]);
+    let mut a = ProtoClient::connect(&tb.online, control(), b"", 1).unwrap();
+    a.solo().unwrap();
+    assert_eq!(a.recv(Duration::from_secs(2)).unwrap(), Received::Sole(true), "{}", intercept.describe());
+    // No OWN: the SYN-ACK is its all the same, at once.
+    send_syn(&tb, 40011, 1100, 11);
+    let got = a.facts_for(Duration::from_millis(500)).unwrap();
+    assert!(got.first().is_some_and(|f| f.client == client(40011) && f.ack == SeqNum(1101)), "got {got:?}");
+
+    let mut b = ProtoClient::connect(&tb.online, control(), b"", 2).unwrap();
+    assert_eq!(a.recv(Duration::from_secs(2)).unwrap(), Received::Sole(false), "told to announce again");
+    b.own(&[client(40012)]).unwrap();
+    b.sync(1).unwrap();
+    // Until A's SYNC, a reply nobody owns is still A's; B's own replies are B's.
+    send_syn(&tb, 40013, 1300, 13);
+    send_syn(&tb, 40012, 1200, 12);
+    let got_b = b.facts_for(Duration::from_millis(500)).unwrap();
+    assert!(!got_b.is_empty() && got_b.iter().all(|f| f.client == client(40012)), "B got {got_b:?}");
+    let got_a = a.facts_for(Duration::from_millis(300)).unwrap();
+    assert!(got_a.iter().any(|f| f.client == client(40013)), "A got {got_a:?}");
+    assert!(got_a.iter().all(|f| f.client != client(40012)), "A got B's: {got_a:?}");
+    a.own(&[client(40011)]).unwrap();
+    a.sync(7).unwrap();
+    // Now what nobody owns is nobody's.
+    send_syn(&tb, 40014, 1400, 14);
+    std::thread::sleep(Duration::from_millis(200));
+    let got_a = a.facts_for(Duration::from_millis(300)).unwrap();
+    assert!(got_a.iter().all(|f| f.client != client(40014)), "A got an unowned reply: {got_a:?}");
+    drop(b);
+    assert_eq!(a.recv(Duration::from_secs(2)).unwrap(), Received::Sole(true), "alone again");
+    let s = intercept
+        .wait_for_line(Duration::from_secs(5), |l| stats::parse(l).is_some_and(|s| s.get("held_early") >= 1))
+        .map(|l| stats::parse(&l).unwrap())
+        .unwrap();
+    assert_eq!(s.get("claims_refused"), 0);
+}
+
+#[test]
 fn a_reply_that_waited_for_the_readers_pause_says_how_long() {
     let tb = Testbed::new().unwrap();
     let _server = LineServer::start(&tb, Host::Target, "target-server", target()).unwrap();

@@ -91,6 +91,8 @@ enum Control {
     Disconnected(usize),
     /// Intercept `usize` has every announcement up to SYNC token `u64` in effect.
     Synced(usize, u64),
+    /// Intercept `usize` says whether this copier is its only one (SOLE).
+    Sole(usize, bool),
 }
 
 /// The hub's end of a connected intercept.
@@ -99,6 +101,19 @@ struct Link {
     frames: mpsc::Sender<Vec<u8>>,
     /// It holds a SYN-ACK that beats its OWN (WELCOME said so): no SYNC needed.
     holds_early: bool,
+    /// This copier is its only one (SOLE 1): it needs no OWN or DISOWN.
+    sole: bool,
+}
+
+/// The SYNC after announcing everything again (SOLE 0): its SYNCED confirms no worker's batch.
+const RESYNC_TOKEN: u64 = u64::MAX;
+
+/// SOLO: this copier can go without announcing while it is an intercept's only one.
+pub fn solo_frame() -> Vec<u8> {
+    let mut buf = vec![0; proto::HEADER_LEN];
+    let n = proto::encode_solo(&mut buf).expect("sized to fit");
+    buf.truncate(n);
+    buf
 }
 
 fn sync_frame(token: u64) -> Vec<u8> {
@@ -243,7 +258,8 @@ pub async fn run(
                 for (i, slot) in links.iter_mut().enumerate() {
                     let Some(link) = slot else { continue };
                     let syncs = if link.holds_early { &sync[..0] } else { &sync[..] };
-                    if frames.iter().chain(syncs).any(|f| link.frames.try_send(f.clone()).is_err()) {
+                    let announcements = if link.sole { &frames[..0] } else { &frames[..] };
+                    if announcements.iter().chain(syncs).any(|f| link.frames.try_send(f.clone()).is_err()) {
                         // It cannot keep up with announcements: reconnecting re-announces all.
                         log::warn!("intercept {} is not reading; dropping the connection", intercepts[i]);
                         *slot = None;
@@ -275,6 +291,20 @@ pub async fn run(
                 Control::Synced(i, token) => {
                     pending.confirm(i, token);
                     publish(&pending, &links);
+                }
+                Control::Sole(i, sole) => {
+                    let Some(link) = &mut links[i] else { continue };
+                    link.sole = sole;
+                    if !sole {
+                        // Everything it owns, as on connecting; the SYNC tells the intercept
+                        // that its replies need no fallback any more.
+                        let all: Vec<Endpoint> = owned.iter().copied().collect();
+                        let frames = endpoint_frames(true, &all).into_iter().chain([sync_frame(RESYNC_TOKEN)]);
+                        if !frames.into_iter().all(|f| link.frames.try_send(f).is_ok()) {
+                            log::warn!("intercept {} is not reading; dropping the connection", intercepts[i]);
+                            links[i] = None;
+                        }
+                    }
                 }
             },
             else => break,
@@ -368,7 +398,7 @@ async fn session(
                     stats.changed.notify_waiters();
                     let out_rx = std::mem::replace(&mut out_rx, mpsc::channel(1).1);
                     writer = Some(AbortOnDrop(tokio::spawn(write_frames(w, out_rx))));
-                    let link = Link { frames: out_tx.clone(), holds_early };
+                    let link = Link { frames: out_tx.clone(), holds_early, sole: false };
                     ctl.send(Control::Connected(i, link)).await.map_err(|_| "shutting down".to_string())?;
                 }
                 Message::Facts(records) if writer.is_some() => {
@@ -379,6 +409,13 @@ async fn session(
                 }
                 Message::Synced(batch) => {
                     let _ = ctl.send(Control::Synced(i, batch)).await;
+                }
+                Message::Sole(sole) if writer.is_some() => {
+                    log::debug!(
+                        "intercept {addr}: this copier is {}its only one",
+                        if sole { "" } else { "no longer " }
+                    );
+                    let _ = ctl.send(Control::Sole(i, sole)).await;
                 }
                 Message::Bye { permanent: true, reason } => {
                     return Err(Ended::Permanent(format!("the intercept refused us: {reason}")));
