@@ -323,6 +323,9 @@ impl Session {
             return; // the engine forgets an ended session (a clean close lingers as a TimeWait)
         }
         if f.flags & RST != 0 {
+            if self.syn_acked && !self.in_receive_window(f.seq) {
+                return; // RFC 793: another incarnation's reset, not this connection's
+            }
             let stats = ctx.exchanges.of(self.target);
             if self.syn_acked {
                 stats.sessions_reset_by_target += 1;
@@ -406,6 +409,13 @@ impl Session {
         } else {
             self.transmit(ctx);
         }
+    }
+
+    /// Whether `seq` is within what we would accept next: from what we acknowledge, our
+    /// advertised window on.
+    fn in_receive_window(&self, seq: SeqNum) -> bool {
+        let window = u64::from(OUR_WINDOW) << self.syn.window_scale.unwrap_or(0).min(14);
+        u64::try_from(seq.since(self.rcv_nxt)).is_ok_and(|ahead| ahead <= window)
     }
 
     /// Keeps the test server's answer bytes from `seq` on, for the comparison.

@@ -434,6 +434,19 @@ fn client_rst_is_replayed_and_target_rst_ends_the_session() {
 }
 
 #[test]
+fn a_reset_outside_the_receive_window_is_another_incarnations_and_ends_nothing() {
+    let mut e = established(config(), 1460, 65535);
+    let c = ep(CLIENT, 40000);
+    // The connection this endpoint had before: its sequence numbers are far from ours.
+    e.on_reply(2_000, &ReplyFacts { seq: SeqNum(TARGET_ISN.wrapping_add(0x4000_0000)), ..reply(c, 0, 0, 0, RST) });
+    e.on_reply(2_000, &ReplyFacts { seq: SeqNum(TARGET_ISN.wrapping_sub(5)), ..reply(c, 0, 0, 0, RST) });
+    assert_eq!((e.counters().sessions_reset, e.active_sessions()), (0, 1));
+    // Its own, at what it acknowledges, ends it.
+    e.on_reply(2_000, &reply(c, 0, 0, 0, RST));
+    assert_eq!((e.counters().sessions_reset, e.active_sessions()), (1, 0));
+}
+
+#[test]
 fn a_target_that_closes_first_ends_the_session_cleanly() {
     let mut e = established(config(), 1460, 65535);
     let c = ep(CLIENT, 40000);
