@@ -468,7 +468,7 @@ impl<L: Link> Routes<L> {
                 Tell::Sole(id) => {
                     // What it announced before is all its anyway, and it will not disown it.
                     self.ownership.remove_copier(id);
-                    log::info!("copier {id} is the only one: it announces nothing, and gets every reply");
+                    log::info!("copier {id} is the only one: it announces nothing, and gets every reply nobody owns");
                     (id, true)
                 }
                 Tell::Announce(id) => {
