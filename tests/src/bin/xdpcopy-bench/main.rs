@@ -195,6 +195,9 @@ fn run_all(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
                         r.intercept_us_per_answered(),
                         r.startup_ms
                     );
+                    if let Some(said) = &r.shortfall {
+                        println!("bench:   ours left requests unanswered; it said:\n{said}");
+                    }
                     runs.push(r);
                 }
             }

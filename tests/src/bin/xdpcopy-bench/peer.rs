@@ -183,6 +183,9 @@ pub struct Run {
     pub intercept_switches: u64,
     /// Exec to the test server having everything (or its last request).
     pub seconds: f64,
+    /// When ours left requests unanswered: what it said of them (its summary and target
+    /// lines, the intercept's last stats line), so that a rare shortfall can be read.
+    pub shortfall: Option<String>,
 }
 
 impl Run {
@@ -376,12 +379,25 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
             let _ = copier.signal(libc::SIGKILL);
         }
     }
+    let answered = answered(&nginx);
+    let shortfall = (tool == Tool::Ours && answered < expected).then(|| {
+        let said = |out: String, prefixes: &[&str]| -> Vec<String> {
+            out.lines().filter(|l| prefixes.iter().any(|p| l.starts_with(p))).map(str::to_owned).collect()
+        };
+        let mut lines = said(copier.stdout(), &["copier summary:", "copier target"]);
+        lines.extend(
+            said(copier.stderr(), &["copier: "])
+                .into_iter()
+                .chain(said(intercept.stdout(), &["intercept stats:"]).into_iter().last()),
+        );
+        lines.join("\n")
+    });
     Ok(Run {
         case: case.name.clone(),
         tool,
         rep,
         expected,
-        answered: answered(&nginx),
+        answered,
         startup_ms: startup.as_secs_f64() * 1e3,
         startup_cpu_us,
         copier_cpu_us: copier_cpu.saturating_sub(startup_cpu_us),
@@ -391,6 +407,7 @@ pub fn run(case: &Case, tool: Tool, rep: u32, peers: &Peers) -> anyhow::Result<R
         copier_switches: copier_switches.saturating_sub(startup_switches),
         intercept_switches,
         seconds: done_at.as_secs_f64(),
+        shortfall,
     })
 }
 
@@ -535,6 +552,7 @@ pub fn json(runs: &[Run], peers: &Peers) -> serde_json::Value {
             "expected": r.expected,
             "answered": r.answered,
             "success_pct": r.success_pct(),
+            "shortfall": r.shortfall,
             "startup_ms": r.startup_ms,
             "startup_cpu_us": r.startup_cpu_us,
             "copier_cpu_us": r.copier_cpu_us,
@@ -589,6 +607,7 @@ mod tests {
             copier_switches: 1,
             intercept_switches: 1,
             seconds: 1.0,
+            shortfall: None,
         }
     }
 
