@@ -138,6 +138,98 @@ mod tests {
         assert_eq!((s.settle(&[], true), s.fallback()), (vec![], None));
     }
 
+    use proptest::prelude::*;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Connect(CopierId),
+        Offer(CopierId),
+        Sync(CopierId),
+        Disconnect(CopierId),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        (0..4u8, 1..4u64).prop_map(|(kind, id)| match kind {
+            0 => Op::Connect(id),
+            1 => Op::Offer(id),
+            2 => Op::Sync(id),
+            _ => Op::Disconnect(id),
+        })
+    }
+
+    proptest! {
+        /// Whatever copiers do, as the intercept applies it: one is sole exactly while it is
+        /// alone and has offered; it hears SOLE 1 once for each time it becomes sole, and SOLE
+        /// 0 when it stops being sole while still connected; what nobody owns goes only to a
+        /// connected copier that was sole and has not announced again since.
+        #[test]
+        fn the_sole_copier_is_the_lone_one_that_offered_and_hears_each_change(
+            ops in proptest::collection::vec(op(), 0..60),
+            holds in any::<bool>(),
+        ) {
+            let mut s = Solo::default();
+            let mut linked: Vec<CopierId> = Vec::new();
+            let mut offered: HashSet<CopierId> = HashSet::new();
+            // The connected copiers that were sole and have not sent SYNC since.
+            let mut owed_announcement: HashSet<CopierId> = HashSet::new();
+            let mut sole: Option<CopierId> = None;
+            for op in ops {
+                match op {
+                    Op::Connect(id) if !linked.contains(&id) => linked.push(id),
+                    Op::Offer(id) if linked.contains(&id) => {
+                        s.offer(id);
+                        offered.insert(id);
+                    }
+                    Op::Sync(id) if linked.contains(&id) => {
+                        s.synced(id);
+                        if sole != Some(id) {
+                            owed_announcement.remove(&id);
+                        }
+                    }
+                    Op::Disconnect(id) if linked.contains(&id) => {
+                        linked.retain(|&l| l != id);
+                        offered.remove(&id);
+                        owed_announcement.remove(&id);
+                        s.forget(id);
+                        if sole == Some(id) {
+                            sole = None;
+                        }
+                    }
+                    _ => continue,
+                }
+                let tells = s.settle(&linked, holds);
+                let wanted = match linked.as_slice() {
+                    [only] if holds && offered.contains(only) => Some(*only),
+                    _ => None,
+                };
+                let mut expected = Vec::new();
+                if wanted != sole {
+                    if let Some(was) = sole.filter(|was| linked.contains(was)) {
+                        expected.push(Tell::Announce(was));
+                    }
+                    if let Some(now) = wanted {
+                        expected.push(Tell::Sole(now));
+                    }
+                }
+                prop_assert_eq!(&tells, &expected);
+                if let [Tell::Announce(was)] = tells.as_slice() {
+                    prop_assert_eq!(s.fallback(), Some(*was), "what nobody owns stays its until its SYNC");
+                }
+                if let Some(now) = wanted {
+                    owed_announcement.insert(now);
+                }
+                sole = wanted;
+                prop_assert_eq!(linked.iter().find(|&&id| s.is_sole(id)).copied(), sole);
+                if let Some(f) = s.fallback() {
+                    prop_assert!(linked.contains(&f) && owed_announcement.contains(&f), "fallback {f}");
+                }
+                if let Some(only) = sole {
+                    prop_assert_eq!(s.fallback(), Some(only));
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_sole_copier_that_disconnects_is_nobodys_fallback() {
         let mut s = Solo::default();
