@@ -250,7 +250,12 @@ pub async fn run(
         tokio::select! {
             Some((token, evs)) = events.recv() => {
                 let (own, disown) = net_changes(&mut owned, evs);
-                let frames: Vec<Vec<u8>> = endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect();
+                // Built only if some link needs them: where this copier is sole, none does.
+                let frames: Vec<Vec<u8>> = if links.iter().flatten().any(|l| !l.sole) {
+                    endpoint_frames(true, &own).into_iter().chain(endpoint_frames(false, &disown)).collect()
+                } else {
+                    Vec::new()
+                };
                 let mut waiting = HashSet::new();
                 // Built only if some link needs it: intercepts that hold early replies do not.
                 let sync: Vec<Vec<u8>> =
