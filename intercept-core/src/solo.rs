@@ -45,11 +45,14 @@ impl Solo {
         }
     }
 
-    /// `id` sent a SYNC: everything it announced before is in effect.
-    pub fn synced(&mut self, id: CopierId) {
-        if self.fallback == Some(id) && self.sole != Some(id) {
+    /// `id` sent a SYNC: everything it announced before is in effect. True if that ended its
+    /// time as the fallback.
+    pub fn synced(&mut self, id: CopierId) -> bool {
+        let ends = self.fallback == Some(id) && self.sole != Some(id);
+        if ends {
             self.fallback = None;
         }
+        ends
     }
 
     /// Whether `id` is sole now (its announcements are ignored).
@@ -114,9 +117,9 @@ mod tests {
         assert_eq!(s.settle(&[1, 2], true), [Tell::Announce(1)]);
         assert!(!s.is_sole(1), "its announcements count again");
         assert_eq!(s.fallback(), Some(1));
-        s.synced(2);
+        assert!(!s.synced(2));
         assert_eq!(s.fallback(), Some(1), "another's SYNC says nothing of its announcements");
-        s.synced(1);
+        assert!(s.synced(1));
         assert_eq!(s.fallback(), None);
     }
 
@@ -132,7 +135,7 @@ mod tests {
         assert_eq!(s.fallback(), None);
         assert_eq!(s.settle(&[2], true), [Tell::Sole(2)]);
         assert_eq!(s.fallback(), Some(2));
-        s.synced(2);
+        assert!(!s.synced(2));
         assert_eq!(s.fallback(), Some(2), "a sole copier's SYNC keeps it the fallback");
         s.forget(2);
         assert_eq!((s.settle(&[], true), s.fallback()), (vec![], None));
@@ -181,7 +184,8 @@ mod tests {
                         offered.insert(id);
                     }
                     Op::Sync(id) if linked.contains(&id) => {
-                        s.synced(id);
+                        let was_fallback = s.fallback() == Some(id);
+                        prop_assert_eq!(s.synced(id), was_fallback && sole != Some(id));
                         if sole != Some(id) {
                             owed_announcement.remove(&id);
                         }

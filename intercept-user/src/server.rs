@@ -457,7 +457,9 @@ impl<L: Link> Routes<L> {
 
     /// `id` sent SYNC: what it announced before is in effect.
     fn synced(&mut self, id: CopierId) {
-        self.solo.synced(id);
+        if self.solo.synced(id) {
+            log::info!("copier {id} has announced its endpoints: replies nobody owns are nobody's again");
+        }
     }
 
     /// Tells copiers whether they are sole, after copiers came, went or offered.

@@ -1,5 +1,5 @@
-//! Hostile peers on the control channel, beside a real replay: the replay must still be
-//! answered in full, and a misconfigured copier must say why and exit non-zero.
+//! Other peers on the control channel, hostile or not, beside a real replay: the replay must
+//! still be answered in full, and a misconfigured copier must say why and exit non-zero.
 
 use std::{collections::BTreeSet, net::SocketAddr, path::Path, time::Duration};
 
@@ -102,6 +102,41 @@ fn a_replay_is_answered_in_full_beside_a_hijacker_and_a_connection_flood() {
     assert!(stats.get("rejected") >= 1, "{}", intercept.describe());
     intercept.signal(libc::SIGINT).unwrap();
     assert!(intercept.wait_timeout(Duration::from_secs(10)).unwrap().success());
+}
+
+#[test]
+fn a_copier_no_longer_alone_announces_what_it_replays_and_loses_no_answer() {
+    let tb = Testbed::new().unwrap();
+    let target = Nginx::start(&tb, Host::Target, "target-nginx", target_http()).unwrap();
+    let key = secret(&tb, "secret", "s3cret");
+    let mut intercept = start_intercept(&tb, &key);
+    // Two seconds at the recorded pace: the second copier comes and goes in the middle.
+    let sessions = pcapgen::Sessions { count: 200, requests_per_session: 2, gap_us: 10_000 };
+    let pcap = tb.dir().join("sessions.pcap");
+    pcapgen::write_http_sessions(&pcap, (addr::ONLINE, 80), sessions).unwrap();
+
+    let mut copier = replay(&tb, &pcap, &key);
+    intercept.wait_for_line(Duration::from_secs(10), |l| l.contains("is the only one")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = ProtoClient::connect(&tb.online, control(), b"s3cret", 77).unwrap();
+    second.own(&[Endpoint::v4([10, 100, 1, 250], 9)]).unwrap();
+    second.sync(1).unwrap();
+    // The first announces every session it has open, then SYNC: from then on a reply nobody
+    // owns is nobody's, and its sessions are answered by their OWNs.
+    let announced = |l: &str| l.contains("has announced its endpoints");
+    intercept
+        .wait_for_line(Duration::from_secs(5), announced)
+        .unwrap_or_else(|e| panic!("{e}\n{}", intercept.describe()));
+    std::thread::sleep(Duration::from_millis(500));
+    drop(second);
+    let status = copier.wait_timeout(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "{}", copier.describe());
+    let requests: BTreeSet<String> = target.requests().into_iter().collect();
+    assert_eq!(requests.len(), sessions.requests() as usize, "every request answered\n{}", copier.describe());
+    let err = intercept.stderr();
+    assert!(err.matches("is the only one").count() >= 2, "alone again after the second left\n{err}");
+    let stats = xdpcopy_testbed::stats::last(&intercept.stdout()).unwrap();
+    assert_eq!(stats.get("claims_refused"), 0, "{}", intercept.describe());
 }
 
 #[test]
