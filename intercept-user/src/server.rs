@@ -343,10 +343,12 @@ impl<L: Link> Routes<L> {
         }
         if self.wants.is_empty() {
             let fallback = self.fallback();
+            // Its space looked up once a batch, not once a reply.
+            let space = fallback.and_then(|id| self.spaces.get(&id));
             let (early, holds, started) = (&mut self.early, self.stealing.is_none(), self.started);
-            let (spaces, unclaimed) = (&self.spaces, &mut self.unclaimed);
+            let unclaimed = &mut self.unclaimed;
             self.ownership.route(batch, &mut self.grouped, |r| match fallback {
-                Some(id) if spaces.get(&id).is_none_or(|s| s.contains(&r.client)) => unclaimed.push(*r),
+                Some(_) if space.is_none_or(|s| s.contains(&r.client)) => unclaimed.push(*r),
                 _ => Self::unowned(early, holds, started, r, stats),
             });
             if let (Some(id), false) = (fallback, self.unclaimed.is_empty()) {
@@ -373,11 +375,12 @@ impl<L: Link> Routes<L> {
         let (mut sent, mut cut) = (0, 0);
         let holds = self.holds_early();
         let fallback = self.fallback();
+        let space = fallback.and_then(|id| self.spaces.get(&id));
         for (i, r) in batch.iter().enumerate() {
             let owner = self
                 .ownership
                 .owner(&r.client)
-                .or_else(|| fallback.filter(|id| self.spaces.get(id).is_none_or(|s| s.contains(&r.client))));
+                .or_else(|| fallback.filter(|_| space.is_none_or(|s| s.contains(&r.client))));
             let Some(owner) = owner else {
                 Self::unowned(&mut self.early, holds, self.started, r, stats);
                 continue;
