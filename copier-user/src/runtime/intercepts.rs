@@ -221,7 +221,8 @@ pub fn space_frame(ranges: &[([u8; 16], [u8; 16])]) -> Option<Vec<u8>> {
 
 /// Runs the hub and one connection task per intercept until `events` closes. `announced` and
 /// `workers` hold one entry per worker, in worker order. `first`, sent first on every
-/// connection, declares the client addresses the copier replays from and the payload it wants.
+/// connection, declares the client addresses the copier replays from, the payload it wants,
+/// and that it can go without announcing while it is an intercept's only copier (SOLO).
 pub async fn run(
     intercepts: Vec<SocketAddr>,
     secret: Option<Arc<[u8]>>,
