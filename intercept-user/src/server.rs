@@ -2,7 +2,9 @@
 //!
 //! One task per copier connection reads its announcements and applies them to the shared
 //! [`Routes`] at once, so a SYNCED it answers covers everything the copier sent before. On an
-//! assistant host a SYN-ACK that beats its OWN is held for it ([`intercept_core::early`]). The
+//! assistant host a SYN-ACK that beats its OWN is held for it ([`intercept_core::early`]), and
+//! a lone copier that offered SOLO announces nothing and gets what nobody owns
+//! ([`intercept_core::solo`]). The
 //! AF_XDP workers route each batch of replies under the same lock and write the facts straight
 //! into the owning copier's socket; what a socket does not take waits, bounded, for the
 //! connection's flusher (see [`intercept_core::outbound`]). A peer that sends garbage, an
@@ -333,8 +335,9 @@ impl<L: Link> Routes<L> {
         }
     }
 
-    /// Sends every reply of a batch to the copier that owns its client, counting what nobody
-    /// owns and what a slow copier could not take. `payload` holds the replies' first bytes
+    /// Sends every reply of a batch to the copier that owns its client (or, if nobody does, to
+    /// the lone copier's fallback within its space), counting what goes nowhere and what a
+    /// slow copier could not take. `payload` holds the replies' first bytes
     /// while some copier wants them.
     pub fn route(&mut self, batch: &[ReplyFacts], payload: &Payloads, stats: &Stats) {
         self.grouped.values_mut().for_each(Vec::clear);
