@@ -830,7 +830,7 @@ impl Engine {
                     self.remove(id);
                 } else {
                     let until = tw.until();
-                    schedule(&mut self.timers, &mut tw.timer_at, id, until);
+                    schedule(&mut self.timers, &mut tw.timer_at, id, now, until);
                 }
             }
             _ => {}
@@ -867,7 +867,7 @@ impl Engine {
                 Some(closed) => {
                     let mut tw = TimeWait::new(closed, now, session.timer_at);
                     let until = tw.until();
-                    schedule(&mut self.timers, &mut tw.timer_at, id, until);
+                    schedule(&mut self.timers, &mut tw.timer_at, id, now, until);
                     if let Some(session) = self.table.linger(id, tw) {
                         self.forget(&session);
                     }
@@ -876,7 +876,7 @@ impl Engine {
             }
         } else if let Some(at) = deadline {
             // The session was just asked at `now`: a deadline not after it would only spin.
-            schedule(&mut self.timers, &mut session.timer_at, id, at.max(now + 1));
+            schedule(&mut self.timers, &mut session.timer_at, id, now, at.max(now + 1));
         }
     }
 
@@ -948,7 +948,8 @@ impl Engine {
 /// Keeps one live timer entry per session (or time-wait record): adds one only when its
 /// deadline moves earlier. The superseded entry is skipped when it comes up; a later deadline
 /// is found when the earlier entry fires and the session is asked again.
-fn schedule(timers: &mut Wheel<SessionId>, timer_at: &mut Option<u64>, id: SessionId, at: u64) {
+fn schedule(timers: &mut Wheel<SessionId>, timer_at: &mut Option<u64>, id: SessionId, now: u64, at: u64) {
+    let at = timers::coarsen(now, at);
     if timer_at.is_none_or(|scheduled| at < scheduled) {
         *timer_at = Some(at);
         timers.insert(at, id);

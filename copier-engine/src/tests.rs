@@ -785,6 +785,36 @@ fn the_timer_wheel_holds_about_one_entry_per_session_however_many_packets() {
 }
 
 #[test]
+fn sessions_that_end_a_millisecond_apart_share_their_timer_wake_ups() {
+    // At recorded pace: each session opens, asks, is answered and closes a millisecond after
+    // the one before. Their lingers, and the timers they left behind, come due then too.
+    const SESSIONS: u16 = 200;
+    let mut e = Engine::new(config());
+    for i in 0..SESSIONS {
+        let (port, t) = (40000 + i, u64::from(i) * 1_000);
+        let c = ep(CLIENT, port);
+        handshake(&mut e, t, port);
+        e.on_reply(t + 100, &syn_ack(c, 1460, 65535, 5000));
+        e.on_captured(t + 100, Link::Ip, &data(port, 0, 0, b"GET"));
+        e.on_captured(
+            t + 100,
+            Link::Ip,
+            &captured(port, FIN | ACK, CLIENT_ISN.wrapping_add(4), ONLINE_ISN + 1, &[], &[]),
+        );
+        e.on_reply(t + 300, &reply(c, 4, 0, 0, FIN));
+        sent(&mut e);
+    }
+    assert_eq!((e.counters().sessions_completed, e.active_sessions()), (SESSIONS.into(), SESSIONS.into()));
+    let mut wake_ups = 0;
+    while let Some(at) = e.next_deadline() {
+        e.on_timer(at);
+        wake_ups += 1;
+    }
+    assert_eq!(e.active_sessions(), 0, "every linger ended");
+    assert!(wake_ups <= 20, "{wake_ups} wake-ups for {SESSIONS} lingers ending a millisecond apart");
+}
+
+#[test]
 fn shutdown_resets_what_is_open_on_the_target() {
     let mut e = established(config(), 1460, 65535);
     e.shutdown(9_000);

@@ -5,9 +5,10 @@
 //! leaves one for its idle timeout (two minutes) behind when it closes (docs/bench.md, "Design
 //! choices").
 //!
-//! Deadlines are kept exact, in microseconds; only their placement is coarse. Level `L` has 64
-//! slots of 64^L ticks of 1024 µs, and nine levels hold every `u64` of microseconds, so nothing
-//! is ever clamped. An entry sits at the level of the highest tick digit in which its deadline
+//! The engine puts deadlines off a little ([`coarsen`]) so that timers due about together fire
+//! in one wake-up. The wheel keeps them exact, in microseconds; only their placement is coarse.
+//! Level `L` has 64 slots of 64^L ticks of 1024 µs, and nine levels hold every `u64` of
+//! microseconds, so nothing is ever clamped. An entry sits at the level of the highest tick digit in which its deadline
 //! differs from the wheel's current tick, so the occupied slot of the lowest occupied level is
 //! always the next to come due; when it does, its entries move down (cascade) or fire.
 
@@ -18,6 +19,23 @@ const LEVEL_BITS: u32 = 6;
 const SLOTS: usize = 1 << LEVEL_BITS;
 /// Enough levels for every tick of a `u64` of microseconds (54 bits, 9 digits of 6).
 const LEVELS: usize = (64 - TICK_SHIFT).div_ceil(LEVEL_BITS) as usize;
+
+/// The most a deadline is put off by [`coarsen`], microseconds (about 65 ms).
+pub const MAX_SLACK_US: u64 = 1 << 16;
+
+/// `at`, put off to a multiple of the largest power of two microseconds that is at most an
+/// eighth of how far it is from `now` (and at most [`MAX_SLACK_US`]). Timers due about
+/// together then fire in one wake-up: at recorded pace sessions end a millisecond apart, and
+/// their lingers, retransmission and idle timers each woke the worker alone. None of the
+/// engine's timers needs to be exact; Linux's timer wheel allows the same 12.5 %.
+pub fn coarsen(now: u64, at: u64) -> u64 {
+    let slack = (at.saturating_sub(now) / 8).min(MAX_SLACK_US);
+    if slack < 2 {
+        return at;
+    }
+    let granule = 1u64 << (63 - slack.leading_zeros());
+    at.checked_next_multiple_of(granule).unwrap_or(at)
+}
 
 pub struct Wheel<T> {
     /// `LEVELS * SLOTS` slots, level by level; entries keep their exact deadline.
@@ -129,6 +147,28 @@ mod tests {
             }));
         }
         fired
+    }
+
+    #[test]
+    fn a_coarse_deadline_is_late_by_an_eighth_at_most_and_shared_by_its_neighbours() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let now = rng % (1 << 40);
+            let at = now + rng % (1 << (rng % 40));
+            let late = coarsen(now, at) - at;
+            assert!(late <= (at - now) / 8 && late < MAX_SLACK_US, "{at} from {now} put off by {late}");
+        }
+        assert_eq!(coarsen(1_000, 1_010), 1_010, "a deadline close by is kept");
+        assert_eq!(coarsen(5, 5), 5);
+        assert_eq!(coarsen(10, 3), 3, "a deadline already past is kept");
+        // Lingers of sessions that closed a millisecond apart, a second each: one wake-up.
+        let lingers: std::collections::BTreeSet<u64> =
+            (0..60).map(|ms| coarsen(7_000_000 + ms * 1_000, 8_000_000 + ms * 1_000)).collect();
+        assert!(lingers.len() <= 2, "{lingers:?}");
+        assert_eq!(coarsen(0, u64::MAX), u64::MAX, "no overflow");
     }
 
     #[test]
