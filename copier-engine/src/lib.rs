@@ -807,8 +807,8 @@ impl Engine {
                 break;
             }
             // The records come due about a second after they were touched, out of cache: start
-            // loading them all before the first is read.
-            due.iter().for_each(|&(_, id)| self.table.prefetch(id));
+            // loading them all before the first is read. Most are lingering records by then.
+            due.iter().for_each(|&(_, id)| self.table.prefetch_slot(id));
             for (at, id) in due.drain(..) {
                 self.fire(now, at, id);
             }

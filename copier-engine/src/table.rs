@@ -1,4 +1,4 @@
-//! The engine's sessions, live and lingering, in one slab indexed by [`SessionId`].
+//! The engine's sessions, live and lingering, indexed by [`SessionId`].
 //!
 //! A session is reached from its captured flow, from its replay endpoint (the intercepts'
 //! facts) and from the timer wheel. The first two need hash maps; the timer wheel and the
@@ -7,25 +7,46 @@
 //! every session's end three removals, nearly all cache misses: a fired record is a second
 //! old. Here both are one slot, which also holds the capture key, and a closing session turns
 //! into its [`TimeWait`] in place (docs/bench.md, "Design choices").
+//!
+//! Live sessions themselves are kept in a pool of their own, reused most recent first, so a
+//! lingering record (a fifth of a session's size) does not hold a session-sized slot: at
+//! maximum replay speed the records of the last second were most of the table, and each new
+//! slot was first touched through a page fault.
 
 use super::{prefetch, session::Session, time_wait::TimeWait, CaptureKey};
 
 /// A session's slot and the generation that occupies it: an id outlives its session (in a
-/// timer entry) and must not reach the slot's next occupant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// timer entry) and must not reach the slot's next occupant. It also names the live
+/// session's place in the pool, so both can be prefetched before either is read.
+#[derive(Clone, Copy, Debug)]
 pub struct SessionId {
     index: u32,
     generation: u32,
+    /// A hint, not part of the identity: once the session lingers, its place is another's.
+    pool: u32,
 }
 
-/// What a slot holds. Sessions are kept inline: boxed, every live access would take one
-/// more cache miss. A lingering record takes a whole slot but holds no buffers (peak RSS
-/// for 60 000 short sessions stayed 46–54 MiB).
-#[allow(clippy::large_enum_variant)]
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        (self.index, self.generation) == (other.index, other.generation)
+    }
+}
+
+impl Eq for SessionId {}
+
+/// What a slot holds: a live session or a lingering record, owned (`Entry`) or borrowed
+/// (`Entry<&Session, &TimeWait>`, `Entry<&mut Session, &mut TimeWait>`).
 #[derive(Debug)]
-pub enum Entry {
-    Live(Session),
+pub enum Entry<S = Session, T = TimeWait> {
+    Live(S),
     /// Closed cleanly, lingering.
+    Lingering(T),
+}
+
+#[derive(Debug)]
+enum State {
+    /// The session is in the pool, at this index.
+    Live(u32),
     Lingering(TimeWait),
 }
 
@@ -34,7 +55,7 @@ struct Slot {
     generation: u32,
     /// The captured flow (and copy) it replays, to forget it when the session goes.
     key: CaptureKey,
-    entry: Option<Entry>,
+    state: Option<State>,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +63,11 @@ pub struct Table {
     slots: Vec<Slot>,
     /// Vacant slots, the most recently vacated last: reused first, while still in cache.
     free: Vec<u32>,
+    /// Live sessions. Kept inline, not boxed one by one: each live access would take one more
+    /// cache miss, which prefetching by id cannot start.
+    pool: Vec<Option<Session>>,
+    /// Vacant places in the pool, the most recently vacated last.
+    pool_free: Vec<u32>,
     live: usize,
     lingering: usize,
 }
@@ -54,35 +80,52 @@ impl Table {
 
     pub fn insert(&mut self, key: CaptureKey, session: Session) -> SessionId {
         self.live += 1;
-        let entry = Some(Entry::Live(session));
+        let pool = match self.pool_free.pop() {
+            Some(pool) => {
+                self.pool[pool as usize] = Some(session);
+                pool
+            }
+            None => {
+                self.pool.push(Some(session));
+                u32::try_from(self.pool.len() - 1).expect("fewer than 2^32 sessions")
+            }
+        };
+        let state = Some(State::Live(pool));
         match self.free.pop() {
             Some(index) => {
                 let slot = &mut self.slots[index as usize];
-                (slot.key, slot.entry) = (key, entry);
-                SessionId { index, generation: slot.generation }
+                (slot.key, slot.state) = (key, state);
+                SessionId { index, generation: slot.generation, pool }
             }
             None => {
                 let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 sessions");
-                self.slots.push(Slot { generation: 0, key, entry });
-                SessionId { index, generation: 0 }
+                self.slots.push(Slot { generation: 0, key, state });
+                SessionId { index, generation: 0, pool }
             }
         }
     }
 
     fn slot(&self, id: SessionId) -> Option<&Slot> {
-        self.slots.get(id.index as usize).filter(|s| s.generation == id.generation && s.entry.is_some())
+        self.slots.get(id.index as usize).filter(|s| s.generation == id.generation && s.state.is_some())
     }
 
     fn slot_mut(&mut self, id: SessionId) -> Option<&mut Slot> {
-        self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation && s.entry.is_some())
+        self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation && s.state.is_some())
     }
 
-    pub fn get(&self, id: SessionId) -> Option<&Entry> {
-        self.slot(id)?.entry.as_ref()
+    pub fn get(&self, id: SessionId) -> Option<Entry<&Session, &TimeWait>> {
+        match self.slot(id)?.state.as_ref()? {
+            State::Live(pool) => self.pool[*pool as usize].as_ref().map(Entry::Live),
+            State::Lingering(record) => Some(Entry::Lingering(record)),
+        }
     }
 
-    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Entry> {
-        self.slot_mut(id)?.entry.as_mut()
+    pub fn get_mut(&mut self, id: SessionId) -> Option<Entry<&mut Session, &mut TimeWait>> {
+        let slot = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation)?;
+        match slot.state.as_mut()? {
+            State::Live(pool) => self.pool[*pool as usize].as_mut().map(Entry::Live),
+            State::Lingering(record) => Some(Entry::Lingering(record)),
+        }
     }
 
     pub fn session_mut(&mut self, id: SessionId) -> Option<&mut Session> {
@@ -97,41 +140,59 @@ impl Table {
         self.slot(id).map(|s| s.key)
     }
 
+    /// Takes a live session out of the pool, its place reused next.
+    fn vacate(&mut self, pool: u32) -> Session {
+        self.pool_free.push(pool);
+        self.pool[pool as usize].take().expect("a live slot's session is in the pool")
+    }
+
     /// Replaces a live session by its time-wait record; returns the session.
     pub fn linger(&mut self, id: SessionId, record: TimeWait) -> Option<Session> {
-        let slot = self.slot_mut(id)?;
-        match slot.entry.replace(Entry::Lingering(record))? {
-            Entry::Live(session) => {
-                self.live -= 1;
-                self.lingering += 1;
-                Some(session)
-            }
-            lingering => {
-                slot.entry = Some(lingering);
-                None
-            }
-        }
+        let slot = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation)?;
+        let State::Live(pool) = *slot.state.as_ref()? else { return None };
+        slot.state = Some(State::Lingering(record));
+        self.live -= 1;
+        self.lingering += 1;
+        Some(self.vacate(pool))
     }
 
     /// Vacates a slot: its id reaches nothing from now on.
     pub fn remove(&mut self, id: SessionId) -> Option<(CaptureKey, Entry)> {
         let slot = self.slot_mut(id)?;
-        let entry = slot.entry.take()?;
+        let state = slot.state.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         let key = slot.key;
-        match entry {
-            Entry::Live(_) => self.live -= 1,
-            Entry::Lingering(_) => self.lingering -= 1,
-        }
         self.free.push(id.index);
+        let entry = match state {
+            State::Live(pool) => {
+                self.live -= 1;
+                Entry::Live(self.vacate(pool))
+            }
+            State::Lingering(record) => {
+                self.lingering -= 1;
+                Entry::Lingering(record)
+            }
+        };
         Some((key, entry))
     }
 
-    /// Starts loading a slot into the cache, to overlap the misses of a batch of ids. All of
-    /// it: a session record spans some ten cache lines, and a reply's work touches most of
-    /// them (with the first line alone prefetched, the misses moved to whichever field came
-    /// next).
+    /// Starts loading a slot into the cache, and the session it holds if still live, to
+    /// overlap the misses of a batch of ids. All of it: a session record spans some ten cache
+    /// lines, and a reply's work touches most of them (with the first line alone prefetched,
+    /// the misses moved to whichever field came next).
     pub fn prefetch(&self, id: SessionId) {
+        if let Some(slot) = self.slots.get(id.index as usize) {
+            prefetch::lines(slot, size_of::<Slot>());
+        }
+        // A lingering record's pool place may hold another session by now: a wasted hint.
+        if let Some(session) = self.pool.get(id.pool as usize) {
+            prefetch::lines(session, size_of::<Option<Session>>());
+        }
+    }
+
+    /// Starts loading a slot alone: for ids that are mostly lingering records (timers come due
+    /// a linger after their sessions closed), whose pool places would be loaded for nothing.
+    pub fn prefetch_slot(&self, id: SessionId) {
         if let Some(slot) = self.slots.get(id.index as usize) {
             prefetch::lines(slot, size_of::<Slot>());
         }
@@ -159,10 +220,14 @@ impl Table {
         self.occupied().map(|(id, _)| id).collect()
     }
 
-    fn occupied(&self) -> impl Iterator<Item = (SessionId, &Entry)> {
+    fn occupied(&self) -> impl Iterator<Item = (SessionId, Entry<&Session, &TimeWait>)> {
         self.slots.iter().enumerate().filter_map(|(index, slot)| {
-            let entry = slot.entry.as_ref()?;
-            Some((SessionId { index: index as u32, generation: slot.generation }, entry))
+            let (pool, entry) = match slot.state.as_ref()? {
+                State::Live(pool) => (*pool, Entry::Live(self.pool[*pool as usize].as_ref()?)),
+                // Never read: a lingering record is reached through its slot alone.
+                State::Lingering(record) => (u32::MAX, Entry::Lingering(record)),
+            };
+            Some((SessionId { index: index as u32, generation: slot.generation, pool }, entry))
         })
     }
 }
@@ -216,6 +281,21 @@ mod tests {
         assert!(t.get(a).is_none(), "the old id does not reach the new session");
         assert_eq!(t.session_mut(b).map(|s| s.replay_client.port), Some(2));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_lingering_record_gives_its_sessions_place_to_the_next_session() {
+        let mut t = Table::default();
+        let a = t.insert(key(1), session(1));
+        let tw = record(t.session_mut(a).unwrap());
+        t.linger(a, tw);
+        let b = t.insert(key(2), session(2));
+        assert_eq!((t.slots.len(), t.pool.len()), (2, 1), "a slot each, one place in the pool");
+        assert!(matches!(t.get(a), Some(Entry::Lingering(r)) if r.replay_client.port == 1));
+        assert_eq!(t.session_mut(b).map(|s| s.replay_client.port), Some(2));
+        assert!(t.ids().contains(&a), "a record's id is the id its session had");
+        assert!(matches!(t.remove(b), Some((_, Entry::Live(s))) if s.replay_client.port == 2));
+        assert!(matches!(t.get(a), Some(Entry::Lingering(_))), "the record stays when its place is vacated");
     }
 
     #[test]
