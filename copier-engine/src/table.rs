@@ -110,7 +110,7 @@ impl Table {
     }
 
     fn slot_mut(&mut self, id: SessionId) -> Option<&mut Slot> {
-        self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation && s.state.is_some())
+        slot_in(&mut self.slots, id)
     }
 
     pub fn get(&self, id: SessionId) -> Option<Entry<&Session, &TimeWait>> {
@@ -121,8 +121,8 @@ impl Table {
     }
 
     pub fn get_mut(&mut self, id: SessionId) -> Option<Entry<&mut Session, &mut TimeWait>> {
-        let slot = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation)?;
-        match slot.state.as_mut()? {
+        // The slot and the pool borrowed apart.
+        match slot_in(&mut self.slots, id)?.state.as_mut()? {
             State::Live(pool) => self.pool[*pool as usize].as_mut().map(Entry::Live),
             State::Lingering(record) => Some(Entry::Lingering(record)),
         }
@@ -148,7 +148,7 @@ impl Table {
 
     /// Replaces a live session by its time-wait record; returns the session.
     pub fn linger(&mut self, id: SessionId, record: TimeWait) -> Option<Session> {
-        let slot = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation)?;
+        let slot = slot_in(&mut self.slots, id)?;
         let State::Live(pool) = *slot.state.as_ref()? else { return None };
         slot.state = Some(State::Lingering(record));
         self.live -= 1;
@@ -230,6 +230,11 @@ impl Table {
             Some((SessionId { index: index as u32, generation: slot.generation, pool }, entry))
         })
     }
+}
+
+/// The occupied slot `id` names, if its generation still holds it.
+fn slot_in(slots: &mut [Slot], id: SessionId) -> Option<&mut Slot> {
+    slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation && s.state.is_some())
 }
 
 #[cfg(test)]
