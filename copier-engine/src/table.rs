@@ -224,7 +224,7 @@ impl Table {
         self.slots.iter().enumerate().filter_map(|(index, slot)| {
             let (pool, entry) = match slot.state.as_ref()? {
                 State::Live(pool) => (*pool, Entry::Live(self.pool[*pool as usize].as_ref()?)),
-                // Never read: a lingering record is reached through its slot alone.
+                // No place in the pool: a lingering record is reached through its slot alone.
                 State::Lingering(record) => (u32::MAX, Entry::Lingering(record)),
             };
             Some((SessionId { index: index as u32, generation: slot.generation, pool }, entry))

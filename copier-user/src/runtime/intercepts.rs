@@ -164,8 +164,9 @@ impl Pending {
 /// An endpoint released and claimed again in one batch (a flow's new incarnation on the same
 /// replay endpoint) stays owned: sent as an OWN then a DISOWN, it would have been released.
 ///
-/// One set operation per event: a map of each endpoint's state before the batch took a sixteenth
-/// of the worker at maximum replay speed, for what is rare (an endpoint changed twice).
+/// One set operation per event, then, only for a batch with both claims and releases, a sort of
+/// the two lists to net out an endpoint on both: a map of every endpoint's state before the
+/// batch, kept for that rare endpoint, took a sixteenth of the worker at maximum replay speed.
 fn net_changes(owned: &mut HashSet<Endpoint, Hasher>, events: Vec<Event>) -> (Vec<Endpoint>, Vec<Endpoint>) {
     let (mut own, mut disown) = (Vec::new(), Vec::new());
     for e in events {
