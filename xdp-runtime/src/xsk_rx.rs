@@ -64,12 +64,13 @@ impl RxSocket {
     /// Takes the frames waiting, or waits up to `timeout_ms` for some; shows each of up to
     /// [`BATCH`] of them to `f`, and returns them to the kernel. Returns how many there were.
     pub fn receive(&mut self, timeout_ms: i32, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
-        // SAFETY (both): frames come from this socket's UMEM and go back to its fill ring
-        // before their descriptors are reused.
+        // SAFETY: frames come from this socket's UMEM and go back to its fill ring before
+        // their descriptors are reused.
         let mut received = unsafe { self.rx.consume(&mut self.batch) };
         if received == 0 {
             // Only an empty ring needs poll(2): after a coalescing pause frames are usually
             // waiting, and the syscall was a sixth of the intercept's CPU at recorded pace.
+            // SAFETY: as above.
             received = unsafe { self.rx.poll_and_consume(&mut self.batch, timeout_ms)? };
         }
         if received == 0 {
