@@ -17,6 +17,7 @@ pub mod facts;
 pub mod hash;
 pub mod maps;
 pub mod parse;
+pub mod prefetch;
 pub mod proto;
 pub mod seq;
 pub mod tcp;

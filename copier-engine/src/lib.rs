@@ -15,7 +15,6 @@ pub mod emit;
 pub mod exchange;
 pub mod mapping;
 mod marks;
-mod prefetch;
 pub mod rewrite;
 mod rto;
 pub mod session;

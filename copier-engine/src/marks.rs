@@ -71,7 +71,7 @@ impl Marks {
     /// the session record (past the first few).
     pub fn prefetch(&self) {
         if self.all.spilled() {
-            super::prefetch::lines(self.all.as_ptr().wrapping_add(self.current), size_of::<Mark>());
+            common::prefetch::lines(self.all.as_ptr().wrapping_add(self.current), size_of::<Mark>());
         }
     }
 

@@ -13,7 +13,9 @@
 //! maximum replay speed the records of the last second were most of the table, and each new
 //! slot was first touched through a page fault.
 
-use super::{prefetch, session::Session, time_wait::TimeWait, CaptureKey};
+use common::prefetch;
+
+use super::{session::Session, time_wait::TimeWait, CaptureKey};
 
 /// A session's slot and the generation that occupies it: an id outlives its session (in a
 /// timer entry) and must not reach the slot's next occupant. It also names the live

@@ -21,6 +21,12 @@ use xsk_rs::{
 /// Frames taken from the RX ring at once. Each pass hands its frames on (to a copier worker,
 /// to the intercept's router), and waking the receiver costs more than 64 frames' work.
 pub const BATCH: usize = 256;
+/// Frames ahead of the one being looked at whose headers are loaded into the cache meanwhile.
+const PREFETCH_AHEAD: usize = 4;
+/// A frame's bytes that its reader looks at: Ethernet, IPv6 and TCP headers with options (a
+/// TCP timestamp is past the first cache line). Reading them took a fifth of the intercept's
+/// reply thread at maximum replay speed, nearly all of it waiting for memory.
+const FRAME_HEADERS: usize = 128;
 /// UMEM frames; all of them start in the fill ring, which is sized to hold them.
 const FRAMES: u32 = 4096;
 const RX_RING: u32 = 2048;
@@ -76,7 +82,17 @@ impl RxSocket {
         if received == 0 {
             return Ok(0);
         }
-        for desc in &self.batch[..received] {
+        let batch = &self.batch[..received];
+        let prefetch = |desc| {
+            // SAFETY: consumed from our RX ring with this batch.
+            let data = unsafe { self.umem.data(desc) };
+            common::prefetch::lines(data.contents().as_ptr(), FRAME_HEADERS);
+        };
+        batch.iter().take(PREFETCH_AHEAD).for_each(prefetch);
+        for (i, desc) in batch.iter().enumerate() {
+            if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
+                prefetch(ahead);
+            }
             // SAFETY: the descriptor was just consumed from our RX ring.
             let data = unsafe { self.umem.data(desc) };
             f(data.contents());
