@@ -29,6 +29,9 @@ pub struct ClientSegment<'a> {
     pub payload: &'a [u8],
 }
 
+/// What [`parse`] makes of a captured packet: a client's segment, not TCP, or malformed.
+pub type Parsed<'a> = Result<Option<ClientSegment<'a>>, Malformed>;
+
 /// Parses the link, IP and TCP headers, nothing more.
 fn segment(link: Link, packet: &[u8]) -> Result<Option<TcpSegment>, Malformed> {
     let (start, end) = (packet.as_ptr() as usize, packet.as_ptr() as usize + packet.len());
@@ -52,7 +55,7 @@ pub fn endpoints(link: Link, packet: &[u8]) -> Option<(Endpoint, Endpoint)> {
 
 /// Parses a captured packet. `Ok(None)`: not TCP. A capture cut short by the snap length is
 /// `Truncated`: its missing bytes could not be replayed.
-pub fn parse(link: Link, packet: &[u8]) -> Result<Option<ClientSegment<'_>>, Malformed> {
+pub fn parse(link: Link, packet: &[u8]) -> Parsed<'_> {
     let Some(seg) = segment(link, packet)? else { return Ok(None) };
     if seg.l4_end > packet.len() {
         return Err(Malformed::Truncated);

@@ -37,7 +37,7 @@ use common::{
 
 use self::{
     admission::Admission,
-    capture::{ClientSegment, Link},
+    capture::{ClientSegment, Link, Parsed},
     exchange::Exchanges,
     rewrite::{sampled, shifted_port, ClientAddrs, PortClass},
     session::{Session, SynParams},
@@ -454,7 +454,7 @@ impl Engine {
 
     /// [`Engine::on_captured_round`] for each of a batch of packets, the sessions of those a
     /// few ahead looked up and their records prefetched: their cache misses overlap with the
-    /// work on the packets before them.
+    /// work on the packets before them. Each packet is parsed once, when it is looked ahead at.
     pub fn on_captured_batch<'p>(
         &mut self,
         now: u64,
@@ -462,19 +462,30 @@ impl Engine {
         packets: impl Iterator<Item = (u64, Link, &'p [u8])> + Clone,
     ) {
         const AHEAD: usize = 8;
-        let mut ahead = packets.clone().skip(AHEAD);
-        for (captured_at, link, packet) in packets {
+        let mut parsed: [Option<Parsed<'p>>; AHEAD] = Default::default();
+        let mut ahead = packets.clone();
+        let mut look_ahead = |engine: &Self, slot: &mut Option<Parsed<'p>>| {
             if let Some((_, link, packet)) = ahead.next() {
-                self.prefetch_captured(round, link, packet);
+                let seg = capture::parse(link, packet);
+                engine.prefetch_captured(round, &seg);
+                *slot = Some(seg);
             }
-            self.on_captured_round(now, captured_at, round, link, packet);
+        };
+        for slot in &mut parsed {
+            look_ahead(self, slot);
+        }
+        for (i, (captured_at, _, _)) in packets.enumerate() {
+            let slot = &mut parsed[i % AHEAD];
+            let seg = slot.take().expect("parsed when looked ahead at");
+            look_ahead(self, slot);
+            self.on_captured_segment(now, captured_at, round, seg);
         }
     }
 
     /// Starts loading the record of the session a captured client packet belongs to (its
     /// first copy's), if there is one.
-    fn prefetch_captured(&self, round: u16, link: Link, packet: &[u8]) {
-        let Ok(Some(seg)) = capture::parse(link, packet) else { return };
+    fn prefetch_captured(&self, round: u16, seg: &Parsed<'_>) {
+        let Ok(Some(seg)) = seg else { return };
         let Some(targets) = self.targets_for(&seg.dst) else { return };
         let first = round.saturating_mul(self.multiply_max.saturating_mul(targets.len));
         if let Some(&id) = self.by_capture.get(&(seg.src, seg.dst, first)) {
@@ -485,8 +496,12 @@ impl Engine {
     /// A captured packet of round `round` of a looped capture (`--loop`): each round's copies
     /// are copies of their own (`round × -n` on), so a round replays in a fresh port space.
     pub fn on_captured_round(&mut self, now: u64, captured_at: u64, round: u16, link: Link, packet: &[u8]) {
+        self.on_captured_segment(now, captured_at, round, capture::parse(link, packet));
+    }
+
+    fn on_captured_segment(&mut self, now: u64, captured_at: u64, round: u16, seg: Parsed<'_>) {
         self.counters.captured += 1;
-        let seg = match capture::parse(link, packet) {
+        let seg = match seg {
             Ok(Some(seg)) => seg,
             Ok(None) => return self.counters.captured_not_tcp += 1,
             Err(_) => return self.counters.captured_malformed += 1,
