@@ -475,6 +475,16 @@ fn case_names(runs: &[Run]) -> Vec<String> {
     names
 }
 
+/// Three significant figures: an intercept's keep-alive request costs tenths of a µs, and one
+/// decimal left its figure a quarter apart between neighbouring values.
+fn three_figures(x: f64) -> String {
+    match x.abs() {
+        v if v < 10.0 => format!("{x:.2}"),
+        v if v < 100.0 => format!("{x:.1}"),
+        _ => format!("{x:.0}"),
+    }
+}
+
 fn show(s: Option<(f64, f64, f64)>) -> String {
     s.map_or_else(|| "–".into(), |(lo, mid, hi)| format!("{lo:.2}–**{mid:.2}**–{hi:.2}"))
 }
@@ -498,11 +508,11 @@ pub fn markdown(runs: &[Run], peers: &Peers) -> String {
             let m = |f: Figure| median(runs, &case, tool, f).unwrap_or(f64::NAN);
             let _ = writeln!(
                 md,
-                "| {case} | {} | {:.1} % | {:.1} | {:.1} | {:.2}, {:.2} | {:.1} ({:.1}) | {:.1} MiB | {:.1} MiB | {:.1} |",
+                "| {case} | {} | {:.1} % | {} | {} | {:.2}, {:.2} | {:.1} ({:.1}) | {:.1} MiB | {:.1} MiB | {:.1} |",
                 tool.name(),
                 m(Run::success_pct),
-                m(Run::copier_us_per_answered),
-                m(Run::intercept_us_per_answered),
+                three_figures(m(Run::copier_us_per_answered)),
+                three_figures(m(Run::intercept_us_per_answered)),
                 m(Run::copier_switches_per_answered),
                 m(Run::intercept_switches_per_answered),
                 m(|r| r.startup_ms),
@@ -625,7 +635,15 @@ mod tests {
         assert_eq!(ratios(&runs, "a", Better::High, Run::success_pct), Some((1.0, 1.5, 2.0)));
         assert_eq!(ratios(&runs, "b", Better::High, Run::success_pct), None);
         assert_eq!(median(&runs, "a", Tool::Ours, Run::success_pct), Some(100.0));
-        assert!(markdown(&runs, &Peers { tcpcopy: "t".into(), intercept: "i".into(), sources: vec![] })
-            .contains("| a | 1.00–**1.50**–2.00 | 2.00–**4.00**–6.00 |"));
+        let md = markdown(&runs, &Peers { tcpcopy: "t".into(), intercept: "i".into(), sources: vec![] });
+        assert!(md.contains("| a | 1.00–**1.50**–2.00 | 2.00–**4.00**–6.00 |"), "{md}");
+        // Ours: 10 µs of copier and 0.01 of intercept CPU per answered request.
+        assert!(md.contains("| a | ours | 100.0 % | 10.0 | 0.01 |"), "{md}");
+    }
+
+    #[test]
+    fn cpu_figures_keep_three_significant_figures() {
+        let shown: Vec<String> = [0.4349, 1.376, 27.24, 107.3, f64::NAN].into_iter().map(three_figures).collect();
+        assert_eq!(shown, ["0.43", "1.38", "27.2", "107", "NaN"]);
     }
 }
